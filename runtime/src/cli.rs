@@ -1,0 +1,349 @@
+//! The command line: `kcell run`, `kcell freeze|thaw|stats`, `kcell rootfs busybox`.
+//! Exit status: the container command's, 125 for the runtime's own errors,
+//! 126/127 when the command cannot be executed / found.
+
+use crate::cgroup::resources::{self, CpuMax, DeviceRate, DeviceRule, Resources};
+use crate::cgroup::{layout::Layout, ContainerCgroup, PARENT};
+use crate::container;
+use crate::idmap::{IdMap, IdMapping};
+use crate::namespace::{Namespace, NamespaceSet};
+use crate::spec::{BindMount, ContainerSpec, TimeOffsets, UserMapping};
+use clap::{Parser, Subcommand};
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+/// The runtime's own failure.
+pub const EXIT_RUNTIME_ERROR: i32 = 125;
+
+#[derive(Parser, Debug)]
+#[command(name = "kcell", version, about = "A small container runtime")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run CMD as PID 1 of a new container rooted at ROOTFS and exit with its status.
+    Run(Box<RunArgs>),
+    /// Freeze every process of a running container (v1 freezer.state, v2 cgroup.freeze).
+    Freeze {
+        /// The container's name (its `--name`).
+        name: String,
+    },
+    /// Thaw a frozen container.
+    Thaw {
+        /// The container's name.
+        name: String,
+    },
+    /// Print a running container's cgroup counters as JSON.
+    Stats {
+        /// The container's name.
+        name: String,
+    },
+    /// Build root filesystems.
+    #[command(subcommand)]
+    Rootfs(RootfsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum RootfsCommand {
+    /// Build a busybox root at DIR from Debian's busybox-static.
+    Busybox {
+        /// Where the root is made (replaced if it exists).
+        dir: PathBuf,
+    },
+}
+
+fn parse_ns(s: &str) -> Result<NamespaceSet, String> {
+    NamespaceSet::parse_list(s).map_err(|e| e.to_string())
+}
+fn parse_map(s: &str) -> Result<IdMapping, String> {
+    IdMapping::parse(s).map_err(|e| e.to_string())
+}
+fn parse_volume(s: &str) -> Result<BindMount, String> {
+    BindMount::parse(s).map_err(|e| e.to_string())
+}
+fn parse_cpus(s: &str) -> Result<CpuMax, String> {
+    resources::parse_cpus(s).map_err(|e| e.to_string())
+}
+fn parse_shares(s: &str) -> Result<u64, String> {
+    resources::parse_shares(s).map_err(|e| e.to_string())
+}
+fn parse_size(s: &str) -> Result<u64, String> {
+    resources::parse_size(s).map_err(|e| e.to_string())
+}
+fn parse_rate(s: &str) -> Result<DeviceRate, String> {
+    resources::parse_device_rate(s).map_err(|e| e.to_string())
+}
+fn parse_rule(s: &str) -> Result<DeviceRule, String> {
+    resources::parse_device_rule(s).map_err(|e| e.to_string())
+}
+fn parse_pids(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(resources::ResourceError::Pids(s.to_string()).to_string()),
+    }
+}
+fn parse_cpuset(s: &str) -> Result<Vec<u32>, String> {
+    resources::parse_cpu_list(s, &crate::cgroup::online_cpus()).map_err(|e| e.to_string())
+}
+fn parse_net(s: &str) -> Result<NetMode, String> {
+    match s {
+        "none" => Ok(NetMode::None),
+        "host" => Ok(NetMode::Host),
+        other => Err(format!("network mode '{other}' is not allowed: none (loopback only) or host")),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NetMode {
+    None,
+    Host,
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// Container name: names its cgroup (default: a random 12-hex ID).
+    #[arg(long)]
+    name: Option<String>,
+    /// Hostname in the container's UTS namespace (at most 64 bytes).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Exactly these namespaces (comma list of uts,ipc,pid,mnt,net,user,cgroup,time, or none).
+    /// Default: all but user; user too when the caller is not root.
+    #[arg(long, value_name = "LIST", value_parser = parse_ns)]
+    ns: Option<NamespaceSet>,
+    /// Leave these namespaces out of the set.
+    #[arg(long = "no-ns", value_name = "LIST", value_parser = parse_ns)]
+    no_ns: Vec<NamespaceSet>,
+    /// A uid_map line INSIDE:OUTSIDE:LENGTH (repeatable; implies the user namespace).
+    /// A root caller giving none with the user namespace leaves ids unmapped.
+    #[arg(long = "uid-map", value_name = "IN:OUT:LEN", value_parser = parse_map)]
+    uid_map: Vec<IdMapping>,
+    /// A gid_map line INSIDE:OUTSIDE:LENGTH (repeatable).
+    #[arg(long = "gid-map", value_name = "IN:OUT:LEN", value_parser = parse_map)]
+    gid_map: Vec<IdMapping>,
+    /// Seconds added to CLOCK_BOOTTIME (implies the time namespace).
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
+    boottime_offset: Option<i64>,
+    /// Seconds added to CLOCK_MONOTONIC (implies the time namespace).
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
+    monotonic_offset: Option<i64>,
+    /// Network: none (own namespace, loopback up) or host.
+    #[arg(long, default_value = "none", value_parser = parse_net)]
+    net: NetMode,
+    /// Bind mount SRC:DST[:ro] (repeatable).
+    #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:ro]", value_parser = parse_volume)]
+    volumes: Vec<BindMount>,
+    /// Environment KEY=VALUE (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Working directory inside.
+    #[arg(short = 'w', long)]
+    workdir: Option<PathBuf>,
+    /// Write the host PID of the container's first process here.
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    /// CPU bandwidth in CPUs (0.2 = 20% of one CPU; 2.5 = two and a half).
+    #[arg(long, value_parser = parse_cpus, allow_hyphen_values = true)]
+    cpus: Option<CpuMax>,
+    /// Relative CPU weight (v1 cpu.shares 2..262144; v2 cpu.weight by conversion).
+    #[arg(long, value_parser = parse_shares, allow_hyphen_values = true)]
+    cpu_shares: Option<u64>,
+    /// CPUs the container may run on (e.g. 0-1,3).
+    #[arg(long, value_name = "LIST", value_parser = parse_cpuset)]
+    cpuset_cpus: Option<Vec<u32>>,
+    /// Memory limit (e.g. 64k, 10m, 1g).
+    #[arg(short = 'm', long, alias = "mem", value_parser = parse_size, allow_hyphen_values = true)]
+    memory: Option<u64>,
+    /// Swap allowed on top of --memory (0 = none).
+    #[arg(long, value_parser = parse_size, allow_hyphen_values = true)]
+    swap: Option<u64>,
+    /// Most tasks (pids.max).
+    #[arg(long, value_parser = parse_pids, allow_hyphen_values = true)]
+    pids: Option<u64>,
+    /// Read throttle MAJ:MIN:RATE (e.g. 7:0:1m).
+    #[arg(long, value_name = "MAJ:MIN:RATE", value_parser = parse_rate)]
+    device_read_bps: Vec<DeviceRate>,
+    /// Write throttle MAJ:MIN:RATE.
+    #[arg(long, value_name = "MAJ:MIN:RATE", value_parser = parse_rate)]
+    device_write_bps: Vec<DeviceRate>,
+    /// Deny a device: 'TYPE MAJ:MIN ACCESS', e.g. 'c 1:3 rwm' (cgroup v1).
+    #[arg(long, value_name = "RULE", value_parser = parse_rule)]
+    device_deny: Vec<DeviceRule>,
+    /// Print the wall time of each start-up phase to stderr.
+    #[arg(long)]
+    timings: bool,
+    /// The directory that becomes the container's root (/ without a mnt namespace).
+    rootfs: PathBuf,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+/// Errors of the CLI that are not a container's.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Spec(#[from] crate::spec::SpecError),
+    #[error(transparent)]
+    IdMap(#[from] crate::idmap::IdMapError),
+    #[error(transparent)]
+    Run(#[from] container::RunError),
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+    #[error(transparent)]
+    Busybox(#[from] crate::rootfs::busybox::BusyboxError),
+    #[error("no running container named '{0}' (no {1} directory in any cgroup hierarchy)")]
+    NoSuchContainer(String, String),
+}
+
+impl RunArgs {
+    fn into_spec(self) -> Result<ContainerSpec, CliError> {
+        let mut spec = ContainerSpec::new(self.rootfs, self.command);
+        if let Some(name) = self.name {
+            crate::spec::validate_id(&name)?;
+            spec.id = name;
+        }
+        if let Some(set) = self.ns {
+            spec.namespaces = set;
+        }
+        let mut removed = NamespaceSet::default();
+        for set in &self.no_ns {
+            for ns in set.iter() {
+                spec.namespaces.remove(ns);
+                removed.insert(ns);
+            }
+        }
+        if self.net == NetMode::Host {
+            spec.namespaces.remove(Namespace::Net);
+        }
+        // Flags that only make sense with a namespace bring it along, unless
+        // the user removed it explicitly (then validate() names the conflict).
+        let mut imply = |wanted: bool, ns: Namespace| {
+            if wanted && !removed.contains(ns) {
+                spec.namespaces.insert(ns);
+            }
+        };
+        imply(!self.uid_map.is_empty() || !self.gid_map.is_empty(), Namespace::User);
+        imply(self.boottime_offset.is_some() || self.monotonic_offset.is_some(), Namespace::Time);
+        spec.hostname = self.hostname;
+        spec.user = UserMapping {
+            uids: IdMap::new(self.uid_map)?,
+            gids: IdMap::new(self.gid_map)?,
+        };
+        spec.time = TimeOffsets {
+            boottime: self.boottime_offset.unwrap_or(0),
+            monotonic: self.monotonic_offset.unwrap_or(0),
+        };
+        spec.mounts = self.volumes;
+        spec.env = self.env;
+        if let Some(wd) = self.workdir {
+            spec.workdir = wd;
+        }
+        spec.pid_file = self.pid_file;
+        spec.resources = Resources {
+            cpu_max: self.cpus,
+            cpu_shares: self.cpu_shares,
+            cpuset_cpus: self.cpuset_cpus,
+            memory: self.memory,
+            swap: self.swap,
+            pids: self.pids,
+            read_bps: self.device_read_bps,
+            write_bps: self.device_write_bps,
+            device_deny: self.device_deny,
+        };
+        Ok(spec)
+    }
+}
+
+/// Finds a running container's cgroup by its name.
+fn cgroup_by_name(name: &str) -> Result<ContainerCgroup, CliError> {
+    crate::spec::validate_id(name)?;
+    let rel = format!("{PARENT}/{name}");
+    let layout = Layout::detect();
+    let cg = match layout.version() {
+        Some(crate::cgroup::layout::Version::V2) => {
+            let root = layout.v2_root().map(PathBuf::from).unwrap_or_default();
+            ContainerCgroup { version: crate::cgroup::layout::Version::V2, dirs: vec![(vec!["unified".into()], root.join(&rel))] }
+        }
+        _ => ContainerCgroup {
+            version: crate::cgroup::layout::Version::V1,
+            dirs: layout.v1_mounts().into_iter().map(|(c, m)| (vec![c], m.join(&rel))).collect(),
+        },
+    };
+    if cg.dirs.iter().any(|(_, d)| d.is_dir()) {
+        Ok(cg)
+    } else {
+        Err(CliError::NoSuchContainer(name.to_string(), rel))
+    }
+}
+
+fn execute(cli: Cli) -> Result<i32, CliError> {
+    match cli.command {
+        Command::Run(args) => {
+            let timings = args.timings;
+            let spec = args.into_spec()?;
+            let outcome = container::run(&spec)?;
+            if timings {
+                for (phase, d) in &outcome.timings {
+                    eprintln!("kcell: timing {phase}: {:.3} ms", d.as_secs_f64() * 1000.0);
+                }
+            }
+            Ok(outcome.exit.code())
+        }
+        Command::Freeze { name } => cgroup_by_name(&name)?.set_frozen(true).map(|()| 0).map_err(Into::into),
+        Command::Thaw { name } => cgroup_by_name(&name)?.set_frozen(false).map(|()| 0).map_err(Into::into),
+        Command::Stats { name } => {
+            let stats = cgroup_by_name(&name)?.stats();
+            println!("{}", serde_json::to_string(&stats).unwrap_or_default());
+            Ok(0)
+        }
+        Command::Rootfs(RootfsCommand::Busybox { dir }) => {
+            let cache = std::env::temp_dir().join("kcell-busybox-cache");
+            let busybox = crate::rootfs::busybox::locate(&cache)?;
+            crate::rootfs::busybox::build(&dir, &busybox, &[])?;
+            println!("{}", dir.display());
+            Ok(0)
+        }
+    }
+}
+
+/// Runs the CLI on `args` (argv including the program name); returns the exit status.
+pub fn main<I, T>(args: I) -> i32
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+                let _ = e.print();
+                return 0;
+            }
+            // One line naming the value and what is allowed; clap's hints follow on stderr's next lines only with --help.
+            let text = e.to_string();
+            let lines: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .filter(|l| !l.is_empty())
+                .collect();
+            eprintln!("kcell: {}", lines.join(" ").trim_start_matches("error: "));
+            return EXIT_RUNTIME_ERROR;
+        }
+    };
+    match execute(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kcell: {e}");
+            match e {
+                CliError::Run(r) => r.exit_code(),
+                _ => EXIT_RUNTIME_ERROR,
+            }
+        }
+    }
+}

@@ -1,0 +1,534 @@
+//! Running a container. Three processes take part:
+//!
+//! * the **runtime** (this process): validates, writes the child's uid_map and
+//!   gid_map while it waits on a pipe (user_namespaces(7)), forwards signals,
+//!   and returns the command's status;
+//! * the **monitor** (stage 1), cloned with CLONE_NEWUSER when asked: once
+//!   mapped it unshares every other namespace, sets the time namespace's
+//!   offsets (they can only be written before a process enters it), and forks;
+//! * the container's **first process** (stage 2): PID 1 of the new PID
+//!   namespace; it builds the root, sets the hostname, brings up `lo` and execs.
+//!
+//! The split mirrors runc's nsexec: unsharing the time and PID namespaces only
+//! affects children, and an unprivileged caller can only do that after it is
+//! root in its own user namespace. Each child dies with its parent
+//! (PR_SET_PDEATHSIG), so killing the runtime ends the container.
+
+use crate::namespace::{Namespace, NamespaceError};
+use crate::rootfs::{self, RootfsError};
+use crate::spec::{ContainerSpec, SpecError};
+use crate::sys::{SysContext, SysError};
+use nix::errno::Errno;
+use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{Gid, Pid, Uid};
+use std::ffi::CString;
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Errors of a container run that are the runtime's (exit status 125), or the
+/// command's failure to start (126/127, as shells and Docker report it).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The spec was refused before anything was made.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// A namespace was asked for that the kernel lacks.
+    #[error(transparent)]
+    Namespace(#[from] NamespaceError),
+    /// A system call of the runtime failed.
+    #[error(transparent)]
+    Sys(#[from] SysError),
+    /// The monitor or the container's first process failed before exec.
+    #[error("{0}")]
+    Setup(String),
+    /// exec of the command failed (126: not executable, 127: not found).
+    #[error("{message}")]
+    Exec {
+        /// 126 or 127.
+        code: i32,
+        /// What failed.
+        message: String,
+    },
+    /// An error of the cgroup layer.
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+}
+
+impl RunError {
+    /// The exit status the CLI reports for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RunError::Exec { code, .. } => *code,
+            _ => 125,
+        }
+    }
+}
+
+/// How the container's first process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum ExitKind {
+    /// exit(2) with this status.
+    Exited(i32),
+    /// Killed by this signal.
+    Signaled(i32),
+}
+
+impl ExitKind {
+    /// The shell convention: the status, or 128 + the signal.
+    pub fn code(self) -> i32 {
+        match self {
+            ExitKind::Exited(c) => c,
+            ExitKind::Signaled(s) => 128 + s,
+        }
+    }
+}
+
+/// A finished container run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Outcome {
+    /// How the first process ended.
+    pub exit: ExitKind,
+    /// Its PID as the host saw it.
+    pub host_pid: i32,
+    /// Wall time of each phase of the run, for `--timings`.
+    pub timings: Vec<(&'static str, Duration)>,
+}
+
+/// Signals the runtime forwards to the container's first process.
+const FORWARDED: [Signal; 6] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+fn forwarded_and_chld() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in FORWARDED {
+        set.add(s);
+    }
+    set.add(Signal::SIGCHLD);
+    set
+}
+
+/// Runs `spec` to completion in the foreground.
+pub fn run(spec: &ContainerSpec) -> Result<Outcome, RunError> {
+    let mut clock = PhaseClock::new();
+    spec.validate()?;
+    spec.namespaces.check_supported()?;
+    let caller = (Uid::effective(), Gid::effective());
+    let user_map = effective_user_mapping(spec, caller);
+    let cgroup = crate::cgroup::ContainerCgroup::create_for(spec)?;
+    clock.mark("validate+cgroup");
+
+    let result = launch(spec, &user_map, cgroup.as_ref(), &mut clock);
+    if let Some(cg) = cgroup {
+        let removed = cg.remove();
+        clock.mark("cgroup removal");
+        if let (Ok(_), Err(e)) = (&result, removed) {
+            return Err(e.into());
+        }
+    }
+    result.map(|(exit, host_pid)| Outcome {
+        exit,
+        host_pid,
+        timings: clock.phases,
+    })
+}
+
+/// The maps actually written: the spec's, or for a caller that is not root
+/// and gave none, its own ids mapped to 0 (all an unprivileged writer may map).
+fn effective_user_mapping(spec: &ContainerSpec, (uid, gid): (Uid, Gid)) -> crate::spec::UserMapping {
+    let mut map = spec.user.clone();
+    if spec.namespaces.contains(Namespace::User) && !uid.is_root() {
+        if map.uids.is_empty() {
+            map.uids = crate::idmap::IdMap::root_to(uid.as_raw());
+        }
+        if map.gids.is_empty() {
+            map.gids = crate::idmap::IdMap::root_to(gid.as_raw());
+        }
+    }
+    map
+}
+
+fn launch(
+    spec: &ContainerSpec,
+    user_map: &crate::spec::UserMapping,
+    cgroup: Option<&crate::cgroup::ContainerCgroup>,
+    clock: &mut PhaseClock,
+) -> Result<(ExitKind, i32), RunError> {
+    let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).sys("pipe2", "go")?;
+    let (rep_r, rep_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).sys("pipe2", "report")?;
+    let blocked = forwarded_and_chld();
+    let mut old_mask = SigSet::empty();
+    signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&blocked), Some(&mut old_mask))
+        .sys("sigprocmask", "block")?;
+    let runtime_pid = nix::unistd::getpid();
+
+    let clone_flags = if spec.namespaces.contains(Namespace::User) {
+        libc::CLONE_NEWUSER
+    } else {
+        0
+    };
+    let monitor = match clone_process(clone_flags).sys("clone", "monitor")? {
+        None => {
+            drop(go_w);
+            drop(rep_r);
+            monitor_main(spec, user_map, go_r, rep_w, runtime_pid, &old_mask)
+        }
+        Some(pid) => pid,
+    };
+    drop(go_r);
+    drop(rep_w);
+    clock.mark("clone");
+
+    let prepared = (|| -> Result<(), RunError> {
+        if spec.namespaces.contains(Namespace::User) {
+            write_id_maps(monitor, user_map, !Uid::effective().is_root())?;
+        }
+        if let Some(cg) = cgroup {
+            cg.add_process(monitor.as_raw())?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = prepared {
+        // Closing the go pipe unread makes the monitor exit without running anything.
+        drop(go_w);
+        let _ = reap(monitor);
+        let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
+        return Err(e);
+    }
+    let mut go_w = fs::File::from(go_w);
+    go_w.write_all(b"g").sys("write", "go pipe")?;
+    drop(go_w);
+    clock.mark("id maps+cgroup placement");
+
+    let report = read_report(rep_r);
+    clock.mark("container setup until exec");
+    if let Some(pid) = report.pid {
+        if let Some(path) = &spec.pid_file {
+            fs::write(path, format!("{pid}\n")).sys("write", path.display())?;
+        }
+    }
+    let exit = wait_forwarding(monitor, report.pid.map(Pid::from_raw), &blocked);
+    clock.mark("command run");
+    let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
+    if let Some(err) = report.error {
+        return Err(err);
+    }
+    let exit = exit?;
+    Ok((exit, report.pid.unwrap_or(0)))
+}
+
+/// What the monitor and the first process said on the report pipe.
+struct Report {
+    pid: Option<i32>,
+    error: Option<RunError>,
+}
+
+fn read_report(fd: OwnedFd) -> Report {
+    let mut text = String::new();
+    let _ = fs::File::from(fd).read_to_string(&mut text);
+    let mut report = Report { pid: None, error: None };
+    for line in text.lines() {
+        if let Some(pid) = line.strip_prefix("pid ") {
+            report.pid = pid.trim().parse().ok();
+        } else if let Some(msg) = line.strip_prefix("error ") {
+            report.error.get_or_insert(RunError::Setup(msg.to_string()));
+        } else if let Some(rest) = line.strip_prefix("exec ") {
+            let (code, msg) = rest.split_once(' ').unwrap_or(("127", rest));
+            report.error.get_or_insert(RunError::Exec {
+                code: code.parse().unwrap_or(127),
+                message: msg.to_string(),
+            });
+        }
+    }
+    report
+}
+
+fn write_id_maps(child: Pid, map: &crate::spec::UserMapping, unprivileged: bool) -> Result<(), SysError> {
+    let proc = PathBuf::from(format!("/proc/{child}"));
+    if unprivileged {
+        // An unprivileged writer may only set gid_map once setgroups is denied.
+        fs::write(proc.join("setgroups"), "deny").sys("write deny to", proc.join("setgroups").display())?;
+    }
+    for (file, lines) in [("uid_map", &map.uids), ("gid_map", &map.gids)] {
+        if lines.is_empty() {
+            continue;
+        }
+        let path = proc.join(file);
+        let text = lines.to_proc_format();
+        fs::write(&path, &text).sys("write", format!("'{}' to {}", text.trim().replace('\n', ", "), path.display()))?;
+    }
+    Ok(())
+}
+
+/// Waits for the monitor while passing forwarded signals on to the first process.
+fn wait_forwarding(monitor: Pid, init: Option<Pid>, blocked: &SigSet) -> Result<ExitKind, RunError> {
+    loop {
+        match waitpid(monitor, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(status) => return exit_kind(status),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(SysError { call: "waitpid", subject: monitor.to_string(), errno: e }.into()),
+        }
+        match blocked.wait() {
+            Ok(Signal::SIGCHLD) | Err(_) => {}
+            Ok(sig) => {
+                if let Some(pid) = init {
+                    let _ = signal::kill(pid, sig);
+                }
+            }
+        }
+    }
+}
+
+fn reap(pid: Pid) -> Result<ExitKind, RunError> {
+    loop {
+        match waitpid(pid, None) {
+            Err(Errno::EINTR) => continue,
+            Ok(status) => return exit_kind(status),
+            Err(e) => return Err(SysError { call: "waitpid", subject: pid.to_string(), errno: e }.into()),
+        }
+    }
+}
+
+/// The monitor's exit encodes the first process's end: its status, or (for a
+/// signal) 128 + N together with a "signal N" line is not needed because the
+/// monitor re-raises the same signal on itself.
+fn exit_kind(status: WaitStatus) -> Result<ExitKind, RunError> {
+    match status {
+        WaitStatus::Exited(_, code) => Ok(ExitKind::Exited(code)),
+        WaitStatus::Signaled(_, sig, _) => Ok(ExitKind::Signaled(sig as i32)),
+        other => Err(RunError::Setup(format!("unexpected wait status {other:?}"))),
+    }
+}
+
+/// clone(2) without CLONE_VM: like fork, but taking namespace flags.
+/// Returns None in the child.
+fn clone_process(flags: libc::c_int) -> nix::Result<Option<Pid>> {
+    // SAFETY: with a null stack and without CLONE_VM the child runs on a
+    // copy-on-write copy of this stack, exactly as after fork(2). The runtime
+    // is single-threaded when it clones, so no lock can be held by another thread.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    match ret {
+        -1 => Err(Errno::last()),
+        0 => Ok(None),
+        pid => Ok(Some(Pid::from_raw(pid as i32))),
+    }
+}
+
+fn report_line(fd: &OwnedFd, line: &str) {
+    let text = format!("{}\n", line.replace('\n', " "));
+    let _ = nix::unistd::write(fd, text.as_bytes());
+}
+
+/// Stage 1. Never returns.
+fn monitor_main(
+    spec: &ContainerSpec,
+    user_map: &crate::spec::UserMapping,
+    go_r: OwnedFd,
+    rep_w: OwnedFd,
+    runtime_pid: Pid,
+    old_mask: &SigSet,
+) -> ! {
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    if nix::unistd::getppid() != runtime_pid {
+        std::process::exit(125);
+    }
+    let mut byte = [0u8; 1];
+    if !matches!(nix::unistd::read(go_r.as_raw_fd(), &mut byte), Ok(1)) {
+        // The runtime gave up before the container was allowed to start.
+        std::process::exit(125);
+    }
+    drop(go_r);
+    let init = match monitor_prepare(spec, user_map) {
+        Ok(()) => clone_process(0),
+        Err(e) => {
+            let hint = if e.errno == Errno::EPERM && !spec.namespaces.contains(Namespace::User) && !Uid::effective().is_root() {
+                " (a caller that is not root needs the user namespace)"
+            } else {
+                ""
+            };
+            report_line(&rep_w, &format!("error {e}{hint}"));
+            std::process::exit(125);
+        }
+    };
+    let init = match init {
+        Ok(None) => init_main(spec, user_map, rep_w, old_mask),
+        Ok(Some(pid)) => pid,
+        Err(e) => {
+            report_line(&rep_w, &format!("error fork of the container's first process: {e}"));
+            std::process::exit(125);
+        }
+    };
+    report_line(&rep_w, &format!("pid {init}"));
+    drop(rep_w);
+    // Terminal signals go to the whole foreground group; the monitor must
+    // outlive the first process to report how it ended.
+    for s in FORWARDED {
+        // SAFETY: SIG_IGN installs no handler code.
+        let _ = unsafe { signal::signal(s, signal::SigHandler::SigIgn) };
+    }
+    let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(old_mask), None);
+    let status = loop {
+        match waitpid(init, None) {
+            Err(Errno::EINTR) => continue,
+            other => break other,
+        }
+    };
+    match status {
+        Ok(WaitStatus::Exited(_, code)) => std::process::exit(code),
+        Ok(WaitStatus::Signaled(_, sig, _)) => {
+            // Re-raise so the runtime sees the same signal; no core file of the monitor.
+            let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
+            // SAFETY: restoring the default disposition installs no handler code.
+            let _ = unsafe { signal::signal(sig, signal::SigHandler::SigDfl) };
+            let _ = signal::kill(nix::unistd::getpid(), sig);
+            std::process::exit(128 + sig as i32)
+        }
+        _ => std::process::exit(125),
+    }
+}
+
+/// Stage 1 after the go byte: become root of the user namespace, make the
+/// time namespace with its offsets, unshare the rest.
+fn monitor_prepare(spec: &ContainerSpec, user_map: &crate::spec::UserMapping) -> Result<(), SysError> {
+    if spec.namespaces.contains(Namespace::User) {
+        if user_map.gids.outside_of(0).is_some() {
+            nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
+                .sys("setresgid", 0)?;
+            // Denied (EPERM) when an unprivileged caller wrote setgroups=deny.
+            let _ = nix::unistd::setgroups(&[]);
+        }
+        if user_map.uids.outside_of(0).is_some() {
+            nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
+                .sys("setresuid", 0)?;
+        }
+        // Changing ids made the process non-dumpable, which hands its /proc
+        // files to the (unmapped) host root: timens_offsets would be EACCES.
+        nix::sys::prctl::set_dumpable(true).sys("prctl PR_SET_DUMPABLE", 1)?;
+    }
+    if spec.namespaces.contains(Namespace::Time) {
+        nix::sched::unshare(nix::sched::CloneFlags::from_bits_retain(libc::CLONE_NEWTIME))
+            .sys("unshare", "time")?;
+        let offsets = format!(
+            "monotonic {} 0\nboottime {} 0\n",
+            spec.time.monotonic, spec.time.boottime
+        );
+        fs::write("/proc/self/timens_offsets", &offsets)
+            .sys("write", format!("'{}' to /proc/self/timens_offsets", offsets.trim().replace('\n', ", ")))?;
+    }
+    let flags = spec
+        .namespaces
+        .flags_except(&[Namespace::User, Namespace::Time]);
+    if flags != 0 {
+        let names: Vec<String> = spec
+            .namespaces
+            .iter()
+            .filter(|n| !matches!(n, Namespace::User | Namespace::Time))
+            .map(|n| n.to_string())
+            .collect();
+        nix::sched::unshare(nix::sched::CloneFlags::from_bits_retain(flags))
+            .sys("unshare", names.join(","))?;
+    }
+    Ok(())
+}
+
+/// Stage 2: the container's first process. Never returns.
+fn init_main(spec: &ContainerSpec, user_map: &crate::spec::UserMapping, rep_w: OwnedFd, old_mask: &SigSet) -> ! {
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    if let Err(e) = init_prepare(spec, user_map) {
+        report_line(&rep_w, &format!("error {e}"));
+        std::process::exit(125);
+    }
+    for s in FORWARDED {
+        // SAFETY: restoring the default disposition installs no handler code.
+        let _ = unsafe { signal::signal(s, signal::SigHandler::SigDfl) };
+    }
+    let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(old_mask), None);
+    let (code, message) = exec_command(spec);
+    report_line(&rep_w, &format!("exec {code} {message}"));
+    std::process::exit(code)
+}
+
+fn init_prepare(spec: &ContainerSpec, user_map: &crate::spec::UserMapping) -> Result<(), RootfsError> {
+    let user_ns = if !spec.namespaces.contains(Namespace::User) {
+        rootfs::UserNs::None
+    } else if user_map.uids.outside_of(0).is_some() {
+        rootfs::UserNs::Mapped
+    } else {
+        rootfs::UserNs::Unmapped
+    };
+    rootfs::enter(spec, user_ns)?;
+    if let Some(name) = &spec.hostname {
+        nix::unistd::sethostname(name).sys("sethostname", name)?;
+    }
+    if spec.namespaces.contains(Namespace::Net) {
+        crate::netdev::set_up("lo")?;
+    }
+    let wd = &spec.workdir;
+    nix::unistd::chdir(wd.as_path()).sys("chdir", wd.display())?;
+    // A session of its own: the container is not part of the caller's terminal job.
+    let _ = nix::unistd::setsid();
+    Ok(())
+}
+
+/// Looks the command up in the container's PATH and execs it; returns the
+/// status and message to report when that fails (127 not found, 126 not executable).
+fn exec_command(spec: &ContainerSpec) -> (i32, String) {
+    let env = spec.environment();
+    let path_var = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or(crate::spec::DEFAULT_PATH)
+        .to_string();
+    let cmd = &spec.command[0];
+    let candidates: Vec<PathBuf> = if cmd.contains('/') {
+        vec![PathBuf::from(cmd)]
+    } else {
+        path_var.split(':').map(|d| Path::new(d).join(cmd)).collect()
+    };
+    let Some(program) = candidates.iter().find(|p| p.is_file()) else {
+        return (127, format!("exec '{cmd}': not found in the container (PATH {path_var})"));
+    };
+    let to_c = |s: &str| CString::new(s).unwrap_or_default();
+    let argv: Vec<CString> = spec.command.iter().map(|a| to_c(a)).collect();
+    let envp: Vec<CString> = env.iter().map(|e| to_c(e)).collect();
+    let prog = to_c(&program.to_string_lossy());
+    let err = nix::unistd::execve(&prog, &argv, &envp).err().unwrap_or(Errno::EINVAL);
+    let code = if err == Errno::ENOENT { 127 } else { 126 };
+    (code, format!("exec {}: {} ({})", program.display(), err, err.desc()))
+}
+
+/// Wall time per phase of a run.
+struct PhaseClock {
+    last: Instant,
+    phases: Vec<(&'static str, Duration)>,
+}
+
+impl PhaseClock {
+    fn new() -> Self {
+        PhaseClock { last: Instant::now(), phases: Vec::new() }
+    }
+    fn mark(&mut self, phase: &'static str) {
+        let now = Instant::now();
+        self.phases.push((phase, now - self.last));
+        self.last = now;
+    }
+}

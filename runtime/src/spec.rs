@@ -1,0 +1,334 @@
+//! What a container is, as data: the root, the command, the namespaces and
+//! their parameters, the mounts. The CLI builds one; [`crate::container`] runs it.
+
+use crate::cgroup::resources::Resources;
+use crate::idmap::IdMap;
+use crate::namespace::{Namespace, NamespaceSet};
+use std::path::{Path, PathBuf};
+
+/// The kernel's limit on a hostname (HOST_NAME_MAX, `__NEW_UTS_LEN`).
+pub const HOSTNAME_MAX: usize = 64;
+
+/// The PATH a container's command is looked up in unless the env sets one.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Errors in a container spec, found before anything is made.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    /// The root directory does not exist or is not a directory.
+    #[error("root filesystem '{0}' is not an existing directory")]
+    MissingRootfs(PathBuf),
+    /// Nothing to run.
+    #[error("no command given: usage is kcell run [FLAGS] ROOTFS [--] CMD [ARGS...]")]
+    MissingCommand,
+    /// Longer than the kernel's 64 bytes.
+    #[error("hostname '{0}' is {1} bytes long: at most 64 are allowed")]
+    HostnameTooLong(String, usize),
+    /// A hostname without a UTS namespace would rename the host.
+    #[error("--hostname needs the uts namespace, which the namespace set leaves out")]
+    HostnameWithoutUts,
+    /// Without a mount namespace the root cannot change (it would be the host's).
+    #[error("root filesystem '{0}' needs the mnt namespace: without one, ROOTFS must be /")]
+    RootWithoutMnt(PathBuf),
+    /// Clock offsets are set on a time namespace.
+    #[error("--{0}-offset needs the time namespace, which the namespace set leaves out")]
+    OffsetWithoutTime(&'static str),
+    /// Id maps are written for a user namespace.
+    #[error("--{0}-map needs the user namespace, which the namespace set leaves out")]
+    MapWithoutUser(&'static str),
+    /// A volume given as SRC:DST[:ro] could not be read.
+    #[error("volume '{0}' is malformed: expected SRC:DST or SRC:DST:ro with absolute paths")]
+    MalformedVolume(String),
+    /// The source of a bind mount does not exist.
+    #[error("volume source '{0}' does not exist")]
+    MissingVolumeSource(PathBuf),
+    /// A container ID with characters a cgroup or file name cannot hold.
+    #[error("container name '{0}' is not allowed: 1 to 64 of letters, digits, '_', '.', '-', not starting with '.'")]
+    BadId(String),
+    /// An environment entry without '='.
+    #[error("environment entry '{0}' is malformed: expected KEY=VALUE")]
+    MalformedEnv(String),
+}
+
+/// A bind mount from the host into the container (`-v SRC:DST[:ro]`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BindMount {
+    /// Host path.
+    pub source: PathBuf,
+    /// Path inside the container.
+    pub target: PathBuf,
+    /// Mounted read-only.
+    pub readonly: bool,
+}
+
+impl BindMount {
+    /// Parses `SRC:DST[:ro|:rw]`; both paths absolute.
+    pub fn parse(text: &str) -> Result<Self, SpecError> {
+        let bad = || SpecError::MalformedVolume(text.to_string());
+        let parts: Vec<&str> = text.split(':').collect();
+        let (source, target, readonly) = match parts.as_slice() {
+            [s, t] => (*s, *t, false),
+            [s, t, "ro"] => (*s, *t, true),
+            [s, t, "rw"] => (*s, *t, false),
+            _ => return Err(bad()),
+        };
+        if !source.starts_with('/') || !target.starts_with('/') || target == "/" {
+            return Err(bad());
+        }
+        Ok(BindMount {
+            source: source.into(),
+            target: target.into(),
+            readonly,
+        })
+    }
+}
+
+/// Offsets of the time namespace, in seconds (time_namespaces(7)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TimeOffsets {
+    /// Added to CLOCK_BOOTTIME (and so to /proc/uptime).
+    pub boottime: i64,
+    /// Added to CLOCK_MONOTONIC.
+    pub monotonic: i64,
+}
+
+/// How the container's user namespace is mapped.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UserMapping {
+    /// Lines for /proc/PID/uid_map; empty leaves ids unmapped (overflow ids).
+    pub uids: IdMap,
+    /// Lines for /proc/PID/gid_map.
+    pub gids: IdMap,
+}
+
+/// A container, as data.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ContainerSpec {
+    /// The container's ID: names its cgroup (`kcell/<id>`) and, later, its state.
+    pub id: String,
+    /// The directory that becomes `/` (pivot_root), or `/` itself without a mnt namespace.
+    pub rootfs: PathBuf,
+    /// argv of the container's first process.
+    pub command: Vec<String>,
+    /// KEY=VALUE entries added to the default environment.
+    pub env: Vec<String>,
+    /// Working directory inside.
+    pub workdir: PathBuf,
+    /// Hostname for the UTS namespace.
+    pub hostname: Option<String>,
+    /// The namespaces made for the container.
+    pub namespaces: NamespaceSet,
+    /// The user namespace's maps (used when `namespaces` holds user).
+    pub user: UserMapping,
+    /// Clock offsets (used when `namespaces` holds time).
+    pub time: TimeOffsets,
+    /// Host directories and files bound in.
+    pub mounts: Vec<BindMount>,
+    /// Where to write the host PID of the container's first process.
+    pub pid_file: Option<PathBuf>,
+    /// cgroup limits.
+    pub resources: Resources,
+}
+
+/// A fresh 12-hex-digit container ID (48 random bits, as Docker's short IDs).
+pub fn new_id() -> String {
+    let mut bytes = [0u8; 6];
+    let filled = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+    if filled.is_err() {
+        // No /dev/urandom: fall back to time and pid, still unique per run.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let mix = (t as u64) ^ (u64::from(std::process::id()) << 32);
+        bytes.copy_from_slice(&mix.to_le_bytes()[..6]);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Checks a user-given container ID: 1 to 64 of [A-Za-z0-9_.-], not starting with '.'.
+pub fn validate_id(id: &str) -> Result<(), SpecError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && !id.starts_with('.')
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::BadId(id.to_string()))
+    }
+}
+
+impl ContainerSpec {
+    /// A spec with the default namespaces for this caller and nothing else set.
+    pub fn new(rootfs: impl Into<PathBuf>, command: Vec<String>) -> Self {
+        ContainerSpec {
+            id: new_id(),
+            rootfs: rootfs.into(),
+            command,
+            env: Vec::new(),
+            workdir: PathBuf::from("/"),
+            hostname: None,
+            namespaces: NamespaceSet::default_for(nix::unistd::geteuid().is_root()),
+            user: UserMapping::default(),
+            time: TimeOffsets::default(),
+            mounts: Vec::new(),
+            pid_file: None,
+            resources: Resources::default(),
+        }
+    }
+
+    /// Checks everything that can be checked before a process is made.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        validate_id(&self.id)?;
+        if self.command.is_empty() || self.command[0].is_empty() {
+            return Err(SpecError::MissingCommand);
+        }
+        if !self.rootfs.is_dir() {
+            return Err(SpecError::MissingRootfs(self.rootfs.clone()));
+        }
+        if !self.namespaces.contains(Namespace::Mnt) && self.rootfs != Path::new("/") {
+            return Err(SpecError::RootWithoutMnt(self.rootfs.clone()));
+        }
+        if let Some(name) = &self.hostname {
+            if name.len() > HOSTNAME_MAX {
+                return Err(SpecError::HostnameTooLong(name.clone(), name.len()));
+            }
+            if !self.namespaces.contains(Namespace::Uts) {
+                return Err(SpecError::HostnameWithoutUts);
+            }
+        }
+        if !self.namespaces.contains(Namespace::Time) {
+            if self.time.boottime != 0 {
+                return Err(SpecError::OffsetWithoutTime("boottime"));
+            }
+            if self.time.monotonic != 0 {
+                return Err(SpecError::OffsetWithoutTime("monotonic"));
+            }
+        }
+        if !self.namespaces.contains(Namespace::User) {
+            if !self.user.uids.is_empty() {
+                return Err(SpecError::MapWithoutUser("uid"));
+            }
+            if !self.user.gids.is_empty() {
+                return Err(SpecError::MapWithoutUser("gid"));
+            }
+        }
+        for m in &self.mounts {
+            if !m.source.exists() {
+                return Err(SpecError::MissingVolumeSource(m.source.clone()));
+            }
+        }
+        if let Some(bad) = self.env.iter().find(|e| !e.contains('=')) {
+            return Err(SpecError::MalformedEnv(bad.clone()));
+        }
+        Ok(())
+    }
+
+    /// The environment the command starts with: PATH, HOME, HOSTNAME, then `env`.
+    pub fn environment(&self) -> Vec<String> {
+        let mut env = vec![format!("PATH={DEFAULT_PATH}"), "HOME=/root".to_string()];
+        if let Some(h) = &self.hostname {
+            env.push(format!("HOSTNAME={h}"));
+        }
+        if let Ok(term) = std::env::var("TERM") {
+            env.push(format!("TERM={term}"));
+        }
+        for entry in &self.env {
+            let key = entry.split('=').next().unwrap_or_default();
+            env.retain(|e| e.split('=').next() != Some(key));
+            env.push(entry.clone());
+        }
+        env
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    fn spec() -> ContainerSpec {
+        let mut s = ContainerSpec::new("/", vec!["true".into()]);
+        s.namespaces = NamespaceSet::parse_list("uts,ipc,pid").expect("valid");
+        s
+    }
+
+    #[rstest]
+    #[case("/a:/b", "/a", "/b", false)]
+    #[case("/a:/b:ro", "/a", "/b", true)]
+    #[case("/a:/b:rw", "/a", "/b", false)]
+    fn parses_volumes(#[case] text: &str, #[case] s: &str, #[case] t: &str, #[case] ro: bool) {
+        let m = BindMount::parse(text).expect("valid");
+        assert_eq!((m.source, m.target, m.readonly), (s.into(), t.into(), ro));
+    }
+
+    #[rstest]
+    #[case("a:/b")]
+    #[case("/a:b")]
+    #[case("/a")]
+    #[case("/a:/b:rx")]
+    #[case("/a:/")]
+    fn rejects_bad_volumes(#[case] text: &str) {
+        assert_eq!(
+            BindMount::parse(text),
+            Err(SpecError::MalformedVolume(text.into()))
+        );
+    }
+
+    #[test]
+    fn hostname_limit_is_64_bytes() {
+        let mut s = spec();
+        s.hostname = Some("x".repeat(64));
+        assert_eq!(s.validate(), Ok(()));
+        s.hostname = Some("x".repeat(65));
+        assert_eq!(
+            s.validate(),
+            Err(SpecError::HostnameTooLong("x".repeat(65), 65))
+        );
+    }
+
+    #[test]
+    fn root_other_than_slash_needs_mnt() {
+        let mut s = spec();
+        s.rootfs = std::env::temp_dir();
+        assert!(matches!(s.validate(), Err(SpecError::RootWithoutMnt(_))));
+    }
+
+    #[test]
+    fn missing_command_and_root_are_named() {
+        let mut s = spec();
+        s.command.clear();
+        assert_eq!(s.validate(), Err(SpecError::MissingCommand));
+        let mut s = spec();
+        s.rootfs = "/nonexistent-kcell".into();
+        assert_eq!(
+            s.validate(),
+            Err(SpecError::MissingRootfs("/nonexistent-kcell".into()))
+        );
+    }
+
+    #[rstest]
+    #[case("web-1", true)]
+    #[case("a.b_c", true)]
+    #[case("", false)]
+    #[case(".hidden", false)]
+    #[case("a/b", false)]
+    #[case("../x", false)]
+    fn ids(#[case] id: &str, #[case] ok: bool) {
+        assert_eq!(validate_id(id).is_ok(), ok);
+        assert!(validate_id(&new_id()).is_ok());
+        assert_eq!(new_id().len(), 12);
+    }
+
+    #[test]
+    fn env_overrides_defaults() {
+        let mut s = spec();
+        s.env = vec!["PATH=/x".into(), "A=1".into()];
+        let env = s.environment();
+        assert!(env.contains(&"PATH=/x".to_string()));
+        assert!(!env.iter().any(|e| e.starts_with("PATH=/usr")));
+        assert!(env.contains(&"A=1".to_string()));
+    }
+}
