@@ -92,7 +92,9 @@ fn parse_net(s: &str) -> Result<NetMode, String> {
     match s {
         "none" => Ok(NetMode::None),
         "host" => Ok(NetMode::Host),
-        other => Err(format!("network mode '{other}' is not allowed: none (loopback only) or host")),
+        other => Err(format!(
+            "network mode '{other}' is not allowed: none (loopback only) or host"
+        )),
     }
 }
 
@@ -226,8 +228,14 @@ impl RunArgs {
                 spec.namespaces.insert(ns);
             }
         };
-        imply(!self.uid_map.is_empty() || !self.gid_map.is_empty(), Namespace::User);
-        imply(self.boottime_offset.is_some() || self.monotonic_offset.is_some(), Namespace::Time);
+        imply(
+            !self.uid_map.is_empty() || !self.gid_map.is_empty(),
+            Namespace::User,
+        );
+        imply(
+            self.boottime_offset.is_some() || self.monotonic_offset.is_some(),
+            Namespace::Time,
+        );
         spec.hostname = self.hostname;
         spec.user = UserMapping {
             uids: IdMap::new(self.uid_map)?,
@@ -266,11 +274,18 @@ fn cgroup_by_name(name: &str) -> Result<ContainerCgroup, CliError> {
     let cg = match layout.version() {
         Some(crate::cgroup::layout::Version::V2) => {
             let root = layout.v2_root().map(PathBuf::from).unwrap_or_default();
-            ContainerCgroup { version: crate::cgroup::layout::Version::V2, dirs: vec![(vec!["unified".into()], root.join(&rel))] }
+            ContainerCgroup {
+                version: crate::cgroup::layout::Version::V2,
+                dirs: vec![(vec!["unified".into()], root.join(&rel))],
+            }
         }
         _ => ContainerCgroup {
             version: crate::cgroup::layout::Version::V1,
-            dirs: layout.v1_mounts().into_iter().map(|(c, m)| (vec![c], m.join(&rel))).collect(),
+            dirs: layout
+                .v1_mounts()
+                .into_iter()
+                .map(|(c, m)| (vec![c], m.join(&rel)))
+                .collect(),
         },
     };
     if cg.dirs.iter().any(|(_, d)| d.is_dir()) {
@@ -293,8 +308,14 @@ fn execute(cli: Cli) -> Result<i32, CliError> {
             }
             Ok(outcome.exit.code())
         }
-        Command::Freeze { name } => cgroup_by_name(&name)?.set_frozen(true).map(|()| 0).map_err(Into::into),
-        Command::Thaw { name } => cgroup_by_name(&name)?.set_frozen(false).map(|()| 0).map_err(Into::into),
+        Command::Freeze { name } => cgroup_by_name(&name)?
+            .set_frozen(true)
+            .map(|()| 0)
+            .map_err(Into::into),
+        Command::Thaw { name } => cgroup_by_name(&name)?
+            .set_frozen(false)
+            .map(|()| 0)
+            .map_err(Into::into),
         Command::Stats { name } => {
             let stats = cgroup_by_name(&name)?.stats();
             println!("{}", serde_json::to_string(&stats).unwrap_or_default());
@@ -320,7 +341,12 @@ where
         Ok(cli) => cli,
         Err(e) => {
             use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
                 let _ = e.print();
                 return 0;
             }

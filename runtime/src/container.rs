@@ -144,7 +144,10 @@ pub fn run(spec: &ContainerSpec) -> Result<Outcome, RunError> {
 
 /// The maps actually written: the spec's, or for a caller that is not root
 /// and gave none, its own ids mapped to 0 (all an unprivileged writer may map).
-fn effective_user_mapping(spec: &ContainerSpec, (uid, gid): (Uid, Gid)) -> crate::spec::UserMapping {
+fn effective_user_mapping(
+    spec: &ContainerSpec,
+    (uid, gid): (Uid, Gid),
+) -> crate::spec::UserMapping {
     let mut map = spec.user.clone();
     if spec.namespaces.contains(Namespace::User) && !uid.is_root() {
         if map.uids.is_empty() {
@@ -235,7 +238,10 @@ struct Report {
 fn read_report(fd: OwnedFd) -> Report {
     let mut text = String::new();
     let _ = fs::File::from(fd).read_to_string(&mut text);
-    let mut report = Report { pid: None, error: None };
+    let mut report = Report {
+        pid: None,
+        error: None,
+    };
     for line in text.lines() {
         if let Some(pid) = line.strip_prefix("pid ") {
             report.pid = pid.trim().parse().ok();
@@ -252,11 +258,16 @@ fn read_report(fd: OwnedFd) -> Report {
     report
 }
 
-fn write_id_maps(child: Pid, map: &crate::spec::UserMapping, unprivileged: bool) -> Result<(), SysError> {
+fn write_id_maps(
+    child: Pid,
+    map: &crate::spec::UserMapping,
+    unprivileged: bool,
+) -> Result<(), SysError> {
     let proc = PathBuf::from(format!("/proc/{child}"));
     if unprivileged {
         // An unprivileged writer may only set gid_map once setgroups is denied.
-        fs::write(proc.join("setgroups"), "deny").sys("write deny to", proc.join("setgroups").display())?;
+        fs::write(proc.join("setgroups"), "deny")
+            .sys("write deny to", proc.join("setgroups").display())?;
     }
     for (file, lines) in [("uid_map", &map.uids), ("gid_map", &map.gids)] {
         if lines.is_empty() {
@@ -264,19 +275,37 @@ fn write_id_maps(child: Pid, map: &crate::spec::UserMapping, unprivileged: bool)
         }
         let path = proc.join(file);
         let text = lines.to_proc_format();
-        fs::write(&path, &text).sys("write", format!("'{}' to {}", text.trim().replace('\n', ", "), path.display()))?;
+        fs::write(&path, &text).sys(
+            "write",
+            format!(
+                "'{}' to {}",
+                text.trim().replace('\n', ", "),
+                path.display()
+            ),
+        )?;
     }
     Ok(())
 }
 
 /// Waits for the monitor while passing forwarded signals on to the first process.
-fn wait_forwarding(monitor: Pid, init: Option<Pid>, blocked: &SigSet) -> Result<ExitKind, RunError> {
+fn wait_forwarding(
+    monitor: Pid,
+    init: Option<Pid>,
+    blocked: &SigSet,
+) -> Result<ExitKind, RunError> {
     loop {
         match waitpid(monitor, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) => {}
             Ok(status) => return exit_kind(status),
             Err(Errno::EINTR) => continue,
-            Err(e) => return Err(SysError { call: "waitpid", subject: monitor.to_string(), errno: e }.into()),
+            Err(e) => {
+                return Err(SysError {
+                    call: "waitpid",
+                    subject: monitor.to_string(),
+                    errno: e,
+                }
+                .into())
+            }
         }
         match blocked.wait() {
             Ok(Signal::SIGCHLD) | Err(_) => {}
@@ -294,7 +323,14 @@ fn reap(pid: Pid) -> Result<ExitKind, RunError> {
         match waitpid(pid, None) {
             Err(Errno::EINTR) => continue,
             Ok(status) => return exit_kind(status),
-            Err(e) => return Err(SysError { call: "waitpid", subject: pid.to_string(), errno: e }.into()),
+            Err(e) => {
+                return Err(SysError {
+                    call: "waitpid",
+                    subject: pid.to_string(),
+                    errno: e,
+                }
+                .into())
+            }
         }
     }
 }
@@ -360,7 +396,10 @@ fn monitor_main(
     let init = match monitor_prepare(spec, user_map) {
         Ok(()) => clone_process(0),
         Err(e) => {
-            let hint = if e.errno == Errno::EPERM && !spec.namespaces.contains(Namespace::User) && !Uid::effective().is_root() {
+            let hint = if e.errno == Errno::EPERM
+                && !spec.namespaces.contains(Namespace::User)
+                && !Uid::effective().is_root()
+            {
                 " (a caller that is not root needs the user namespace)"
             } else {
                 ""
@@ -373,7 +412,10 @@ fn monitor_main(
         Ok(None) => init_main(spec, user_map, rep_w, old_mask),
         Ok(Some(pid)) => pid,
         Err(e) => {
-            report_line(&rep_w, &format!("error fork of the container's first process: {e}"));
+            report_line(
+                &rep_w,
+                &format!("error fork of the container's first process: {e}"),
+            );
             std::process::exit(125);
         }
     };
@@ -408,7 +450,10 @@ fn monitor_main(
 
 /// Stage 1 after the go byte: become root of the user namespace, make the
 /// time namespace with its offsets, unshare the rest.
-fn monitor_prepare(spec: &ContainerSpec, user_map: &crate::spec::UserMapping) -> Result<(), SysError> {
+fn monitor_prepare(
+    spec: &ContainerSpec,
+    user_map: &crate::spec::UserMapping,
+) -> Result<(), SysError> {
     if spec.namespaces.contains(Namespace::User) {
         if user_map.gids.outside_of(0).is_some() {
             nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
@@ -425,14 +470,21 @@ fn monitor_prepare(spec: &ContainerSpec, user_map: &crate::spec::UserMapping) ->
         nix::sys::prctl::set_dumpable(true).sys("prctl PR_SET_DUMPABLE", 1)?;
     }
     if spec.namespaces.contains(Namespace::Time) {
-        nix::sched::unshare(nix::sched::CloneFlags::from_bits_retain(libc::CLONE_NEWTIME))
-            .sys("unshare", "time")?;
+        nix::sched::unshare(nix::sched::CloneFlags::from_bits_retain(
+            libc::CLONE_NEWTIME,
+        ))
+        .sys("unshare", "time")?;
         let offsets = format!(
             "monotonic {} 0\nboottime {} 0\n",
             spec.time.monotonic, spec.time.boottime
         );
-        fs::write("/proc/self/timens_offsets", &offsets)
-            .sys("write", format!("'{}' to /proc/self/timens_offsets", offsets.trim().replace('\n', ", ")))?;
+        fs::write("/proc/self/timens_offsets", &offsets).sys(
+            "write",
+            format!(
+                "'{}' to /proc/self/timens_offsets",
+                offsets.trim().replace('\n', ", ")
+            ),
+        )?;
     }
     let flags = spec
         .namespaces
@@ -451,7 +503,12 @@ fn monitor_prepare(spec: &ContainerSpec, user_map: &crate::spec::UserMapping) ->
 }
 
 /// Stage 2: the container's first process. Never returns.
-fn init_main(spec: &ContainerSpec, user_map: &crate::spec::UserMapping, rep_w: OwnedFd, old_mask: &SigSet) -> ! {
+fn init_main(
+    spec: &ContainerSpec,
+    user_map: &crate::spec::UserMapping,
+    rep_w: OwnedFd,
+    old_mask: &SigSet,
+) -> ! {
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     if let Err(e) = init_prepare(spec, user_map) {
         report_line(&rep_w, &format!("error {e}"));
@@ -467,7 +524,10 @@ fn init_main(spec: &ContainerSpec, user_map: &crate::spec::UserMapping, rep_w: O
     std::process::exit(code)
 }
 
-fn init_prepare(spec: &ContainerSpec, user_map: &crate::spec::UserMapping) -> Result<(), RootfsError> {
+fn init_prepare(
+    spec: &ContainerSpec,
+    user_map: &crate::spec::UserMapping,
+) -> Result<(), RootfsError> {
     let user_ns = if !spec.namespaces.contains(Namespace::User) {
         rootfs::UserNs::None
     } else if user_map.uids.outside_of(0).is_some() {
@@ -502,18 +562,29 @@ fn exec_command(spec: &ContainerSpec) -> (i32, String) {
     let candidates: Vec<PathBuf> = if cmd.contains('/') {
         vec![PathBuf::from(cmd)]
     } else {
-        path_var.split(':').map(|d| Path::new(d).join(cmd)).collect()
+        path_var
+            .split(':')
+            .map(|d| Path::new(d).join(cmd))
+            .collect()
     };
     let Some(program) = candidates.iter().find(|p| p.is_file()) else {
-        return (127, format!("exec '{cmd}': not found in the container (PATH {path_var})"));
+        return (
+            127,
+            format!("exec '{cmd}': not found in the container (PATH {path_var})"),
+        );
     };
     let to_c = |s: &str| CString::new(s).unwrap_or_default();
     let argv: Vec<CString> = spec.command.iter().map(|a| to_c(a)).collect();
     let envp: Vec<CString> = env.iter().map(|e| to_c(e)).collect();
     let prog = to_c(&program.to_string_lossy());
-    let err = nix::unistd::execve(&prog, &argv, &envp).err().unwrap_or(Errno::EINVAL);
+    let err = nix::unistd::execve(&prog, &argv, &envp)
+        .err()
+        .unwrap_or(Errno::EINVAL);
     let code = if err == Errno::ENOENT { 127 } else { 126 };
-    (code, format!("exec {}: {} ({})", program.display(), err, err.desc()))
+    (
+        code,
+        format!("exec {}: {} ({})", program.display(), err, err.desc()),
+    )
 }
 
 /// Wall time per phase of a run.
@@ -524,7 +595,10 @@ struct PhaseClock {
 
 impl PhaseClock {
     fn new() -> Self {
-        PhaseClock { last: Instant::now(), phases: Vec::new() }
+        PhaseClock {
+            last: Instant::now(),
+            phases: Vec::new(),
+        }
     }
     fn mark(&mut self, phase: &'static str) {
         let now = Instant::now();

@@ -55,7 +55,8 @@ impl IdMapping {
             return Err(IdMapError::ZeroLength(text.to_string()));
         }
         let last = |start: u32| u64::from(start) + u64::from(mapping.length) - 1;
-        if last(mapping.inside) >= u64::from(u32::MAX) || last(mapping.outside) >= u64::from(u32::MAX)
+        if last(mapping.inside) >= u64::from(u32::MAX)
+            || last(mapping.outside) >= u64::from(u32::MAX)
         {
             return Err(IdMapError::Overflow(text.to_string()));
         }

@@ -19,7 +19,11 @@ fn request(name: &str) -> IfReqFlags {
         flags: 0,
         _pad: [0; 22],
     };
-    for (dst, src) in req.name.iter_mut().zip(name.bytes().take(libc::IFNAMSIZ - 1)) {
+    for (dst, src) in req
+        .name
+        .iter_mut()
+        .zip(name.bytes().take(libc::IFNAMSIZ - 1))
+    {
         *dst = src as libc::c_char;
     }
     req
@@ -55,5 +59,7 @@ pub fn set_up(name: &str) -> Result<(), SysError> {
     req.flags |= libc::IFF_UP as libc::c_short;
     // SAFETY: as above; the kernel only reads the request.
     let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
-    Errno::result(rc).sys("ioctl SIOCSIFFLAGS up", name).map(|_| ())
+    Errno::result(rc)
+        .sys("ioctl SIOCSIFFLAGS up", name)
+        .map(|_| ())
 }

@@ -139,9 +139,14 @@ mod tests {
         assert_eq!(layout.version(), Some(Version::V1));
         let m = layout.v1_mounts();
         assert_eq!(m.get("cpu"), Some(&PathBuf::from("/sys/fs/cgroup/cpu")));
-        assert_eq!(m.get("cpuacct"), Some(&PathBuf::from("/sys/fs/cgroup/cpu,cpuacct")));
+        assert_eq!(
+            m.get("cpuacct"),
+            Some(&PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"))
+        );
         assert!(!m.contains_key("name=systemd"));
-        assert!(matches!(layout, Layout::Hybrid(_, ref p) if p == Path::new("/sys/fs/cgroup/unified")));
+        assert!(
+            matches!(layout, Layout::Hybrid(_, ref p) if p == Path::new("/sys/fs/cgroup/unified"))
+        );
     }
 
     #[test]
@@ -155,6 +160,9 @@ mod tests {
 
     #[test]
     fn nothing_mounted() {
-        assert_eq!(Layout::from_mountinfo("1 0 8:1 / / rw - ext4 /dev/sda rw\n"), Layout::None);
+        assert_eq!(
+            Layout::from_mountinfo("1 0 8:1 / / rw - ext4 /dev/sda rw\n"),
+            Layout::None
+        );
     }
 }

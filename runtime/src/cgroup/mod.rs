@@ -29,7 +29,9 @@ pub enum CgroupError {
     #[error("cgroup limits need root: this runtime runs as uid {0}")]
     NeedsRoot(u32),
     /// Limits were asked for and no cgroup filesystem is mounted.
-    #[error("cgroup limits asked for, but no cgroup filesystem is mounted (see /proc/self/mountinfo)")]
+    #[error(
+        "cgroup limits asked for, but no cgroup filesystem is mounted (see /proc/self/mountinfo)"
+    )]
     NoCgroupFs,
     /// A controller the limits need is not available.
     #[error("the {0} controller is not available on this host's cgroup {1} ({2})")]
@@ -85,11 +87,19 @@ impl ContainerCgroup {
         }
         let uid = nix::unistd::geteuid();
         if !uid.is_root() {
-            return if res.is_empty() { Ok(None) } else { Err(CgroupError::NeedsRoot(uid.as_raw())) };
+            return if res.is_empty() {
+                Ok(None)
+            } else {
+                Err(CgroupError::NeedsRoot(uid.as_raw()))
+            };
         }
         let layout = Layout::detect();
         let Some(version) = layout.version() else {
-            return if res.is_empty() { Ok(None) } else { Err(CgroupError::NoCgroupFs) };
+            return if res.is_empty() {
+                Ok(None)
+            } else {
+                Err(CgroupError::NoCgroupFs)
+            };
         };
         let settings = res.settings(version)?;
         let cg = match version {
@@ -99,7 +109,13 @@ impl ContainerCgroup {
         for s in &settings {
             let applied = cg
                 .dir_of(s.controller)
-                .ok_or_else(|| CgroupError::MissingController(s.controller.into(), version, layout.describe().into()))
+                .ok_or_else(|| {
+                    CgroupError::MissingController(
+                        s.controller.into(),
+                        version,
+                        layout.describe().into(),
+                    )
+                })
                 .and_then(|dir| write(&dir.join(s.file), &s.value).map_err(CgroupError::from));
             if let Err(e) = applied {
                 let _ = cg.remove();
@@ -112,34 +128,47 @@ impl ContainerCgroup {
     fn create_v1(layout: &Layout, id: &str, needed: &[&str]) -> Result<Self, CgroupError> {
         let mounts = layout.v1_mounts();
         if let Some(missing) = needed.iter().find(|c| !mounts.contains_key(**c)) {
-            return Err(CgroupError::MissingController(missing.to_string(), Version::V1, "no v1 hierarchy mounted for it".into()));
+            return Err(CgroupError::MissingController(
+                missing.to_string(),
+                Version::V1,
+                "no v1 hierarchy mounted for it".into(),
+            ));
         }
         // Co-mounted controllers (cpu,cpuacct) share one directory.
         let mut dirs: Vec<(Vec<String>, PathBuf)> = Vec::new();
         for (controller, mount) in &mounts {
-            match dirs.iter_mut().find(|(_, d)| d.starts_with(mount) && d.parent().and_then(Path::parent) == Some(mount)) {
+            match dirs.iter_mut().find(|(_, d)| {
+                d.starts_with(mount) && d.parent().and_then(Path::parent) == Some(mount)
+            }) {
                 Some((names, _)) => names.push(controller.clone()),
                 None => dirs.push((vec![controller.clone()], mount.join(PARENT).join(id))),
             }
         }
-        let cg = ContainerCgroup { version: Version::V1, dirs };
+        let cg = ContainerCgroup {
+            version: Version::V1,
+            dirs,
+        };
         for (names, dir) in &cg.dirs {
             let made = (|| -> Result<(), SysError> {
                 let parent = dir.parent().unwrap_or(dir);
                 let is_cpuset = names.iter().any(|n| n == "cpuset");
-                if !parent.is_dir() {
-                    match fs::create_dir(parent) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                        Err(e) => return Err(e).sys("mkdir", parent.display()),
+                // The shared parent may be removed by the last container
+                // leaving at the same moment: make it again and retry.
+                let mut attempts = 0;
+                loop {
+                    ensure_parent(parent)?;
+                    if is_cpuset {
+                        // A v1 cpuset starts with no CPUs and no memory nodes; a task
+                        // cannot join it (ENOSPC) until both are copied from above.
+                        inherit_cpuset(parent)?;
+                    }
+                    match fs::create_dir(dir) {
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 5 => {
+                            attempts += 1
+                        }
+                        other => break other.sys("mkdir", dir.display())?,
                     }
                 }
-                if is_cpuset {
-                    // A v1 cpuset starts with no CPUs and no memory nodes; a task
-                    // cannot join it (ENOSPC) until both are copied from above.
-                    inherit_cpuset(parent)?;
-                }
-                fs::create_dir(dir).sys("mkdir", dir.display())?;
                 if is_cpuset {
                     inherit_cpuset(dir)?;
                 }
@@ -154,12 +183,29 @@ impl ContainerCgroup {
     }
 
     fn create_v2(layout: &Layout, id: &str, needed: &[&str]) -> Result<Self, CgroupError> {
-        let root = layout.v2_root().unwrap_or(Path::new("/sys/fs/cgroup")).to_path_buf();
+        let root = layout
+            .v2_root()
+            .unwrap_or(Path::new("/sys/fs/cgroup"))
+            .to_path_buf();
         let available = read(&root.join("cgroup.controllers"))?;
-        let v2_name = |c: &str| if c == "blkio" { "io".to_string() } else { c.to_string() };
+        let v2_name = |c: &str| {
+            if c == "blkio" {
+                "io".to_string()
+            } else {
+                c.to_string()
+            }
+        };
         for c in needed {
             if !available.split_whitespace().any(|a| a == v2_name(c)) {
-                return Err(CgroupError::MissingController(v2_name(c), Version::V2, format!("{} lists: {}", root.join("cgroup.controllers").display(), available.trim())));
+                return Err(CgroupError::MissingController(
+                    v2_name(c),
+                    Version::V2,
+                    format!(
+                        "{} lists: {}",
+                        root.join("cgroup.controllers").display(),
+                        available.trim()
+                    ),
+                ));
             }
         }
         let enable: String = available
@@ -168,20 +214,23 @@ impl ContainerCgroup {
             .map(|c| format!("+{c} "))
             .collect();
         let parent = root.join(PARENT);
-        if !parent.is_dir() {
-            match fs::create_dir(&parent) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(SysError::from_io("mkdir", parent.display(), e).into()),
+        let dir = parent.join(id);
+        let mut attempts = 0;
+        loop {
+            ensure_parent(&parent)?;
+            if !enable.is_empty() {
+                write(&root.join("cgroup.subtree_control"), enable.trim())?;
+                write(&parent.join("cgroup.subtree_control"), enable.trim())?;
+            }
+            match fs::create_dir(&dir) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 5 => attempts += 1,
+                other => break other.sys("mkdir", dir.display())?,
             }
         }
-        if !enable.is_empty() {
-            write(&root.join("cgroup.subtree_control"), enable.trim())?;
-            write(&parent.join("cgroup.subtree_control"), enable.trim())?;
-        }
-        let dir = parent.join(id);
-        fs::create_dir(&dir).sys("mkdir", dir.display())?;
-        Ok(ContainerCgroup { version: Version::V2, dirs: vec![(vec!["unified".into()], dir)] })
+        Ok(ContainerCgroup {
+            version: Version::V2,
+            dirs: vec![(vec!["unified".into()], dir)],
+        })
     }
 
     /// Finds the cgroup a running process is in (its /proc/PID/cgroup).
@@ -190,22 +239,42 @@ impl ContainerCgroup {
         let layout = Layout::detect();
         match layout.version() {
             Some(Version::V2) => {
-                let rel = text.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("/");
+                let rel = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("0::"))
+                    .unwrap_or("/");
                 let root = layout.v2_root().unwrap_or(Path::new("/sys/fs/cgroup"));
-                Ok(ContainerCgroup { version: Version::V2, dirs: vec![(vec!["unified".into()], root.join(rel.trim_start_matches('/')))] })
+                Ok(ContainerCgroup {
+                    version: Version::V2,
+                    dirs: vec![(
+                        vec!["unified".into()],
+                        root.join(rel.trim_start_matches('/')),
+                    )],
+                })
             }
             Some(Version::V1) => {
                 let mounts = layout.v1_mounts();
                 let mut dirs: Vec<(Vec<String>, PathBuf)> = Vec::new();
                 for line in text.lines() {
                     let mut f = line.splitn(3, ':');
-                    let (_, ctrls, rel) = (f.next(), f.next().unwrap_or(""), f.next().unwrap_or("/"));
-                    let names: Vec<String> = ctrls.split(',').filter(|c| mounts.contains_key(*c)).map(String::from).collect();
+                    let (_, ctrls, rel) =
+                        (f.next(), f.next().unwrap_or(""), f.next().unwrap_or("/"));
+                    let names: Vec<String> = ctrls
+                        .split(',')
+                        .filter(|c| mounts.contains_key(*c))
+                        .map(String::from)
+                        .collect();
                     if let Some(first) = names.first() {
-                        dirs.push((names.clone(), mounts[first].join(rel.trim_start_matches('/'))));
+                        dirs.push((
+                            names.clone(),
+                            mounts[first].join(rel.trim_start_matches('/')),
+                        ));
                     }
                 }
-                Ok(ContainerCgroup { version: Version::V1, dirs })
+                Ok(ContainerCgroup {
+                    version: Version::V1,
+                    dirs,
+                })
             }
             None => Err(CgroupError::NoCgroupFs),
         }
@@ -216,8 +285,15 @@ impl ContainerCgroup {
         match self.version {
             Version::V2 => self.dirs.first().map(|(_, d)| d.as_path()),
             Version::V1 => {
-                let name = if controller == "io" { "blkio" } else { controller };
-                self.dirs.iter().find(|(n, _)| n.iter().any(|c| c == name)).map(|(_, d)| d.as_path())
+                let name = if controller == "io" {
+                    "blkio"
+                } else {
+                    controller
+                };
+                self.dirs
+                    .iter()
+                    .find(|(n, _)| n.iter().any(|c| c == name))
+                    .map(|(_, d)| d.as_path())
             }
         }
     }
@@ -236,7 +312,11 @@ impl ContainerCgroup {
             .dirs
             .iter()
             .filter_map(|(_, d)| fs::read_to_string(d.join("cgroup.procs")).ok())
-            .flat_map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect::<Vec<i32>>())
+            .flat_map(|t| {
+                t.lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect::<Vec<i32>>()
+            })
             .collect();
         pids.sort_unstable();
         pids.dedup();
@@ -247,10 +327,14 @@ impl ContainerCgroup {
     /// waits until the kernel reports the new state.
     pub fn set_frozen(&self, frozen: bool) -> Result<(), CgroupError> {
         let (file, value) = resources::freeze_value(self.version, frozen);
-        let controller = if self.version == Version::V1 { "freezer" } else { "unified" };
-        let dir = self
-            .dir_of(controller)
-            .ok_or_else(|| CgroupError::MissingController("freezer".into(), self.version, "not mounted".into()))?;
+        let controller = if self.version == Version::V1 {
+            "freezer"
+        } else {
+            "unified"
+        };
+        let dir = self.dir_of(controller).ok_or_else(|| {
+            CgroupError::MissingController("freezer".into(), self.version, "not mounted".into())
+        })?;
         write(&dir.join(file), value)?;
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
@@ -265,7 +349,11 @@ impl ContainerCgroup {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        Err(CgroupError::Sys(SysError { call: "wait for", subject: format!("{value} in {}", dir.join(file).display()), errno: nix::errno::Errno::ETIMEDOUT }))
+        Err(CgroupError::Sys(SysError {
+            call: "wait for",
+            subject: format!("{value} in {}", dir.join(file).display()),
+            errno: nix::errno::Errno::ETIMEDOUT,
+        }))
     }
 
     /// Kills what is left in the cgroup and removes its directories.
@@ -287,12 +375,19 @@ impl ContainerCgroup {
             // A frozen task cannot die; thaw first (no-op when not frozen).
             if self.dir_of("freezer").is_some() || self.version == Version::V2 {
                 let (file, value) = resources::freeze_value(self.version, false);
-                if let Some(d) = self.dir_of(if self.version == Version::V1 { "freezer" } else { "unified" }) {
+                if let Some(d) = self.dir_of(if self.version == Version::V1 {
+                    "freezer"
+                } else {
+                    "unified"
+                }) {
                     let _ = fs::write(d.join(file), value);
                 }
             }
             for pid in pids {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -303,13 +398,24 @@ impl ContainerCgroup {
                     Ok(()) => break,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
                     // The last task's exit is accounted asynchronously: EBUSY for a moment.
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
+                    {
                         std::thread::sleep(Duration::from_millis(2));
                     }
                     Err(e) => {
                         first_err.get_or_insert(SysError::from_io("rmdir", dir.display(), e));
                         break;
                     }
+                }
+            }
+        }
+        if first_err.is_none() {
+            // The last container out removes the shared parent; EBUSY or
+            // ENOTEMPTY just means another container still lives there.
+            for (_, dir) in &self.dirs {
+                if let Some(parent) = dir.parent().filter(|p| p.ends_with(PARENT)) {
+                    let _ = fs::remove_dir(parent);
                 }
             }
         }
@@ -320,9 +426,21 @@ impl ContainerCgroup {
     }
 }
 
+/// Makes the shared `kcell` parent if it is missing.
+fn ensure_parent(parent: &Path) -> Result<(), SysError> {
+    match fs::create_dir(parent) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            Err(SysError::from_io("mkdir", parent.display(), e))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Copies cpuset.cpus and cpuset.mems from the parent of `dir` when empty.
 fn inherit_cpuset(dir: &Path) -> Result<(), SysError> {
-    let Some(parent) = dir.parent() else { return Ok(()) };
+    let Some(parent) = dir.parent() else {
+        return Ok(());
+    };
     for file in ["cpuset.cpus", "cpuset.mems"] {
         let mine = read(&dir.join(file))?;
         if mine.trim().is_empty() {

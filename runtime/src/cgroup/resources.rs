@@ -17,7 +17,9 @@ pub enum ResourceError {
     #[error("size '{0}' is malformed: expected a non-negative number with an optional unit b, k, m, g or t (e.g. 64k, 10m, 1g)")]
     Size(String),
     /// Not a positive decimal number of CPUs.
-    #[error("--cpus '{0}' is not allowed: expected a number of CPUs of at least 0.01 (e.g. 0.2, 1.5)")]
+    #[error(
+        "--cpus '{0}' is not allowed: expected a number of CPUs of at least 0.01 (e.g. 0.2, 1.5)"
+    )]
     Cpus(String),
     /// cpu.shares outside 2..=262144.
     #[error("--cpu-shares '{0}' is not allowed: expected 2 to 262144")]
@@ -52,7 +54,10 @@ pub enum ResourceError {
 pub fn parse_size(text: &str) -> Result<u64, ResourceError> {
     let bad = || ResourceError::Size(text.to_string());
     let t = text.trim().to_ascii_lowercase();
-    let t = t.strip_suffix('b').filter(|s| !s.is_empty() && s.ends_with(|c: char| c.is_ascii_alphabetic())).unwrap_or(&t);
+    let t = t
+        .strip_suffix('b')
+        .filter(|s| !s.is_empty() && s.ends_with(|c: char| c.is_ascii_alphabetic()))
+        .unwrap_or(&t);
     let (digits, shift) = match t.chars().last() {
         Some('k') => (&t[..t.len() - 1], 10),
         Some('m') => (&t[..t.len() - 1], 20),
@@ -145,7 +150,11 @@ pub fn format_cpu_list(cpus: &[u32]) -> String {
         while i + 1 < cpus.len() && cpus[i + 1] == cpus[i] + 1 {
             i += 1;
         }
-        out.push(if start == cpus[i] { start.to_string() } else { format!("{start}-{}", cpus[i]) });
+        out.push(if start == cpus[i] {
+            start.to_string()
+        } else {
+            format!("{start}-{}", cpus[i])
+        });
         i += 1;
     }
     out.join(",")
@@ -193,10 +202,13 @@ pub fn parse_device_rule(text: &str) -> Result<DeviceRule, ResourceError> {
     };
     let number_ok = |s: &str| s == "*" || s.parse::<u32>().is_ok();
     let ok = matches!(*kind, "a" | "b" | "c")
-        && numbers.split_once(':').is_some_and(|(a, b)| number_ok(a) && number_ok(b))
+        && numbers
+            .split_once(':')
+            .is_some_and(|(a, b)| number_ok(a) && number_ok(b))
         && !access.is_empty()
         && access.chars().all(|c| "rwm".contains(c));
-    ok.then(|| DeviceRule(format!("{kind} {numbers} {access}"))).ok_or_else(bad)
+    ok.then(|| DeviceRule(format!("{kind} {numbers} {access}")))
+        .ok_or_else(bad)
 }
 
 /// A container's limits: the one model both backends implement.
@@ -304,17 +316,29 @@ impl Resources {
                     out.push(set("memory", "memory.limit_in_bytes", m));
                     // v1 limits memory+swap together; the limit must come first.
                     if let Some(s) = self.swap {
-                        out.push(set("memory", "memory.memsw.limit_in_bytes", m.saturating_add(s)));
+                        out.push(set(
+                            "memory",
+                            "memory.memsw.limit_in_bytes",
+                            m.saturating_add(s),
+                        ));
                     }
                 }
                 if let Some(p) = self.pids {
                     out.push(set("pids", "pids.max", p));
                 }
                 for r in &self.read_bps {
-                    out.push(set("blkio", "blkio.throttle.read_bps_device", format!("{}:{} {}", r.major, r.minor, r.bytes_per_sec)));
+                    out.push(set(
+                        "blkio",
+                        "blkio.throttle.read_bps_device",
+                        format!("{}:{} {}", r.major, r.minor, r.bytes_per_sec),
+                    ));
                 }
                 for r in &self.write_bps {
-                    out.push(set("blkio", "blkio.throttle.write_bps_device", format!("{}:{} {}", r.major, r.minor, r.bytes_per_sec)));
+                    out.push(set(
+                        "blkio",
+                        "blkio.throttle.write_bps_device",
+                        format!("{}:{} {}", r.major, r.minor, r.bytes_per_sec),
+                    ));
                 }
                 for rule in &self.device_deny {
                     out.push(set("devices", "devices.deny", &rule.0));
@@ -322,7 +346,11 @@ impl Resources {
             }
             Version::V2 => {
                 if let Some(c) = self.cpu_max {
-                    out.push(set("cpu", "cpu.max", format!("{} {}", c.quota_us, c.period_us)));
+                    out.push(set(
+                        "cpu",
+                        "cpu.max",
+                        format!("{} {}", c.quota_us, c.period_us),
+                    ));
                 }
                 if let Some(s) = self.cpu_shares {
                     out.push(set("cpu", "cpu.weight", shares_to_weight(s)));
@@ -354,7 +382,15 @@ impl Resources {
                             .find(|r| (r.major, r.minor) == (major, minor))
                             .map_or("max".to_string(), |r| r.bytes_per_sec.to_string())
                     };
-                    out.push(set("io", "io.max", format!("{major}:{minor} rbps={} wbps={}", rate(&self.read_bps), rate(&self.write_bps))));
+                    out.push(set(
+                        "io",
+                        "io.max",
+                        format!(
+                            "{major}:{minor} rbps={} wbps={}",
+                            rate(&self.read_bps),
+                            rate(&self.write_bps)
+                        ),
+                    ));
                 }
                 if !self.device_deny.is_empty() {
                     return Err(ResourceError::NotSupportedOnV2("--device-deny"));
@@ -379,7 +415,11 @@ pub fn cpu_max_v1(text: &str) -> Option<(i64, u64)> {
     let mut it = text.split_whitespace();
     let quota = it.next()?;
     let period = it.next().map_or(Some(CPU_PERIOD_US), |p| p.parse().ok())?;
-    let quota = if quota == "max" { -1 } else { quota.parse().ok()? };
+    let quota = if quota == "max" {
+        -1
+    } else {
+        quota.parse().ok()?
+    };
     Some((quota, period))
 }
 
@@ -480,7 +520,9 @@ mod tests {
     #[case("1-0")]
     #[case("x")]
     fn bad_cpu_lists(#[case] text: &str) {
-        assert!(matches!(parse_cpu_list(text, &[0, 1]), Err(ResourceError::Cpuset(t, _)) if t == text));
+        assert!(
+            matches!(parse_cpu_list(text, &[0, 1]), Err(ResourceError::Cpuset(t, _)) if t == text)
+        );
     }
 
     #[rstest]
@@ -497,7 +539,11 @@ mod tests {
     fn device_rates(#[case] text: &str, #[case] maj: u32, #[case] min: u32, #[case] rate: u64) {
         assert_eq!(
             parse_device_rate(text),
-            Ok(DeviceRate { major: maj, minor: min, bytes_per_sec: rate })
+            Ok(DeviceRate {
+                major: maj,
+                minor: min,
+                bytes_per_sec: rate
+            })
         );
     }
 
@@ -507,7 +553,10 @@ mod tests {
     #[case("a:0:1m")]
     #[case("7:0:-1")]
     fn bad_device_rates(#[case] text: &str) {
-        assert_eq!(parse_device_rate(text), Err(ResourceError::DeviceRate(text.into())));
+        assert_eq!(
+            parse_device_rate(text),
+            Err(ResourceError::DeviceRate(text.into()))
+        );
     }
 
     #[rstest]
@@ -522,20 +571,34 @@ mod tests {
 
     fn full() -> Resources {
         Resources {
-            cpu_max: Some(CpuMax { quota_us: 20_000, period_us: 100_000 }),
+            cpu_max: Some(CpuMax {
+                quota_us: 20_000,
+                period_us: 100_000,
+            }),
             cpu_shares: Some(1024),
             cpuset_cpus: Some(vec![0]),
             memory: Some(10 << 20),
             swap: Some(0),
             pids: Some(7),
-            read_bps: vec![DeviceRate { major: 7, minor: 0, bytes_per_sec: 1 << 20 }],
-            write_bps: vec![DeviceRate { major: 7, minor: 0, bytes_per_sec: 2 << 20 }],
+            read_bps: vec![DeviceRate {
+                major: 7,
+                minor: 0,
+                bytes_per_sec: 1 << 20,
+            }],
+            write_bps: vec![DeviceRate {
+                major: 7,
+                minor: 0,
+                bytes_per_sec: 2 << 20,
+            }],
             device_deny: vec![],
         }
     }
 
     fn table(settings: Vec<Setting>) -> Vec<(String, String)> {
-        settings.into_iter().map(|s| (s.file.to_string(), s.value)).collect()
+        settings
+            .into_iter()
+            .map(|s| (s.file.to_string(), s.value))
+            .collect()
     }
 
     #[test]
@@ -578,13 +641,27 @@ mod tests {
 
     #[test]
     fn v2_read_only_throttle_leaves_write_max() {
-        let r = Resources { read_bps: vec![DeviceRate { major: 8, minor: 0, bytes_per_sec: 1 << 20 }], ..Default::default() };
-        assert_eq!(table(r.settings(Version::V2).expect("v2")), vec![("io.max".into(), "8:0 rbps=1048576 wbps=max".into())]);
+        let r = Resources {
+            read_bps: vec![DeviceRate {
+                major: 8,
+                minor: 0,
+                bytes_per_sec: 1 << 20,
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            table(r.settings(Version::V2).expect("v2")),
+            vec![("io.max".into(), "8:0 rbps=1048576 wbps=max".into())]
+        );
     }
 
     #[test]
     fn memsw_is_memory_plus_swap_on_v1_and_swap_alone_on_v2() {
-        let r = Resources { memory: Some(100), swap: Some(50), ..Default::default() };
+        let r = Resources {
+            memory: Some(100),
+            swap: Some(50),
+            ..Default::default()
+        };
         let v1 = table(r.settings(Version::V1).expect("v1"));
         assert!(v1.contains(&("memory.memsw.limit_in_bytes".into(), "150".into())));
         let v2 = table(r.settings(Version::V2).expect("v2"));
@@ -594,9 +671,15 @@ mod tests {
 
     #[test]
     fn device_deny_needs_v1_for_now() {
-        let r = Resources { device_deny: vec![DeviceRule("c 1:3 rwm".into())], ..Default::default() };
+        let r = Resources {
+            device_deny: vec![DeviceRule("c 1:3 rwm".into())],
+            ..Default::default()
+        };
         assert!(r.settings(Version::V1).is_ok());
-        assert_eq!(r.settings(Version::V2), Err(ResourceError::NotSupportedOnV2("--device-deny")));
+        assert_eq!(
+            r.settings(Version::V2),
+            Err(ResourceError::NotSupportedOnV2("--device-deny"))
+        );
     }
 
     #[rstest]
@@ -609,8 +692,29 @@ mod tests {
 
     #[test]
     fn relations_are_checked() {
-        assert_eq!(Resources { memory: Some(4095), ..Default::default() }.validate(), Err(ResourceError::MemoryTooSmall(4095)));
-        assert_eq!(Resources { swap: Some(0), ..Default::default() }.validate(), Err(ResourceError::SwapWithoutMemory));
-        assert_eq!(Resources { memory: Some(65536), ..Default::default() }.validate(), Ok(()));
+        assert_eq!(
+            Resources {
+                memory: Some(4095),
+                ..Default::default()
+            }
+            .validate(),
+            Err(ResourceError::MemoryTooSmall(4095))
+        );
+        assert_eq!(
+            Resources {
+                swap: Some(0),
+                ..Default::default()
+            }
+            .validate(),
+            Err(ResourceError::SwapWithoutMemory)
+        );
+        assert_eq!(
+            Resources {
+                memory: Some(65536),
+                ..Default::default()
+            }
+            .validate(),
+            Ok(())
+        );
     }
 }

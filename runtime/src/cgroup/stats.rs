@@ -77,25 +77,31 @@ impl ContainerCgroup {
             Version::V1 => {
                 let memory = at("memory", "memory.usage_in_bytes").and_then(|p| number(&p));
                 let memsw = at("memory", "memory.memsw.usage_in_bytes").and_then(|p| number(&p));
-                let oom_kill = at("memory", "memory.oom_control").and_then(|p| keyed(&p, "oom_kill"));
+                let oom_kill =
+                    at("memory", "memory.oom_control").and_then(|p| keyed(&p, "oom_kill"));
                 Stats {
                     cpu_usage_ns: at("cpuacct", "cpuacct.usage").and_then(|p| number(&p)),
                     memory_bytes: memory,
-                    memory_peak_bytes: at("memory", "memory.max_usage_in_bytes").and_then(|p| number(&p)),
+                    memory_peak_bytes: at("memory", "memory.max_usage_in_bytes")
+                        .and_then(|p| number(&p)),
                     swap_bytes: memsw.zip(memory).map(|(s, m)| s.saturating_sub(m)),
                     memory_limit_hits: at("memory", "memory.failcnt").and_then(|p| number(&p)),
                     oom: oom_kill,
                     oom_kill,
                     pids_current: at("pids", "pids.current").and_then(|p| number(&p)),
                     pids_max_events: at("pids", "pids.events").and_then(|p| keyed(&p, "max")),
-                    io_read_bytes: at("blkio", "blkio.throttle.io_service_bytes").and_then(|p| blkio_sum(&p, "Read")),
-                    io_write_bytes: at("blkio", "blkio.throttle.io_service_bytes").and_then(|p| blkio_sum(&p, "Write")),
+                    io_read_bytes: at("blkio", "blkio.throttle.io_service_bytes")
+                        .and_then(|p| blkio_sum(&p, "Read")),
+                    io_write_bytes: at("blkio", "blkio.throttle.io_service_bytes")
+                        .and_then(|p| blkio_sum(&p, "Write")),
                 }
             }
             Version::V2 => {
                 let f = |file: &str| at("unified", file);
                 Stats {
-                    cpu_usage_ns: f("cpu.stat").and_then(|p| keyed(&p, "usage_usec")).map(|us| us * 1000),
+                    cpu_usage_ns: f("cpu.stat")
+                        .and_then(|p| keyed(&p, "usage_usec"))
+                        .map(|us| us * 1000),
                     memory_bytes: f("memory.current").and_then(|p| number(&p)),
                     memory_peak_bytes: f("memory.peak").and_then(|p| number(&p)),
                     swap_bytes: f("memory.swap.current").and_then(|p| number(&p)),
@@ -117,7 +123,10 @@ mod tests {
     use super::*;
     use std::path::PathBuf;
 
-    fn fake(version: Version, files: &[(&str, &str, &str)]) -> (tempfile::TempDir, ContainerCgroup) {
+    fn fake(
+        version: Version,
+        files: &[(&str, &str, &str)],
+    ) -> (tempfile::TempDir, ContainerCgroup) {
         let tmp = tempfile::tempdir().expect("tempdir");
         let mut dirs: Vec<(Vec<String>, PathBuf)> = Vec::new();
         for (ctrl, file, text) in files {
@@ -133,14 +142,25 @@ mod tests {
 
     #[test]
     fn v1_counters_from_a_fake_cgroupfs() {
-        let (_t, cg) = fake(Version::V1, &[
-            ("cpuacct", "cpuacct.usage", "2000000000\n"),
-            ("memory", "memory.usage_in_bytes", "1000\n"),
-            ("memory", "memory.memsw.usage_in_bytes", "1500\n"),
-            ("memory", "memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n"),
-            ("pids", "pids.events", "max 2\n"),
-            ("blkio", "blkio.throttle.io_service_bytes", "7:0 Read 4194304\n7:0 Write 0\n8:0 Read 10\nTotal 4194314\n"),
-        ]);
+        let (_t, cg) = fake(
+            Version::V1,
+            &[
+                ("cpuacct", "cpuacct.usage", "2000000000\n"),
+                ("memory", "memory.usage_in_bytes", "1000\n"),
+                ("memory", "memory.memsw.usage_in_bytes", "1500\n"),
+                (
+                    "memory",
+                    "memory.oom_control",
+                    "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
+                ),
+                ("pids", "pids.events", "max 2\n"),
+                (
+                    "blkio",
+                    "blkio.throttle.io_service_bytes",
+                    "7:0 Read 4194304\n7:0 Write 0\n8:0 Read 10\nTotal 4194314\n",
+                ),
+            ],
+        );
         let s = cg.stats();
         assert_eq!(s.cpu_usage_ns, Some(2_000_000_000));
         assert_eq!(s.swap_bytes, Some(500));
@@ -153,15 +173,29 @@ mod tests {
 
     #[test]
     fn v2_counters_from_a_fake_cgroupfs() {
-        let (_t, cg) = fake(Version::V2, &[
-            ("unified", "cpu.stat", "usage_usec 1500\nuser_usec 1000\n"),
-            ("unified", "memory.events", "low 0\nhigh 0\nmax 9\noom 1\noom_kill 1\n"),
-            ("unified", "io.stat", "7:0 rbytes=100 wbytes=5 rios=1\n8:0 rbytes=1 wbytes=0\n"),
-            ("unified", "memory.swap.current", "0\n"),
-        ]);
+        let (_t, cg) = fake(
+            Version::V2,
+            &[
+                ("unified", "cpu.stat", "usage_usec 1500\nuser_usec 1000\n"),
+                (
+                    "unified",
+                    "memory.events",
+                    "low 0\nhigh 0\nmax 9\noom 1\noom_kill 1\n",
+                ),
+                (
+                    "unified",
+                    "io.stat",
+                    "7:0 rbytes=100 wbytes=5 rios=1\n8:0 rbytes=1 wbytes=0\n",
+                ),
+                ("unified", "memory.swap.current", "0\n"),
+            ],
+        );
         let s = cg.stats();
         assert_eq!(s.cpu_usage_ns, Some(1_500_000));
-        assert_eq!((s.oom, s.oom_kill, s.memory_limit_hits), (Some(1), Some(1), Some(9)));
+        assert_eq!(
+            (s.oom, s.oom_kill, s.memory_limit_hits),
+            (Some(1), Some(1), Some(9))
+        );
         assert_eq!((s.io_read_bytes, s.io_write_bytes), (Some(101), Some(5)));
         assert_eq!(s.swap_bytes, Some(0));
     }

@@ -88,11 +88,17 @@ pub fn locate(cache: &Path) -> Result<PathBuf, BusyboxError> {
                 .arg(cache.join("busybox-static"))
                 .status()
                 .map_err(|e| e.to_string())?;
-            status.success().then_some(()).ok_or_else(|| "dpkg-deb -x failed".to_string())
+            status
+                .success()
+                .then_some(())
+                .ok_or_else(|| "dpkg-deb -x failed".to_string())
         });
     match fetched {
         Ok(()) if is_static_elf(&unpacked) => Ok(unpacked),
-        Ok(()) => Err(BusyboxError::NotFound(host, "the package holds no static binary".into())),
+        Ok(()) => Err(BusyboxError::NotFound(
+            host,
+            "the package holds no static binary".into(),
+        )),
         Err(why) => Err(BusyboxError::NotFound(host, why)),
     }
 }
@@ -101,14 +107,21 @@ pub fn locate(cache: &Path) -> Result<PathBuf, BusyboxError> {
 /// each `(host file, path inside)` of `extra` in as an executable. The root
 /// is assembled beside `dest` and renamed into place, so concurrent builders
 /// never see half a root.
-pub fn build(dest: &Path, busybox: &Path, extra: &[(PathBuf, PathBuf)]) -> Result<(), BusyboxError> {
+pub fn build(
+    dest: &Path,
+    busybox: &Path,
+    extra: &[(PathBuf, PathBuf)],
+) -> Result<(), BusyboxError> {
     let staging = dest.with_extension(format!("tmp{}", std::process::id()));
     if staging.exists() {
         fs::remove_dir_all(&staging).sys("rm -r", staging.display())?;
     }
     make_skeleton(&staging)?;
     let bin = staging.join("bin/busybox");
-    fs::copy(busybox, &bin).sys("copy", format!("{} to {}", busybox.display(), bin.display()))?;
+    fs::copy(busybox, &bin).sys(
+        "copy",
+        format!("{} to {}", busybox.display(), bin.display()),
+    )?;
     fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).sys("chmod", bin.display())?;
 
     let list = Command::new(busybox)
@@ -131,12 +144,19 @@ pub fn build(dest: &Path, busybox: &Path, extra: &[(PathBuf, PathBuf)]) -> Resul
         if let Some(parent) = target.parent() {
             fs::create_dir_all(parent).sys("mkdir", parent.display())?;
         }
-        fs::copy(source, &target).sys("copy", format!("{} to {}", source.display(), target.display()))?;
-        fs::set_permissions(&target, fs::Permissions::from_mode(0o755)).sys("chmod", target.display())?;
+        fs::copy(source, &target).sys(
+            "copy",
+            format!("{} to {}", source.display(), target.display()),
+        )?;
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o755))
+            .sys("chmod", target.display())?;
     }
 
     for (file, text) in [
-        ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"),
+        (
+            "etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+        ),
         ("etc/group", "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n"),
         ("etc/hostname", "kcell\n"),
     ] {
@@ -147,7 +167,10 @@ pub fn build(dest: &Path, busybox: &Path, extra: &[(PathBuf, PathBuf)]) -> Resul
     if dest.exists() {
         fs::remove_dir_all(dest).sys("rm -r", dest.display())?;
     }
-    fs::rename(&staging, dest).sys("rename", format!("{} to {}", staging.display(), dest.display()))?;
+    fs::rename(&staging, dest).sys(
+        "rename",
+        format!("{} to {}", staging.display(), dest.display()),
+    )?;
     Ok(())
 }
 

@@ -67,15 +67,18 @@ pub enum UserNs {
 /// Builds the container's root for `spec` and moves into it.
 /// With no mnt namespace (`rootfs` is `/`) nothing is touched.
 pub fn enter(spec: &ContainerSpec, user_ns: UserNs) -> Result<(), RootfsError> {
-    if !spec
-        .namespaces
-        .contains(crate::namespace::Namespace::Mnt)
-    {
+    if !spec.namespaces.contains(crate::namespace::Namespace::Mnt) {
         return Ok(());
     }
     // Nothing mounted from here on may propagate back to the host.
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .sys("mount --make-rprivate", "/")?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .sys("mount --make-rprivate", "/")?;
     let root = fs::canonicalize(&spec.rootfs).sys("realpath", spec.rootfs.display())?;
     bind(&root, &root, true)?;
     mount_specials(&root, spec, user_ns)?;
@@ -93,12 +96,24 @@ pub fn enter(spec: &ContainerSpec, user_ns: UserNs) -> Result<(), RootfsError> {
 }
 
 fn bind(source: &Path, target: &Path, recursive: bool) -> Result<(), SysError> {
-    let flags = MsFlags::MS_BIND | if recursive { MsFlags::MS_REC } else { MsFlags::empty() };
-    mount(Some(source), target, None::<&str>, flags, None::<&str>)
-        .sys("mount --bind", format!("{} on {}", source.display(), target.display()))
+    let flags = MsFlags::MS_BIND
+        | if recursive {
+            MsFlags::MS_REC
+        } else {
+            MsFlags::empty()
+        };
+    mount(Some(source), target, None::<&str>, flags, None::<&str>).sys(
+        "mount --bind",
+        format!("{} on {}", source.display(), target.display()),
+    )
 }
 
-fn mount_fs(fstype: &str, target: &Path, flags: MsFlags, data: Option<&str>) -> Result<(), SysError> {
+fn mount_fs(
+    fstype: &str,
+    target: &Path,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), SysError> {
     mount(Some(fstype), target, Some(fstype), flags, data)
         .sys("mount", format!("{fstype} on {}", target.display()))
 }
@@ -136,7 +151,12 @@ fn mount_specials(root: &Path, spec: &ContainerSpec, user_ns: UserNs) -> Result<
 
     let sys_dir = root.join("sys");
     ensure_dir(&sys_dir, 0o555)?;
-    let sysfs = mount_fs("sysfs", &sys_dir, nosuid_nodev_noexec | MsFlags::MS_RDONLY, None);
+    let sysfs = mount_fs(
+        "sysfs",
+        &sys_dir,
+        nosuid_nodev_noexec | MsFlags::MS_RDONLY,
+        None,
+    );
     if let Err(err) = sysfs {
         // A user namespace without its own network namespace may not mount
         // sysfs (EPERM); runc binds the host's instead. Read-only either way.
@@ -151,12 +171,32 @@ fn mount_specials(root: &Path, spec: &ContainerSpec, user_ns: UserNs) -> Result<
     ensure_dir(&dev, 0o755)?;
     if user_ns == UserNs::Unmapped {
         bind(Path::new("/dev"), &dev, true)?;
-        mount_fs("devpts", &dev.join("pts"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620"))?;
-        mount_fs("tmpfs", &dev.join("shm"), nosuid_nodev_noexec, Some("mode=1777,size=65536k"))?;
+        mount_fs(
+            "devpts",
+            &dev.join("pts"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=0620"),
+        )?;
+        mount_fs(
+            "tmpfs",
+            &dev.join("shm"),
+            nosuid_nodev_noexec,
+            Some("mode=1777,size=65536k"),
+        )?;
         let tmp = root.join("tmp");
-        return mount_fs("tmpfs", &tmp, MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"));
+        return mount_fs(
+            "tmpfs",
+            &tmp,
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=1777"),
+        );
     }
-    mount_fs("tmpfs", &dev, MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME, Some("mode=755,size=65536k"))?;
+    mount_fs(
+        "tmpfs",
+        &dev,
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )?;
     for name in DEVICES {
         let host = Path::new("/dev").join(name);
         if !host.exists() {
@@ -169,11 +209,25 @@ fn mount_specials(root: &Path, spec: &ContainerSpec, user_ns: UserNs) -> Result<
     let pts = dev.join("pts");
     ensure_dir(&pts, 0o755)?;
     // gid=5 (tty) is only mappable without a user namespace.
-    let pts_opts = if in_user_ns { "newinstance,ptmxmode=0666,mode=0620" } else { "newinstance,ptmxmode=0666,mode=0620,gid=5" };
-    mount_fs("devpts", &pts, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some(pts_opts))?;
+    let pts_opts = if in_user_ns {
+        "newinstance,ptmxmode=0666,mode=0620"
+    } else {
+        "newinstance,ptmxmode=0666,mode=0620,gid=5"
+    };
+    mount_fs(
+        "devpts",
+        &pts,
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some(pts_opts),
+    )?;
     let shm = dev.join("shm");
     ensure_dir(&shm, 0o1777)?;
-    mount_fs("tmpfs", &shm, nosuid_nodev_noexec, Some("mode=1777,size=65536k"))?;
+    mount_fs(
+        "tmpfs",
+        &shm,
+        nosuid_nodev_noexec,
+        Some("mode=1777,size=65536k"),
+    )?;
     for (link, target) in [
         ("ptmx", "pts/ptmx"),
         ("fd", "/proc/self/fd"),
@@ -186,7 +240,12 @@ fn mount_specials(root: &Path, spec: &ContainerSpec, user_ns: UserNs) -> Result<
 
     let tmp = root.join("tmp");
     ensure_dir(&tmp, 0o1777)?;
-    mount_fs("tmpfs", &tmp, MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
+    mount_fs(
+        "tmpfs",
+        &tmp,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
 
     let workdir = under(root, &spec.workdir);
     if !workdir.is_dir() {
@@ -243,7 +302,9 @@ fn pivot_into(root: &Path) -> Result<(), SysError> {
 fn mask(path: &Path) -> Result<(), SysError> {
     match fs::symlink_metadata(path) {
         Err(_) => Ok(()),
-        Ok(meta) if meta.is_dir() => mount_fs("tmpfs", path, MsFlags::MS_RDONLY, Some("size=0k,mode=555")),
+        Ok(meta) if meta.is_dir() => {
+            mount_fs("tmpfs", path, MsFlags::MS_RDONLY, Some("size=0k,mode=555"))
+        }
         Ok(_) => bind(Path::new("/dev/null"), path, false),
     }
 }
@@ -276,7 +337,8 @@ pub fn make_skeleton(root: &Path) -> Result<(), SysError> {
     ] {
         let path = root.join(dir);
         fs::create_dir_all(&path).sys("mkdir", path.display())?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).sys("chmod", path.display())?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+            .sys("chmod", path.display())?;
     }
     fs::set_permissions(root, fs::Permissions::from_mode(0o755)).sys("chmod", root.display())
 }

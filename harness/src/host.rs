@@ -1,0 +1,48 @@
+//! The `host` target: cases run on this machine's own kernel. Preparing it
+//! means building the busybox image (with the probe helper inside) and a
+//! `kcell` entry point, both from the agent binary under test.
+
+use crate::runner::Target;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// Where the probe helper sits inside the image.
+pub const PROBE_IN_IMAGE: &str = "/usr/bin/kcell-probe";
+
+/// Builds the image root and the runtime under `dir` from `agent`, a
+/// multi-call binary: named `kcell` it is the runtime, named `kcell-probe`
+/// the in-container helper. `dir` must be reachable by uid 1000 (the
+/// unprivileged cases run the runtime as that user), e.g. under /tmp.
+pub fn prepare(dir: &Path, agent: &Path) -> Result<Target, String> {
+    let mkdir = |d: &Path| {
+        std::fs::create_dir_all(d).map_err(|e| format!("mkdir {}: {e}", d.display()))?;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("chmod {}: {e}", d.display()))
+    };
+    mkdir(dir)?;
+    let bin = dir.join("bin");
+    mkdir(&bin)?;
+    let runtime = bin.join("kcell");
+    let staged = bin.join(format!(".kcell.{}", std::process::id()));
+    std::fs::copy(agent, &staged)
+        .map_err(|e| format!("copy {} to {}: {e}", agent.display(), staged.display()))?;
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("chmod {}: {e}", staged.display()))?;
+    std::fs::rename(&staged, &runtime)
+        .map_err(|e| format!("rename {} to {}: {e}", staged.display(), runtime.display()))?;
+
+    let rootfs = dir.join("rootfs");
+    let busybox = kcell::rootfs::busybox::locate(&dir.join("cache")).map_err(|e| e.to_string())?;
+    kcell::rootfs::busybox::build(
+        &rootfs,
+        &busybox,
+        &[(agent.to_path_buf(), PathBuf::from(PROBE_IN_IMAGE))],
+    )
+    .map_err(|e| format!("building the busybox image at {}: {e}", rootfs.display()))?;
+    Ok(Target {
+        name: "host".into(),
+        agent: runtime.clone(),
+        runtime,
+        rootfs,
+    })
+}

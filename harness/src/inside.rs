@@ -1,0 +1,616 @@
+//! `kcell-probe`: the helper that runs *inside* containers (the agent binary
+//! under another name, copied into the image). Each subcommand makes the
+//! system calls a behaviour is about and prints `key=value` lines, so cases
+//! observe the kernel directly rather than parsing tool output.
+
+use nix::errno::Errno;
+use std::fs;
+use std::io::{BufRead, Write};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Printed by held commands once they are ready to be observed.
+pub const READY: &str = "KCELL_READY";
+
+fn out(key: &str, value: impl std::fmt::Display) {
+    println!("{key}={value}");
+}
+
+fn errno_name(e: Errno) -> String {
+    format!("{e:?}")
+}
+
+/// Runs the helper with `args` (without the program name); returns the exit status.
+pub fn main(args: &[String]) -> i32 {
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match a.as_slice() {
+        ["ids"] => ids(),
+        ["sysv-queues"] => sysv_queues(),
+        ["mq-open", name] => mq_open(name),
+        ["ps"] => ps(),
+        ["orphan"] => orphan(),
+        ["hold", ..] => hold(),
+        ["spawn-hold", marker] => spawn_hold(marker),
+        ["pid1-exit", marker] => pid1_exit(marker),
+        ["links"] => links(),
+        ["fresh-netns"] => fresh_netns(),
+        ["tcp-loopback"] => tcp_loopback().map(|r| out("loopback_tcp", r)),
+        ["clocks"] => clocks(),
+        ["escape", path] => escape(None, path),
+        ["escape", "--chroot", dir, path] => escape(Some(dir), path),
+        ["mounts"] => mounts(),
+        ["cgroup"] => cgroup(),
+        ["spin", rest @ ..] => spin(rest),
+        ["alloc", size] => alloc(size),
+        ["fork-until-fail", limit] => fork_until_fail(limit),
+        ["direct-io", op, dev, size] => direct_io(op, dev, size),
+        ["counter", file] => counter(file),
+        ["open", path] => open_device(path),
+        _ => Err(format!("kcell-probe: unknown subcommand {args:?}")),
+    };
+    let _ = std::io::stdout().flush();
+    match result {
+        Ok(()) => 0,
+        Err(msg) => {
+            eprintln!("{msg}");
+            1
+        }
+    }
+}
+
+type Res = Result<(), String>;
+
+fn ids() -> Res {
+    use nix::unistd::*;
+    out("uid", getuid());
+    out("euid", geteuid());
+    out("gid", getgid());
+    out("egid", getegid());
+    out("pid", getpid());
+    out("ppid", getppid());
+    Ok(())
+}
+
+/// SysV queues visible in this IPC namespace, as ipcs does it: MSG_INFO for
+/// the highest index, then MSG_STAT of each.
+fn sysv_queues() -> Res {
+    let mut info: libc::msqid_ds = unsafe { std::mem::zeroed() };
+    // SAFETY: MSG_INFO writes a struct msginfo, which is smaller than msqid_ds.
+    let max = unsafe { libc::msgctl(0, libc::MSG_INFO, &mut info) };
+    if max < 0 {
+        return Err(format!(
+            "msgctl MSG_INFO: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let mut keys = Vec::new();
+    for index in 0..=max {
+        let mut ds: libc::msqid_ds = unsafe { std::mem::zeroed() };
+        // SAFETY: ds is a valid msqid_ds.
+        if unsafe { libc::msgctl(index, libc::MSG_STAT, &mut ds) } >= 0 {
+            keys.push(format!("0x{:08x}", ds.msg_perm.__key as u32));
+        }
+    }
+    out("sysv_count", keys.len());
+    out("sysv_keys", keys.join(","));
+    Ok(())
+}
+
+fn mq_open(name: &str) -> Res {
+    let c = std::ffi::CString::new(name).map_err(|e| e.to_string())?;
+    match nix::mqueue::mq_open(
+        c.as_c_str(),
+        nix::mqueue::MQ_OFlag::O_RDONLY,
+        nix::sys::stat::Mode::empty(),
+        None,
+    ) {
+        Ok(_) => out("mq_open", "ok"),
+        Err(e) => out("mq_open", errno_name(e)),
+    }
+    Ok(())
+}
+
+fn proc_pids() -> Vec<i32> {
+    let mut pids: Vec<i32> = fs::read_dir("/proc")
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    pids.sort_unstable();
+    pids
+}
+
+/// What ps shows: every PID in /proc with its command line.
+fn ps() -> Res {
+    let pids = proc_pids();
+    let cmdlines: Vec<String> = pids
+        .iter()
+        .map(|p| {
+            fs::read(format!("/proc/{p}/cmdline"))
+                .map(|c| {
+                    String::from_utf8_lossy(&c)
+                        .replace('\0', " ")
+                        .trim()
+                        .to_string()
+                })
+                .unwrap_or_default()
+        })
+        .collect();
+    out("count", pids.len());
+    out(
+        "pids",
+        pids.iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    out("cmdlines", cmdlines.join("|"));
+    Ok(())
+}
+
+fn state_of(pid: i32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// Orphan reaping as PID 1: a child forks a grandchild and exits; the
+/// grandchild, orphaned, reports its new parent; PID 1 then reaps it.
+fn orphan() -> Res {
+    use nix::unistd::{fork, ForkResult};
+    let (r, w) = nix::unistd::pipe().map_err(|e| e.to_string())?;
+    // SAFETY: the helper is single-threaded here.
+    match unsafe { fork() }.map_err(|e| e.to_string())? {
+        ForkResult::Child => {
+            // SAFETY: as above.
+            if let Ok(ForkResult::Child) = unsafe { fork() } {
+                // Wait until our parent is gone, then say who adopted us.
+                let start = Instant::now();
+                while nix::unistd::getppid().as_raw() != 1
+                    && start.elapsed() < Duration::from_secs(5)
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                let msg = format!("{} {}\n", nix::unistd::getpid(), nix::unistd::getppid());
+                let _ = nix::unistd::write(&w, msg.as_bytes());
+                std::process::exit(0);
+            }
+            std::process::exit(0);
+        }
+        ForkResult::Parent { child } => {
+            drop(w);
+            let mut reaped = Vec::new();
+            let mut line = String::new();
+            let mut reader = std::io::BufReader::new(fs::File::from(r));
+            let _ = reader.read_line(&mut line);
+            let mut parts = line.split_whitespace();
+            let grandchild: i32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+            let adopted_by: i32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(-1);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while reaped.len() < 2 && Instant::now() < deadline {
+                match nix::sys::wait::waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+                    Ok(nix::sys::wait::WaitStatus::StillAlive) => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    Ok(s) => reaped.extend(s.pid().map(|p| p.as_raw())),
+                    Err(_) => break,
+                }
+            }
+            let zombies = proc_pids()
+                .into_iter()
+                .filter(|p| state_of(*p) == Some('Z'))
+                .count();
+            out("orphan_ppid", adopted_by);
+            out("reaped_child", reaped.contains(&child.as_raw()));
+            out(
+                "reaped_orphan",
+                grandchild > 0 && reaped.contains(&grandchild),
+            );
+            out("zombies", zombies);
+        }
+    }
+    Ok(())
+}
+
+/// Sleeps until killed; its arguments are markers the host scans for.
+fn hold() -> Res {
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn spawn_hold(marker: &str) -> Res {
+    let child = std::process::Command::new("/proc/self/exe")
+        .arg0("kcell-probe")
+        .args(["hold", marker])
+        // Its own stdio: the runner waits for EOF on the container's stdout.
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("spawn hold: {e}"))?;
+    out("spawned", child.id());
+    // Leave it running: the case is about what happens to it when PID 1 exits.
+    std::mem::forget(child);
+    Ok(())
+}
+
+/// What happens to a process when the PID 1 of its namespace exits, shown
+/// on a nested namespace so the runtime's own cleanup (which kills what is
+/// left in the container's cgroup) cannot stand in for the kernel: a child
+/// unshares CLONE_NEWPID (or, for the control, does not), its child spawns a
+/// marked process and exits; then the marked processes still alive are counted.
+fn pid1_exit(marker: &str) -> Res {
+    for (label, new_ns) in [("nested", true), ("plain", false)] {
+        let mark = format!("{marker}-{label}");
+        // SAFETY: single-threaded.
+        match unsafe { nix::unistd::fork() }.map_err(|e| e.to_string())? {
+            nix::unistd::ForkResult::Child => {
+                if new_ns {
+                    if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID) {
+                        eprintln!("unshare pid: {e}");
+                        std::process::exit(1);
+                    }
+                }
+                // SAFETY: single-threaded.
+                match unsafe { nix::unistd::fork() } {
+                    Ok(nix::unistd::ForkResult::Child) => {
+                        let _ = spawn_hold(&mark);
+                        std::process::exit(0);
+                    }
+                    Ok(nix::unistd::ForkResult::Parent { child }) => {
+                        let _ = nix::sys::wait::waitpid(child, None);
+                        std::process::exit(0);
+                    }
+                    Err(_) => std::process::exit(1),
+                }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let _ = nix::sys::wait::waitpid(child, None);
+            }
+        }
+        let survivors: Vec<i32> = proc_pids()
+            .into_iter()
+            .filter(|p| state_of(*p) != Some('Z'))
+            .filter(|p| {
+                fs::read(format!("/proc/{p}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&mark))
+            })
+            .collect();
+        out(&format!("{label}_survivors"), survivors.len());
+        for p in survivors {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    Ok(())
+}
+
+fn link_names() -> Result<Vec<String>, String> {
+    let mut names: Vec<String> = nix::net::if_::if_nameindex()
+        .map_err(|e| format!("if_nameindex: {e}"))?
+        .iter()
+        .map(|i| i.name().to_string_lossy().to_string())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+fn lo_up() -> bool {
+    kcell::netdev::flags("lo").is_ok_and(|f| f & libc::IFF_UP as libc::c_short != 0)
+}
+
+fn links() -> Res {
+    let names = link_names()?;
+    out("count", names.len());
+    out("links", names.join(","));
+    out("lo_up", lo_up());
+    Ok(())
+}
+
+/// TCP over 127.0.0.1 within this network namespace.
+fn tcp_loopback() -> Result<String, String> {
+    let listener = match std::net::TcpListener::bind("127.0.0.1:0") {
+        Ok(l) => l,
+        Err(e) => {
+            return Ok(format!(
+                "bind:{}",
+                e.raw_os_error()
+                    .map_or("?".into(), |n| errno_name(Errno::from_raw(n)))
+            ))
+        }
+    };
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    Ok(
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(_) => "ok".to_string(),
+            Err(e) => e
+                .raw_os_error()
+                .map_or(e.to_string(), |n| errno_name(Errno::from_raw(n))),
+        },
+    )
+}
+
+/// The document's sequence in a brand-new network namespace: only lo, down;
+/// after bringing it up, loopback traffic works.
+fn fresh_netns() -> Res {
+    use nix::unistd::{fork, ForkResult};
+    // SAFETY: single-threaded.
+    match unsafe { fork() }.map_err(|e| e.to_string())? {
+        ForkResult::Child => {
+            let code = (|| -> Res {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| format!("unshare net: {e}"))?;
+                let names = link_names()?;
+                out("fresh_links", names.join(","));
+                out("fresh_lo_up", lo_up());
+                out("fresh_tcp_before_up", tcp_loopback()?);
+                kcell::netdev::set_up("lo").map_err(|e| e.to_string())?;
+                out("fresh_lo_up_after", lo_up());
+                out("fresh_tcp_after_up", tcp_loopback()?);
+                Ok(())
+            })();
+            let _ = std::io::stdout().flush();
+            std::process::exit(i32::from(code.is_err()));
+        }
+        ForkResult::Parent { child } => {
+            let status = nix::sys::wait::waitpid(child, None).map_err(|e| e.to_string())?;
+            match status {
+                nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
+                other => Err(format!("fresh-netns child: {other:?}")),
+            }
+        }
+    }
+}
+
+fn clock_secs(id: nix::time::ClockId) -> f64 {
+    nix::time::clock_gettime(id).map_or(0.0, |t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
+}
+
+fn clocks() -> Res {
+    out("monotonic", clock_secs(nix::time::ClockId::CLOCK_MONOTONIC));
+    out("boottime", clock_secs(nix::time::ClockId::CLOCK_BOOTTIME));
+    let uptime = fs::read_to_string("/proc/uptime").unwrap_or_default();
+    out("uptime", uptime.split_whitespace().next().unwrap_or("0"));
+    Ok(())
+}
+
+/// The classic escape from a chroot: chroot into a subdirectory while the
+/// working directory stays outside it, climb with "..", chroot("."). With
+/// `--chroot DIR` the helper first confines itself the way a chroot-only
+/// runtime would, which is the control the escape must succeed against.
+fn escape(chroot_first: Option<&str>, target: &str) -> Res {
+    if let Some(dir) = chroot_first {
+        nix::unistd::chroot(dir).map_err(|e| format!("chroot {dir}: {e}"))?;
+        nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
+    }
+    let direct = Path::new(target).exists() || Path::new(&format!("/../../../..{target}")).exists();
+    out("reached_directly", direct);
+    let jail = "/tmp/kcell-escape";
+    let _ = fs::create_dir_all(jail);
+    nix::unistd::chroot(jail).map_err(|e| format!("chroot {jail}: {e}"))?;
+    // The cwd is still outside the new root: walk up as far as it goes.
+    for _ in 0..64 {
+        let _ = nix::unistd::chdir("..");
+    }
+    nix::unistd::chroot(".").map_err(|e| format!("chroot .: {e}"))?;
+    out("reached", Path::new(target).exists());
+    Ok(())
+}
+
+fn mounts() -> Res {
+    let text = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("read /proc/self/mountinfo: {e}"))?;
+    for line in text.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let fields: Vec<&str> = left.split_whitespace().collect();
+        let (Some(mp), Some(opts)) = (fields.get(4), fields.get(5)) else {
+            continue;
+        };
+        let fstype = right.split_whitespace().next().unwrap_or("?");
+        out(&format!("fs.{mp}"), fstype);
+        out(&format!("opts.{mp}"), opts);
+    }
+    Ok(())
+}
+
+fn cgroup() -> Res {
+    let text = fs::read_to_string("/proc/self/cgroup")
+        .map_err(|e| format!("read /proc/self/cgroup: {e}"))?;
+    let paths: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.splitn(3, ':').nth(2))
+        .collect();
+    out("paths", paths.join(","));
+    out("all_root", paths.iter().all(|p| *p == "/"));
+    Ok(())
+}
+
+/// Exits the whole process when stdin closes: how held commands end.
+fn exit_on_stdin_eof() {
+    std::thread::spawn(|| {
+        let mut sink = String::new();
+        while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {}
+        std::process::exit(0);
+    });
+}
+
+/// Busy loops (threads or forked processes) until stdin closes.
+fn spin(args: &[&str]) -> Res {
+    let mut threads = 1;
+    let mut procs = 1;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match *a {
+            "--threads" => {
+                threads = it
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .ok_or("--threads N")?
+            }
+            "--procs" => procs = it.next().and_then(|n| n.parse().ok()).ok_or("--procs N")?,
+            other => return Err(format!("spin: unknown option {other}")),
+        }
+    }
+    for _ in 1..procs {
+        // SAFETY: no threads exist yet.
+        if let Ok(nix::unistd::ForkResult::Child) = unsafe { nix::unistd::fork() } {
+            // Dies with the parent.
+            let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+            break;
+        }
+    }
+    exit_on_stdin_eof();
+    out("tid", nix::unistd::gettid());
+    println!("{READY}");
+    let _ = std::io::stdout().flush();
+    for _ in 1..threads {
+        std::thread::spawn(busy);
+    }
+    busy()
+}
+
+fn busy() -> ! {
+    let mut x: u64 = 0;
+    loop {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+    }
+}
+
+/// Allocates and touches SIZE bytes, 64 KiB at a time.
+fn alloc(size: &str) -> Res {
+    let bytes = kcell::cgroup::resources::parse_size(size).map_err(|e| e.to_string())?;
+    let mut chunks: Vec<Vec<u8>> = Vec::new();
+    let mut done = 0u64;
+    while done < bytes {
+        let n = (bytes - done).min(64 << 10) as usize;
+        chunks.push(vec![0xa5; n]);
+        done += n as u64;
+    }
+    out("allocated", done);
+    std::hint::black_box(&chunks);
+    Ok(())
+}
+
+/// Forks sleeping children until fork fails (or `limit` is reached).
+fn fork_until_fail(limit: &str) -> Res {
+    let limit: usize = limit
+        .parse()
+        .map_err(|_| format!("fork-until-fail: bad limit {limit}"))?;
+    let mut children = Vec::new();
+    let mut failure = "none".to_string();
+    while children.len() < limit {
+        // SAFETY: single-threaded.
+        match unsafe { nix::unistd::fork() } {
+            Ok(nix::unistd::ForkResult::Child) => {
+                std::thread::sleep(Duration::from_secs(30));
+                std::process::exit(0);
+            }
+            Ok(nix::unistd::ForkResult::Parent { child }) => children.push(child),
+            Err(e) => {
+                failure = errno_name(e);
+                break;
+            }
+        }
+    }
+    out("forked", children.len());
+    out("fork_error", failure);
+    for c in &children {
+        let _ = nix::sys::signal::kill(*c, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(*c, None);
+    }
+    Ok(())
+}
+
+/// O_DIRECT reads or writes of SIZE bytes in 64 KiB blocks; prints the rate.
+fn direct_io(op: &str, dev: &str, size: &str) -> Res {
+    use std::os::unix::fs::OpenOptionsExt;
+    let bytes = kcell::cgroup::resources::parse_size(size).map_err(|e| e.to_string())?;
+    const BLOCK: usize = 64 << 10;
+    let write = match op {
+        "read" => false,
+        "write" => true,
+        other => return Err(format!("direct-io: op must be read or write, not {other}")),
+    };
+    let mut file = fs::OpenOptions::new()
+        .read(!write)
+        .write(write)
+        .custom_flags(libc::O_DIRECT)
+        .open(dev)
+        .map_err(|e| format!("open {dev} O_DIRECT: {e}"))?;
+    // O_DIRECT needs a buffer aligned to the logical block size: 4096 covers all.
+    let layout = std::alloc::Layout::from_size_align(BLOCK, 4096).map_err(|e| e.to_string())?;
+    // SAFETY: layout has non-zero size; the buffer is freed below.
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+    if ptr.is_null() {
+        return Err("allocating the O_DIRECT buffer failed".into());
+    }
+    // SAFETY: ptr points to BLOCK initialised bytes owned here.
+    let buf = unsafe { std::slice::from_raw_parts_mut(ptr, BLOCK) };
+    let start = Instant::now();
+    let mut done = 0u64;
+    let mut failure = None;
+    while done < bytes {
+        let r = if write {
+            std::io::Write::write(&mut file, buf)
+        } else {
+            std::io::Read::read(&mut file, buf)
+        };
+        match r {
+            Ok(0) => break,
+            Ok(n) => done += n as u64,
+            Err(e) => {
+                failure = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    if write {
+        let _ = file.sync_all();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    // SAFETY: allocated above with the same layout.
+    unsafe { std::alloc::dealloc(ptr, layout) };
+    if let Some(f) = failure {
+        return Err(format!("direct-io {op} {dev}: {f}"));
+    }
+    out("bytes", done);
+    out("seconds", format!("{secs:.4}"));
+    out("rate_bps", format!("{:.0}", done as f64 / secs.max(1e-9)));
+    out(
+        "rate_mib_s",
+        format!("{:.4}", done as f64 / secs.max(1e-9) / 1048576.0),
+    );
+    Ok(())
+}
+
+/// Increments a counter in FILE every 10 ms until stdin closes.
+fn counter(file: &str) -> Res {
+    exit_on_stdin_eof();
+    println!("{READY}");
+    let _ = std::io::stdout().flush();
+    let mut n: u64 = 0;
+    loop {
+        n += 1;
+        let _ = fs::write(file, n.to_string());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn open_device(path: &str) -> Res {
+    match fs::OpenOptions::new().read(true).write(true).open(path) {
+        Ok(_) => out("open", "ok"),
+        Err(e) => out(
+            "open",
+            e.raw_os_error()
+                .map_or(e.to_string(), |n| errno_name(Errno::from_raw(n))),
+        ),
+    }
+    Ok(())
+}

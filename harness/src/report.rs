@@ -1,0 +1,138 @@
+//! Reports from verdicts: report.json (machine), report.xml (JUnit, for CI)
+//! and matrix.md (cases as rows, targets as columns), and the comparison
+//! against a baseline report that fails only on regressions.
+
+use crate::case::Headline;
+use crate::observation::Observations;
+use crate::verdict::{Status, Verdict};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+
+/// Formats a case's headline observation for a matrix cell.
+pub fn format_headline(h: &Headline, obs: &Observations) -> Option<String> {
+    let v = obs.get(&h.key)?;
+    let n = crate::expect::as_number(v);
+    let text = match (h.format.as_deref(), n) {
+        (Some("percent"), Some(x)) => format!("{:.1}%", x * 100.0),
+        (Some("mib_s"), Some(x)) => format!("{:.2} MiB/s", x / 1_048_576.0),
+        _ => crate::expect::as_text(v),
+    };
+    Some(format!("{}{text}", h.label.as_deref().unwrap_or("")))
+}
+
+fn cell(v: &Verdict) -> String {
+    let mark = match v.status {
+        Status::Pass => "pass",
+        Status::Fail => "**FAIL**",
+        Status::Skip => "skip",
+        Status::Inconclusive => "inconclusive",
+        Status::Error => "**ERROR**",
+    };
+    match &v.headline {
+        Some(h) => format!("{mark} {h}"),
+        None => mark.to_string(),
+    }
+}
+
+/// The kernel x case matrix as Markdown, with the skip, failure and error
+/// reasons listed under it.
+pub fn matrix_markdown(verdicts: &[Verdict]) -> String {
+    let targets: Vec<String> = verdicts.iter().map(|v| v.target.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+    let cases: BTreeSet<&str> = verdicts.iter().map(|v| v.case.as_str()).collect();
+    let by: BTreeMap<(&str, &str), &Verdict> = verdicts.iter().map(|v| ((v.case.as_str(), v.target.as_str()), v)).collect();
+    let mut out = String::from("# kcell conformance matrix\n\n");
+    for t in &targets {
+        if let Some(v) = verdicts.iter().find(|v| &v.target == t) {
+            let _ = writeln!(out, "- `{t}`: kernel {}, cgroup {}", v.kernel, v.cgroup);
+        }
+    }
+    out.push('\n');
+    let _ = writeln!(out, "| case | {} |", targets.join(" | "));
+    let _ = writeln!(out, "|---|{}", "---|".repeat(targets.len()));
+    for c in &cases {
+        let cells: Vec<String> = targets.iter().map(|t| by.get(&(*c, t.as_str())).map_or("-".to_string(), |v| cell(v))).collect();
+        let _ = writeln!(out, "| {c} | {} |", cells.join(" | "));
+    }
+    let notes: Vec<&Verdict> = verdicts.iter().filter(|v| v.status != Status::Pass).collect();
+    if !notes.is_empty() {
+        out.push_str("\n## Not passed\n\n");
+        for v in notes {
+            let detail = v.detail.lines().map(str::trim).collect::<Vec<_>>().join("; ");
+            let _ = writeln!(out, "- `{}` on `{}`: {} — {}", v.case, v.target, v.status.as_str(), detail);
+        }
+    }
+    let count = |s: Status| verdicts.iter().filter(|v| v.status == s).count();
+    let _ = writeln!(
+        out,
+        "\n{} pass, {} fail, {} skip, {} inconclusive, {} error",
+        count(Status::Pass),
+        count(Status::Fail),
+        count(Status::Skip),
+        count(Status::Inconclusive),
+        count(Status::Error)
+    );
+    out
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// JUnit XML: one testsuite per target, one testcase per case.
+pub fn junit_xml(verdicts: &[Verdict]) -> String {
+    let mut by_target: BTreeMap<&str, Vec<&Verdict>> = BTreeMap::new();
+    for v in verdicts {
+        by_target.entry(v.target.as_str()).or_default().push(v);
+    }
+    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"kcell\">\n");
+    for (target, vs) in by_target {
+        let failures = vs.iter().filter(|v| v.status == Status::Fail).count();
+        let errors = vs.iter().filter(|v| v.status == Status::Error).count();
+        let skipped = vs.iter().filter(|v| matches!(v.status, Status::Skip | Status::Inconclusive)).count();
+        let _ = writeln!(out, "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" errors=\"{errors}\" skipped=\"{skipped}\">", xml_escape(target), vs.len());
+        for v in vs {
+            let _ = write!(out, "    <testcase classname=\"{}\" name=\"{}\" time=\"{:.3}\"", xml_escape(target), xml_escape(&v.case), v.seconds);
+            let body = match v.status {
+                Status::Pass => None,
+                Status::Fail => Some(format!("<failure message=\"{}\"/>", xml_escape(&v.detail))),
+                Status::Error => Some(format!("<error message=\"{}\"/>", xml_escape(&v.detail))),
+                Status::Skip | Status::Inconclusive => Some(format!("<skipped message=\"{}: {}\"/>", v.status.as_str(), xml_escape(&v.detail))),
+            };
+            match body {
+                None => out.push_str("/>\n"),
+                Some(b) => {
+                    let _ = writeln!(out, ">{b}</testcase>");
+                }
+            }
+        }
+        out.push_str("  </testsuite>\n");
+    }
+    out.push_str("</testsuites>\n");
+    out
+}
+
+/// What changed against a baseline report.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Comparison {
+    /// (case, target, was, now) that went from pass to fail or error.
+    pub regressions: Vec<(String, String, String, String)>,
+    /// (case, target, was, now) that went from fail or error to pass.
+    pub improvements: Vec<(String, String, String, String)>,
+}
+
+/// Compares `now` against `baseline`: only pass -> fail/error regresses.
+pub fn compare(baseline: &[Verdict], now: &[Verdict]) -> Comparison {
+    let old: BTreeMap<(&str, &str), Status> = baseline.iter().map(|v| ((v.case.as_str(), v.target.as_str()), v.status)).collect();
+    let mut c = Comparison::default();
+    for v in now {
+        let Some(was) = old.get(&(v.case.as_str(), v.target.as_str())) else { continue };
+        let row = (v.case.clone(), v.target.clone(), was.as_str().to_string(), v.status.as_str().to_string());
+        let bad = |s: Status| matches!(s, Status::Fail | Status::Error);
+        if *was == Status::Pass && bad(v.status) {
+            c.regressions.push(row);
+        } else if bad(*was) && v.status == Status::Pass {
+            c.improvements.push(row);
+        }
+    }
+    c
+}

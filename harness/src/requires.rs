@@ -1,0 +1,179 @@
+//! Probing a case's requirements on the running system. Probed, never
+//! guessed from version numbers: /proc/self/ns, the mounted cgroup
+//! hierarchies, the kernel's config, /proc/swaps.
+
+use crate::case::Requires;
+use kcell::cgroup::layout::{Layout, Version};
+use std::io::Read;
+use std::path::Path;
+
+/// The running kernel's config text (/proc/config.gz, else /boot/config-RELEASE).
+pub fn kernel_config() -> Option<String> {
+    if let Ok(file) = std::fs::File::open("/proc/config.gz") {
+        let mut text = String::new();
+        if flate2::read::GzDecoder::new(file)
+            .read_to_string(&mut text)
+            .is_ok()
+        {
+            return Some(text);
+        }
+    }
+    let release = nix::sys::utsname::uname()
+        .ok()?
+        .release()
+        .to_string_lossy()
+        .to_string();
+    std::fs::read_to_string(format!("/boot/config-{release}")).ok()
+}
+
+/// The state of CONFIG_NAME in `config`: "y", "m", or None (unset or absent).
+pub fn config_value(config: &str, name: &str) -> Option<String> {
+    config
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix('=').map(str::to_string))
+}
+
+fn v2_controllers(layout: &Layout) -> String {
+    layout
+        .v2_root()
+        .and_then(|r| std::fs::read_to_string(r.join("cgroup.controllers")).ok())
+        .unwrap_or_default()
+}
+
+/// None when every requirement holds, else the first unmet one, phrased so a
+/// user knows what to change.
+pub fn unmet(req: &Requires) -> Option<String> {
+    let euid = nix::unistd::geteuid();
+    if req.root && !euid.is_root() {
+        return Some(format!(
+            "needs root (running as uid {euid}): run the tests as root, e.g. sudo -E cargo test"
+        ));
+    }
+    for ns in &req.namespaces {
+        if !Path::new("/proc/self/ns").join(ns).exists() {
+            return Some(format!(
+                "the kernel has no {ns} namespace (/proc/self/ns/{ns} missing)"
+            ));
+        }
+    }
+    let layout = Layout::detect();
+    if let Some(want) = &req.cgroup {
+        let have = layout.version().map(|v| v.to_string());
+        if have.as_deref() != Some(want.as_str()) {
+            return Some(format!(
+                "needs cgroup {want}; this system's layout is {} (see /proc/self/mountinfo)",
+                layout.describe()
+            ));
+        }
+    }
+    for c in &req.controllers {
+        match layout.version() {
+            Some(Version::V1) => {
+                if !layout.v1_mounts().contains_key(c.as_str()) {
+                    return Some(format!("the {c} controller is not mounted as cgroup v1 (mount -t cgroup -o {c} fails or was not done; Debian 6.12 kernels lack CONFIG_MEMCG_V1 for memory)"));
+                }
+            }
+            Some(Version::V2) => {
+                let name = if c == "blkio" { "io" } else { c.as_str() };
+                if !v2_controllers(&layout)
+                    .split_whitespace()
+                    .any(|x| x == name)
+                {
+                    return Some(format!(
+                        "the {name} controller is not in cgroup.controllers of the cgroup v2 root"
+                    ));
+                }
+            }
+            None => return Some("no cgroup filesystem is mounted".to_string()),
+        }
+    }
+    for cf in &req.cgroup_files {
+        let (ctrl, file) = cf.split_once('/').unwrap_or(("", cf));
+        let root = match layout.version() {
+            Some(Version::V1) => layout.v1_mounts().get(ctrl).cloned(),
+            Some(Version::V2) => layout.v2_root().map(Path::to_path_buf),
+            None => None,
+        };
+        if !root.is_some_and(|r| r.join(file).exists()) {
+            return Some(format!("cgroup file {file} of the {ctrl} controller does not exist (for memsw: boot with swapaccount=1 or a kernel with CONFIG_MEMCG_SWAP)"));
+        }
+    }
+    if !req.kernel_config.is_empty() {
+        match kernel_config() {
+            None => return Some(
+                "cannot read the kernel config (/proc/config.gz or /boot/config-RELEASE) to check "
+                    .to_string()
+                    + &req.kernel_config.join(", "),
+            ),
+            Some(cfg) => {
+                for opt in &req.kernel_config {
+                    if !matches!(config_value(&cfg, opt).as_deref(), Some("y") | Some("m")) {
+                        return Some(format!("the kernel is built without {opt}"));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(n) = req.min_cpus {
+        let have = kcell::cgroup::online_cpus().len() as u32;
+        if have < n {
+            return Some(format!("needs {n} online CPUs, this system has {have}"));
+        }
+    }
+    if req.swap {
+        let active = std::fs::read_to_string("/proc/swaps")
+            .map(|t| t.lines().count() > 1)
+            .unwrap_or(false);
+        if !active {
+            return Some("needs active swap (/proc/swaps lists none); the VM targets provide a zram swap device".to_string());
+        }
+    }
+    if req.unprivileged_userns {
+        let max = std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok());
+        if max == Some(0) {
+            return Some(
+                "user namespaces are disabled (/proc/sys/user/max_user_namespaces is 0)"
+                    .to_string(),
+            );
+        }
+        if std::fs::read_to_string("/proc/sys/kernel/unprivileged_userns_clone")
+            .is_ok_and(|t| t.trim() == "0")
+        {
+            return Some("unprivileged user namespaces are disabled (sysctl kernel.unprivileged_userns_clone=0)".to_string());
+        }
+    }
+    if req.block_device && crate::blockdev::find().is_none() {
+        return Some("no block device for throttling: needs a loop device (CONFIG_BLK_DEV_LOOP, /dev/loop-control) or a virtio disk".to_string());
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_values() {
+        let cfg = "CONFIG_A=y\nCONFIG_AB=m\n# CONFIG_C is not set\n";
+        assert_eq!(config_value(cfg, "CONFIG_A").as_deref(), Some("y"));
+        assert_eq!(config_value(cfg, "CONFIG_AB").as_deref(), Some("m"));
+        assert_eq!(config_value(cfg, "CONFIG_C"), None);
+    }
+
+    #[test]
+    fn impossible_requirements_give_reasons() {
+        let req = Requires {
+            namespaces: vec!["nosuchns".into()],
+            ..Default::default()
+        };
+        assert!(unmet(&req).is_some_and(|r| r.contains("nosuchns")));
+        let req = Requires {
+            min_cpus: Some(100_000),
+            ..Default::default()
+        };
+        assert!(unmet(&req).is_some_and(|r| r.contains("100000")));
+        assert_eq!(unmet(&Requires::default()), None);
+    }
+}

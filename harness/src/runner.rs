@@ -1,0 +1,388 @@
+//! Running one case: requirements, fixtures, the container runs through the
+//! real `kcell` CLI, measurements, checks, verdict. The same code runs on the
+//! host and as the agent inside a VM guest.
+
+use crate::case::{Case, Expect, Operand, RootChoice, Run};
+use crate::expect::check_all;
+use crate::fixture::{self, Context, Fixture};
+use crate::inside::READY;
+use crate::observation::Observations;
+use crate::verdict::{Status, Verdict};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Where and with what a case runs.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The target's name in verdicts, e.g. "host" or "deb-6.1-cloud/v1".
+    pub name: String,
+    /// The `kcell` runtime binary.
+    pub runtime: PathBuf,
+    /// The agent binary (the host marker process and `{agent}`).
+    pub agent: PathBuf,
+    /// The busybox image root.
+    pub rootfs: PathBuf,
+}
+
+/// `uname -r`.
+pub fn kernel_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().to_string())
+        .unwrap_or_default()
+}
+
+/// Replaces each `{key}` of `vars` in `text`.
+pub fn substitute(text: &str, vars: &[(String, String)]) -> String {
+    let mut s = text.to_string();
+    for (k, v) in vars {
+        s = s.replace(&format!("{{{k}}}"), v);
+    }
+    s
+}
+
+fn substitute_expect(e: &Expect, vars: &[(String, String)]) -> Expect {
+    let mut e = e.clone();
+    for op in [
+        &mut e.equals,
+        &mut e.not_equals,
+        &mut e.contains,
+        &mut e.not_contains,
+        &mut e.at_least,
+        &mut e.at_most,
+        &mut e.approx,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if let Operand::Literal(Value::String(s)) = op {
+            *s = substitute(s, vars);
+        }
+    }
+    e
+}
+
+/// A scratch directory for one case's pid files, removed on drop.
+struct WorkDir(PathBuf);
+impl WorkDir {
+    fn new() -> Result<Self, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let p = std::env::temp_dir().join(format!("kcell-case-{}", kcell::spec::new_id()));
+        std::fs::create_dir(&p).map_err(|e| format!("mkdir {}: {e}", p.display()))?;
+        // Runs as another uid write their pid file here.
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777))
+            .map_err(|e| format!("chmod {}: {e}", p.display()))?;
+        Ok(WorkDir(p))
+    }
+}
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `case` on `target` and returns its verdict. Never panics on a case's
+/// failure: infrastructure problems become an `error` verdict.
+pub fn run_case(case: &Case, target: &Target) -> Verdict {
+    let start = Instant::now();
+    let mut verdict = Verdict {
+        case: case.id.clone(),
+        target: target.name.clone(),
+        kernel: kernel_release(),
+        cgroup: kcell::cgroup::layout::Layout::detect()
+            .describe()
+            .to_string(),
+        status: Status::Error,
+        detail: String::new(),
+        checks: Vec::new(),
+        observations: Observations::default(),
+        seconds: 0.0,
+        headline: None,
+    };
+    if let Some(reason) = crate::requires::unmet(&case.requires) {
+        verdict.status = Status::Skip;
+        verdict.detail = reason;
+        return verdict;
+    }
+    let result = execute(case, target, &mut verdict.observations);
+    verdict.seconds = (start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+    verdict.headline = case.headline.as_ref().and_then(|h| crate::report::format_headline(h, &verdict.observations));
+    match result {
+        Err(msg) => {
+            verdict.status = Status::Error;
+            verdict.detail = msg;
+        }
+        Ok(vars) => {
+            let expects: Vec<Expect> = case
+                .expects
+                .iter()
+                .map(|e| substitute_expect(e, &vars))
+                .collect();
+            verdict.checks = check_all(&expects, &verdict.observations);
+            let failed = |kind| verdict.checks.iter().any(|c| !c.ok && c.on_fail == kind);
+            verdict.status = if failed(crate::case::OnFail::Fail) {
+                Status::Fail
+            } else if failed(crate::case::OnFail::Inconclusive) {
+                Status::Inconclusive
+            } else {
+                Status::Pass
+            };
+            if verdict.status != Status::Pass {
+                verdict.detail = verdict.failed_checks();
+                for run in &case.runs {
+                    let exit = verdict
+                        .observations
+                        .get(&format!("{}.exit", run.name))
+                        .and_then(Value::as_i64);
+                    if exit == Some(125) {
+                        let err = verdict
+                            .observations
+                            .get(&format!("{}.stderr", run.name))
+                            .map(crate::expect::as_text)
+                            .unwrap_or_default();
+                        verdict.detail.push_str(&format!(
+                            "\n  run '{}': kcell exited 125: {}",
+                            run.name,
+                            err.trim()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    verdict
+}
+
+/// Sets up the fixtures, performs every run, and returns the variables.
+fn execute(
+    case: &Case,
+    target: &Target,
+    obs: &mut Observations,
+) -> Result<Vec<(String, String)>, String> {
+    let ctx = Context {
+        rootfs: target.rootfs.clone(),
+        agent: target.agent.clone(),
+    };
+    let mut fixtures: Vec<Box<dyn Fixture>> = Vec::new();
+    for name in &case.fixtures {
+        fixtures.push(fixture::make(name, &ctx).map_err(|e| format!("fixture {name}: {e}"))?);
+    }
+    let mut vars: Vec<(String, String)> = vec![
+        ("rootfs".into(), target.rootfs.display().to_string()),
+        ("agent".into(), target.agent.display().to_string()),
+    ];
+    for f in &fixtures {
+        for (k, v) in f.vars() {
+            vars.push((format!("{}.{k}", f.name()), v));
+        }
+        for (k, v) in f.at_setup() {
+            obs.insert(format!("{}.{k}", f.name()), v);
+        }
+    }
+    let work = WorkDir::new()?;
+    let deadline = Instant::now() + Duration::from_secs(case.timeout);
+    for run in &case.runs {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let limit = run
+            .timeout
+            .map_or(left, |t| Duration::from_secs(t).min(left));
+        perform(run, target, &vars, &fixtures, obs, &work.0, limit)?;
+    }
+    Ok(vars)
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i64 {
+    status
+        .code()
+        .map_or_else(|| 128 + i64::from(status.signal().unwrap_or(0)), i64::from)
+}
+
+/// One container run: spawn `kcell run`, observe while it holds, collect.
+fn perform(
+    run: &Run,
+    target: &Target,
+    vars: &[(String, String)],
+    fixtures: &[Box<dyn Fixture>],
+    obs: &mut Observations,
+    work: &Path,
+    limit: Duration,
+) -> Result<(), String> {
+    let started = Instant::now();
+    let deadline = started + limit;
+    let pid_file = work.join(format!("{}.pid", run.name));
+    let rootfs = match run.rootfs {
+        RootChoice::Image => target.rootfs.clone(),
+        RootChoice::Host => PathBuf::from("/"),
+    };
+    let mut cmd = Command::new(&target.runtime);
+    cmd.arg("run").arg("--pid-file").arg(&pid_file);
+    cmd.args(run.args.iter().map(|a| substitute(a, vars)));
+    cmd.arg(&rootfs).arg("--");
+    cmd.args(run.command.iter().map(|a| substitute(a, vars)));
+    cmd.stdin(if run.hold {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    if let Some(uid) = run.as_user {
+        cmd.uid(uid).gid(uid);
+    }
+    let mut child = cmd.spawn().map_err(|e| {
+        format!(
+            "run '{}': spawn {}: {e}",
+            run.name,
+            target.runtime.display()
+        )
+    })?;
+    let stdin = child.stdin.take();
+    let (line_tx, line_rx) = mpsc::channel::<String>();
+    let stdout = child.stdout.take().ok_or("no stdout pipe")?;
+    let out_reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = line_tx.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let mut stderr = child.stderr.take().ok_or("no stderr pipe")?;
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+
+    let prefix = run.name.clone();
+    let mut held = false;
+    if run.hold {
+        // Wait for the command to say it is ready (or to end without saying so).
+        while Instant::now() < deadline {
+            match line_rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(line) if line.trim() == READY => {
+                    held = true;
+                    break;
+                }
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if child.try_wait().ok().flatten().is_some() {
+                        break;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        obs.insert(format!("{prefix}.ready"), json!(held));
+        if held {
+            let pid = read_pid(&pid_file);
+            for f in fixtures {
+                for (k, v) in f.observe() {
+                    obs.insert(format!("{prefix}.{}.{k}", f.name()), v);
+                }
+            }
+            for m in &run.measure {
+                let name = m.name.clone().unwrap_or_else(|| m.probe.clone());
+                let values = match pid {
+                    Some(pid) => crate::probe::measure(m, pid),
+                    None => Err(format!("no pid file {} to measure", pid_file.display())),
+                };
+                match values {
+                    Ok(values) => {
+                        for (k, v) in values {
+                            obs.insert(format!("{prefix}.{name}.{k}"), v);
+                        }
+                    }
+                    Err(e) => obs.insert(format!("{prefix}.{name}.error"), json!(e)),
+                }
+            }
+        }
+    }
+    drop(stdin);
+
+    let status = loop {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(|e| format!("wait for kcell: {e}"))?
+        {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            // Killing the runtime kills the container (PR_SET_PDEATHSIG).
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let stdout = out_reader.join().unwrap_or_default();
+    let stderr = err_reader.join().unwrap_or_default();
+    let Some(status) = status else {
+        return Err(format!(
+            "run '{}' timed out after {:.1} s; stdout tail: {}; stderr tail: {}",
+            run.name,
+            limit.as_secs_f64(),
+            tail(&stdout),
+            tail(&stderr)
+        ));
+    };
+    obs.insert(format!("{prefix}.exit"), json!(exit_code(status)));
+    obs.insert(format!("{prefix}.stdout"), json!(stdout));
+    obs.insert(format!("{prefix}.stderr"), json!(stderr));
+    obs.insert(
+        format!("{prefix}.seconds"),
+        json!((started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0),
+    );
+    obs.insert_key_values(&prefix, &stdout);
+    if let Some(pid) = read_pid(&pid_file) {
+        obs.insert(format!("{prefix}.host_pid"), json!(pid));
+    }
+    if !run.hold {
+        for f in fixtures {
+            for (k, v) in f.observe() {
+                obs.insert(format!("{prefix}.{}.{k}", f.name()), v);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The last 400 characters of `s`.
+pub fn tail(s: &str) -> String {
+    let t = s.trim();
+    let start = t.char_indices().rev().nth(399).map_or(0, |(i, _)| i);
+    t[start..].replace('\n', " | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn substitutes_variables() {
+        let vars = vec![
+            ("a.key".to_string(), "0x1".to_string()),
+            ("rootfs".to_string(), "/r".to_string()),
+        ];
+        assert_eq!(
+            substitute("{rootfs}/bin {a.key} {unknown}", &vars),
+            "/r/bin 0x1 {unknown}"
+        );
+    }
+
+    #[test]
+    fn tail_keeps_the_end() {
+        let long = "x".repeat(1000) + "END";
+        assert!(tail(&long).ends_with("END"));
+        assert_eq!(tail(&long).chars().count(), 400);
+        assert_eq!(tail("a\nb"), "a | b");
+    }
+}
