@@ -170,6 +170,10 @@ pub struct Run {
     /// Host-side measurements taken while the run holds.
     #[serde(default)]
     pub measure: Vec<Measure>,
+    /// Stay held after this run's observations, until the case ends, so
+    /// later runs share the machine with it (and can measure it).
+    #[serde(default)]
+    pub keep: bool,
     /// Seconds this run may take (default: the case's timeout).
     #[serde(default)]
     pub timeout: Option<u64>,
@@ -187,6 +191,9 @@ pub struct Measure {
     /// Prefix for this measurement's observations (default: the probe's name).
     #[serde(default)]
     pub name: Option<String>,
+    /// Measure these held runs together (default: this run alone).
+    #[serde(default)]
+    pub runs: Vec<String>,
 }
 
 /// The right-hand side of a check: a literal, or another observation
@@ -336,6 +343,15 @@ impl Case {
                         ),
                     ));
                 }
+            }
+            if run.keep && !run.hold {
+                return Err(err(
+                    find_line(text, &format!("\"{}\"", run.name)),
+                    format!(
+                        "run '{}' keeps but does not hold: only a held run can be kept",
+                        run.name
+                    ),
+                ));
             }
             if !run.measure.is_empty() && !run.hold {
                 return Err(err(find_line(text, &format!("\"{}\"", run.name)), format!("run '{}' measures but does not hold: measurements happen while the run holds", run.name)));

@@ -117,8 +117,12 @@ pub fn check(e: &Expect, obs: &Observations) -> CheckReport {
         "equals" => equal(&observed, &expected),
         "not_equals" => !equal(&observed, &expected),
         // A relative epsilon absorbs float representation (2176.03 vs 2176.0299999).
-        "at_least" => matches!((num(&observed), num(&expected)), (Some(o), Some(x)) if o >= x - 1e-9 * x.abs().max(1.0)),
-        "at_most" => matches!((num(&observed), num(&expected)), (Some(o), Some(x)) if o <= x + 1e-9 * x.abs().max(1.0)),
+        "at_least" => {
+            matches!((num(&observed), num(&expected)), (Some(o), Some(x)) if o >= x - 1e-9 * x.abs().max(1.0))
+        }
+        "at_most" => {
+            matches!((num(&observed), num(&expected)), (Some(o), Some(x)) if o <= x + 1e-9 * x.abs().max(1.0))
+        }
         "contains" => as_text(&observed).contains(&as_text(&expected)),
         "not_contains" => !as_text(&observed).contains(&as_text(&expected)),
         "approx" => match (num(&observed), num(&expected)) {

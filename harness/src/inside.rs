@@ -42,7 +42,8 @@ pub fn main(args: &[String]) -> i32 {
         ["mounts"] => mounts(),
         ["cgroup"] => cgroup(),
         ["spin", rest @ ..] => spin(rest),
-        ["alloc", size] => alloc(size),
+        ["alloc", size] => alloc(size, false),
+        ["alloc", size, "--hold"] => alloc(size, true),
         ["fork-until-fail", limit] => fork_until_fail(limit),
         ["direct-io", op, dev, size] => direct_io(op, dev, size),
         ["counter", file] => counter(file),
@@ -445,6 +446,7 @@ fn exit_on_stdin_eof() {
 fn spin(args: &[&str]) -> Res {
     let mut threads = 1;
     let mut procs = 1;
+    let mut seconds: Option<f64> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match *a {
@@ -455,6 +457,13 @@ fn spin(args: &[&str]) -> Res {
                     .ok_or("--threads N")?
             }
             "--procs" => procs = it.next().and_then(|n| n.parse().ok()).ok_or("--procs N")?,
+            "--seconds" => {
+                seconds = Some(
+                    it.next()
+                        .and_then(|n| n.parse().ok())
+                        .ok_or("--seconds S")?,
+                )
+            }
             other => return Err(format!("spin: unknown option {other}")),
         }
     }
@@ -466,6 +475,17 @@ fn spin(args: &[&str]) -> Res {
             break;
         }
     }
+    if let Some(s) = seconds {
+        // A fixed amount of work, for accounting: spin S seconds of CPU time, then exit.
+        let start = cpu_time();
+        while cpu_time() - start < s {
+            for _ in 0..100_000 {
+                std::hint::black_box(0u64);
+            }
+        }
+        out("spun_s", format!("{:.3}", cpu_time() - start));
+        return Ok(());
+    }
     exit_on_stdin_eof();
     out("tid", nix::unistd::gettid());
     println!("{READY}");
@@ -476,6 +496,11 @@ fn spin(args: &[&str]) -> Res {
     busy()
 }
 
+fn cpu_time() -> f64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID)
+        .map_or(0.0, |t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
+}
+
 fn busy() -> ! {
     let mut x: u64 = 0;
     loop {
@@ -483,9 +508,13 @@ fn busy() -> ! {
     }
 }
 
-/// Allocates and touches SIZE bytes, 64 KiB at a time.
-fn alloc(size: &str) -> Res {
+/// Allocates and touches SIZE bytes, 64 KiB at a time; with `--hold`, keeps
+/// them until stdin closes. "started" is printed first, so a run that dies
+/// shows whether it got as far as running this code at all.
+fn alloc(size: &str, hold: bool) -> Res {
     let bytes = kcell::cgroup::resources::parse_size(size).map_err(|e| e.to_string())?;
+    out("started", true);
+    let _ = std::io::stdout().flush();
     let mut chunks: Vec<Vec<u8>> = Vec::new();
     let mut done = 0u64;
     while done < bytes {
@@ -495,6 +524,13 @@ fn alloc(size: &str) -> Res {
     }
     out("allocated", done);
     std::hint::black_box(&chunks);
+    if hold {
+        println!("{READY}");
+        let _ = std::io::stdout().flush();
+        let mut sink = String::new();
+        while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {}
+        std::hint::black_box(&chunks);
+    }
     Ok(())
 }
 

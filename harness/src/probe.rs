@@ -14,45 +14,84 @@ pub const KNOWN: &[&str] = &[
     "cgroup_stats",
     "freeze",
     "cpu_placement",
+    "thread_quota",
 ];
 
 fn seconds(m: &Measure, default: f64) -> Duration {
     Duration::from_secs_f64(m.seconds.unwrap_or(default))
 }
 
-/// Takes the measurement `m` of the container whose first process is `pid`.
-pub fn measure(m: &Measure, pid: i32) -> Result<Vec<(String, Value)>, String> {
-    let cg = ContainerCgroup::of_pid(pid).map_err(|e| format!("cgroup of pid {pid}: {e}"))?;
+/// Takes the measurement `m` of the held runs `runs` (name, host PID of the
+/// first process); most probes measure one run, `cpu_share` any number at once.
+pub fn measure(m: &Measure, runs: &[(String, i32)]) -> Result<Vec<(String, Value)>, String> {
+    let cgroups: Vec<(String, ContainerCgroup)> = runs
+        .iter()
+        .map(|(name, pid)| {
+            ContainerCgroup::of_pid(*pid)
+                .map(|cg| (name.clone(), cg))
+                .map_err(|e| format!("cgroup of pid {pid}: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    let (cg, pid) = match (cgroups.first(), runs.first()) {
+        (Some((_, cg)), Some((_, pid))) => (cg, *pid),
+        _ => return Err("no run to measure".into()),
+    };
     match m.probe.as_str() {
-        "cpu_share" => cpu_share(&cg, seconds(m, 3.0)),
-        "process_shares" => process_shares(&cg, seconds(m, 3.0)),
-        "cgroup_stats" => Ok(stats(&cg)),
-        "freeze" => freeze(&cg, pid, seconds(m, 1.0)),
-        "cpu_placement" => cpu_placement(&cg, seconds(m, 1.0)),
+        "cpu_share" => cpu_share(&cgroups, seconds(m, 3.0)),
+        "process_shares" => process_shares(cg, seconds(m, 3.0)),
+        "cgroup_stats" => Ok(stats(cg)),
+        "freeze" => freeze(cg, pid, seconds(m, 1.0)),
+        "cpu_placement" => cpu_placement(cg, seconds(m, 1.0)),
+        "thread_quota" => thread_quota(cg, pid, seconds(m, 3.0)),
         other => Err(format!("unknown probe '{other}'")),
     }
 }
 
-/// The cgroup's CPU usage over wall time, from its own counter
-/// (v1 cpuacct.usage, v2 cpu.stat usage_usec): the share of one CPU.
-fn cpu_share(cg: &ContainerCgroup, over: Duration) -> Result<Vec<(String, Value)>, String> {
-    let usage = || {
+/// Each cgroup's CPU usage over the same wall interval, from its own
+/// counter (v1 cpuacct.usage, v2 cpu.stat usage_usec), in CPUs. With several
+/// runs each also gets its fraction of their total.
+fn cpu_share(
+    cgroups: &[(String, ContainerCgroup)],
+    over: Duration,
+) -> Result<Vec<(String, Value)>, String> {
+    let usage = |cg: &ContainerCgroup| {
         cg.stats()
             .cpu_usage_ns
             .ok_or("the cgroup has no CPU usage counter (cpuacct.usage / cpu.stat)")
     };
-    // Let the spinner reach its steady state (the first period may be unthrottled).
+    // Let the spinners reach their steady state (the first period may be unthrottled).
     std::thread::sleep(Duration::from_millis(300));
-    let (u0, t0) = (usage()?, Instant::now());
+    let t0 = Instant::now();
+    let u0: Vec<u64> = cgroups
+        .iter()
+        .map(|(_, cg)| usage(cg))
+        .collect::<Result<_, _>>()?;
     std::thread::sleep(over);
-    let (u1, t1) = (usage()?, Instant::now());
-    let wall = (t1 - t0).as_secs_f64();
-    let share = (u1.saturating_sub(u0)) as f64 / 1e9 / wall;
-    Ok(vec![
-        ("share".into(), json!(round4(share))),
-        ("usage_s".into(), json!(round4((u1 - u0) as f64 / 1e9))),
-        ("wall_s".into(), json!(round4(wall))),
-    ])
+    let u1: Vec<u64> = cgroups
+        .iter()
+        .map(|(_, cg)| usage(cg))
+        .collect::<Result<_, _>>()?;
+    let wall = t0.elapsed().as_secs_f64();
+    let shares: Vec<f64> = u0
+        .iter()
+        .zip(&u1)
+        .map(|(a, b)| b.saturating_sub(*a) as f64 / 1e9 / wall)
+        .collect();
+    let total: f64 = shares.iter().sum();
+    let mut out = vec![("wall_s".to_string(), json!(round4(wall)))];
+    if cgroups.len() == 1 {
+        out.push(("share".into(), json!(round4(shares[0]))));
+    } else {
+        for ((name, _), share) in cgroups.iter().zip(&shares) {
+            out.push((format!("{name}.share"), json!(round4(*share))));
+            out.push((
+                format!("{name}.fraction"),
+                json!(round4(share / total.max(1e-9))),
+            ));
+        }
+        out.push(("total".into(), json!(round4(total))));
+    }
+    Ok(out)
 }
 
 fn round4(x: f64) -> f64 {
@@ -61,7 +100,11 @@ fn round4(x: f64) -> f64 {
 
 /// utime + stime of a process, in clock ticks (proc(5) fields 14 and 15).
 fn cpu_ticks(pid: i32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    cpu_ticks_at(&format!("/proc/{pid}/stat"))
+}
+
+fn cpu_ticks_at(path: &str) -> Option<u64> {
+    let stat = fs::read_to_string(path).ok()?;
     let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     Some(rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?)
 }
@@ -110,6 +153,86 @@ fn stats(cg: &ContainerCgroup) -> Vec<(String, Value)> {
         Ok(Value::Object(map)) => map.into_iter().filter(|(_, v)| !v.is_null()).collect(),
         _ => Vec::new(),
     }
+}
+
+/// cgroup v1 places single threads by TID (the `tasks` file): one thread
+/// of the container's process is moved into a child cgroup limited to 50%,
+/// the others stay; each thread's share is measured from
+/// /proc/PID/task/TID/stat, and the thread is moved back before the child
+/// cgroup is removed.
+fn thread_quota(
+    cg: &ContainerCgroup,
+    pid: i32,
+    over: Duration,
+) -> Result<Vec<(String, Value)>, String> {
+    let tids: Vec<i32> = fs::read_dir(format!("/proc/{pid}/task"))
+        .map_err(|e| format!("list threads of {pid}: {e}"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|t| *t != pid)
+        .collect();
+    // The busiest thread besides the main one (the others may be idle helpers).
+    let moved = *tids
+        .iter()
+        .max_by_key(|t| cpu_ticks_at(&format!("/proc/{pid}/task/{t}/stat")).unwrap_or(0))
+        .ok_or("the process has no second thread to move")?;
+    let cpu = cg.dir_of("cpu").ok_or("no cpu hierarchy")?;
+    let acct = cg.dir_of("cpuacct").unwrap_or(cpu);
+    let mut made = Vec::new();
+    let result = (|| -> Result<Vec<(String, Value)>, String> {
+        for dir in [cpu, acct] {
+            let child = dir.join("kcell-thread");
+            if !made.contains(&child) {
+                fs::create_dir(&child).map_err(|e| format!("mkdir {}: {e}", child.display()))?;
+                made.push(child);
+            }
+        }
+        let child = cpu.join("kcell-thread");
+        fs::write(child.join("cpu.cfs_period_us"), "100000")
+            .map_err(|e| format!("write cpu.cfs_period_us: {e}"))?;
+        fs::write(child.join("cpu.cfs_quota_us"), "50000")
+            .map_err(|e| format!("write 50000 to cpu.cfs_quota_us: {e}"))?;
+        for dir in &made {
+            fs::write(dir.join("tasks"), moved.to_string())
+                .map_err(|e| format!("write TID {moved} to {}/tasks: {e}", dir.display()))?;
+        }
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let ticks = |tid: i32| cpu_ticks_at(&format!("/proc/{pid}/task/{tid}/stat"));
+        std::thread::sleep(Duration::from_millis(300));
+        let before: Vec<(i32, u64)> = std::iter::once(pid)
+            .chain(tids.iter().copied())
+            .filter_map(|t| Some((t, ticks(t)?)))
+            .collect();
+        let t0 = Instant::now();
+        std::thread::sleep(over);
+        let wall = t0.elapsed().as_secs_f64();
+        let share = |tid: i32| {
+            before
+                .iter()
+                .find(|(t, _)| *t == tid)
+                .and_then(|(_, b)| Some(round4(ticks(tid)?.saturating_sub(*b) as f64 / hz / wall)))
+        };
+        let others: Vec<f64> = std::iter::once(pid)
+            .chain(tids.iter().copied())
+            .filter(|t| *t != moved)
+            .filter_map(share)
+            .collect();
+        Ok(vec![
+            ("moved_share".into(), json!(share(moved).unwrap_or(0.0))),
+            (
+                "other_share".into(),
+                json!(others.iter().cloned().fold(0.0, f64::max)),
+            ),
+        ])
+    })();
+    // Back to the container's cgroup, then remove the child cgroup.
+    for dir in &made {
+        if let Some(parent) = dir.parent() {
+            let _ = fs::write(parent.join("tasks"), moved.to_string());
+        }
+        let _ = fs::remove_dir(dir);
+    }
+    result
 }
 
 fn read_counter(pid: i32) -> Option<u64> {

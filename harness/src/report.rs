@@ -37,9 +37,17 @@ fn cell(v: &Verdict) -> String {
 /// The kernel x case matrix as Markdown, with the skip, failure and error
 /// reasons listed under it.
 pub fn matrix_markdown(verdicts: &[Verdict]) -> String {
-    let targets: Vec<String> = verdicts.iter().map(|v| v.target.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+    let targets: Vec<String> = verdicts
+        .iter()
+        .map(|v| v.target.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let cases: BTreeSet<&str> = verdicts.iter().map(|v| v.case.as_str()).collect();
-    let by: BTreeMap<(&str, &str), &Verdict> = verdicts.iter().map(|v| ((v.case.as_str(), v.target.as_str()), v)).collect();
+    let by: BTreeMap<(&str, &str), &Verdict> = verdicts
+        .iter()
+        .map(|v| ((v.case.as_str(), v.target.as_str()), v))
+        .collect();
     let mut out = String::from("# kcell conformance matrix\n\n");
     for t in &targets {
         if let Some(v) = verdicts.iter().find(|v| &v.target == t) {
@@ -50,15 +58,36 @@ pub fn matrix_markdown(verdicts: &[Verdict]) -> String {
     let _ = writeln!(out, "| case | {} |", targets.join(" | "));
     let _ = writeln!(out, "|---|{}", "---|".repeat(targets.len()));
     for c in &cases {
-        let cells: Vec<String> = targets.iter().map(|t| by.get(&(*c, t.as_str())).map_or("-".to_string(), |v| cell(v))).collect();
+        let cells: Vec<String> = targets
+            .iter()
+            .map(|t| {
+                by.get(&(*c, t.as_str()))
+                    .map_or("-".to_string(), |v| cell(v))
+            })
+            .collect();
         let _ = writeln!(out, "| {c} | {} |", cells.join(" | "));
     }
-    let notes: Vec<&Verdict> = verdicts.iter().filter(|v| v.status != Status::Pass).collect();
+    let notes: Vec<&Verdict> = verdicts
+        .iter()
+        .filter(|v| v.status != Status::Pass)
+        .collect();
     if !notes.is_empty() {
         out.push_str("\n## Not passed\n\n");
         for v in notes {
-            let detail = v.detail.lines().map(str::trim).collect::<Vec<_>>().join("; ");
-            let _ = writeln!(out, "- `{}` on `{}`: {} — {}", v.case, v.target, v.status.as_str(), detail);
+            let detail = v
+                .detail
+                .lines()
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join("; ");
+            let _ = writeln!(
+                out,
+                "- `{}` on `{}`: {} — {}",
+                v.case,
+                v.target,
+                v.status.as_str(),
+                detail
+            );
         }
     }
     let count = |s: Status| verdicts.iter().filter(|v| v.status == s).count();
@@ -75,7 +104,10 @@ pub fn matrix_markdown(verdicts: &[Verdict]) -> String {
 }
 
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// JUnit XML: one testsuite per target, one testcase per case.
@@ -84,19 +116,33 @@ pub fn junit_xml(verdicts: &[Verdict]) -> String {
     for v in verdicts {
         by_target.entry(v.target.as_str()).or_default().push(v);
     }
-    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"kcell\">\n");
+    let mut out =
+        String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"kcell\">\n");
     for (target, vs) in by_target {
         let failures = vs.iter().filter(|v| v.status == Status::Fail).count();
         let errors = vs.iter().filter(|v| v.status == Status::Error).count();
-        let skipped = vs.iter().filter(|v| matches!(v.status, Status::Skip | Status::Inconclusive)).count();
+        let skipped = vs
+            .iter()
+            .filter(|v| matches!(v.status, Status::Skip | Status::Inconclusive))
+            .count();
         let _ = writeln!(out, "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" errors=\"{errors}\" skipped=\"{skipped}\">", xml_escape(target), vs.len());
         for v in vs {
-            let _ = write!(out, "    <testcase classname=\"{}\" name=\"{}\" time=\"{:.3}\"", xml_escape(target), xml_escape(&v.case), v.seconds);
+            let _ = write!(
+                out,
+                "    <testcase classname=\"{}\" name=\"{}\" time=\"{:.3}\"",
+                xml_escape(target),
+                xml_escape(&v.case),
+                v.seconds
+            );
             let body = match v.status {
                 Status::Pass => None,
                 Status::Fail => Some(format!("<failure message=\"{}\"/>", xml_escape(&v.detail))),
                 Status::Error => Some(format!("<error message=\"{}\"/>", xml_escape(&v.detail))),
-                Status::Skip | Status::Inconclusive => Some(format!("<skipped message=\"{}: {}\"/>", v.status.as_str(), xml_escape(&v.detail))),
+                Status::Skip | Status::Inconclusive => Some(format!(
+                    "<skipped message=\"{}: {}\"/>",
+                    v.status.as_str(),
+                    xml_escape(&v.detail)
+                )),
             };
             match body {
                 None => out.push_str("/>\n"),
@@ -122,11 +168,21 @@ pub struct Comparison {
 
 /// Compares `now` against `baseline`: only pass -> fail/error regresses.
 pub fn compare(baseline: &[Verdict], now: &[Verdict]) -> Comparison {
-    let old: BTreeMap<(&str, &str), Status> = baseline.iter().map(|v| ((v.case.as_str(), v.target.as_str()), v.status)).collect();
+    let old: BTreeMap<(&str, &str), Status> = baseline
+        .iter()
+        .map(|v| ((v.case.as_str(), v.target.as_str()), v.status))
+        .collect();
     let mut c = Comparison::default();
     for v in now {
-        let Some(was) = old.get(&(v.case.as_str(), v.target.as_str())) else { continue };
-        let row = (v.case.clone(), v.target.clone(), was.as_str().to_string(), v.status.as_str().to_string());
+        let Some(was) = old.get(&(v.case.as_str(), v.target.as_str())) else {
+            continue;
+        };
+        let row = (
+            v.case.clone(),
+            v.target.clone(),
+            was.as_str().to_string(),
+            v.status.as_str().to_string(),
+        );
         let bad = |s: Status| matches!(s, Status::Fail | Status::Error);
         if *was == Status::Pass && bad(v.status) {
             c.regressions.push(row);

@@ -73,6 +73,8 @@ pub fn unmet(req: &Requires) -> Option<String> {
                     return Some(format!("the {c} controller is not mounted as cgroup v1 (mount -t cgroup -o {c} fails or was not done; Debian 6.12 kernels lack CONFIG_MEMCG_V1 for memory)"));
                 }
             }
+            // cpu.stat (usage) is in every v2 cgroup, with or without controllers.
+            Some(Version::V2) if c == "cpuacct" => {}
             Some(Version::V2) => {
                 let name = if c == "blkio" { "io" } else { c.as_str() };
                 if !v2_controllers(&layout)

@@ -110,7 +110,10 @@ pub fn run_case(case: &Case, target: &Target) -> Verdict {
     }
     let result = execute(case, target, &mut verdict.observations);
     verdict.seconds = (start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
-    verdict.headline = case.headline.as_ref().and_then(|h| crate::report::format_headline(h, &verdict.observations));
+    verdict.headline = case
+        .headline
+        .as_ref()
+        .and_then(|h| crate::report::format_headline(h, &verdict.observations));
     match result {
         Err(msg) => {
             verdict.status = Status::Error;
@@ -133,21 +136,23 @@ pub fn run_case(case: &Case, target: &Target) -> Verdict {
             };
             if verdict.status != Status::Pass {
                 verdict.detail = verdict.failed_checks();
+                // What the runs said on stderr is usually the why.
                 for run in &case.runs {
+                    let err = verdict
+                        .observations
+                        .get(&format!("{}.stderr", run.name))
+                        .map(crate::expect::as_text)
+                        .unwrap_or_default();
                     let exit = verdict
                         .observations
                         .get(&format!("{}.exit", run.name))
-                        .and_then(Value::as_i64);
-                    if exit == Some(125) {
-                        let err = verdict
-                            .observations
-                            .get(&format!("{}.stderr", run.name))
-                            .map(crate::expect::as_text)
-                            .unwrap_or_default();
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0);
+                    if !err.trim().is_empty() && exit != 0 {
                         verdict.detail.push_str(&format!(
-                            "\n  run '{}': kcell exited 125: {}",
+                            "\n  run '{}' exited {exit}; stderr: {}",
                             run.name,
-                            err.trim()
+                            tail(&err)
                         ));
                     }
                 }
@@ -185,14 +190,36 @@ fn execute(
     }
     let work = WorkDir::new()?;
     let deadline = Instant::now() + Duration::from_secs(case.timeout);
+    let mut kept: Vec<Started> = Vec::new();
+    let mut result = Ok(());
     for run in &case.runs {
         let left = deadline.saturating_duration_since(Instant::now());
         let limit = run
             .timeout
             .map_or(left, |t| Duration::from_secs(t).min(left));
-        perform(run, target, &vars, &fixtures, obs, &work.0, limit)?;
+        let started = match start(run, target, &vars, &work.0, limit) {
+            Ok(s) => s,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        };
+        observe(&started, &kept, &fixtures, obs);
+        if run.keep {
+            kept.push(started);
+        } else if let Err(e) = finish(started, &fixtures, obs) {
+            result = Err(e);
+            break;
+        }
     }
-    Ok(vars)
+    // Kept runs end with the case, also when it failed half way.
+    for started in kept {
+        let finished = finish(started, &fixtures, obs);
+        if result.is_ok() {
+            result = finished;
+        }
+    }
+    result.map(|()| vars)
 }
 
 fn exit_code(status: std::process::ExitStatus) -> i64 {
@@ -201,25 +228,47 @@ fn exit_code(status: std::process::ExitStatus) -> i64 {
         .map_or_else(|| 128 + i64::from(status.signal().unwrap_or(0)), i64::from)
 }
 
-/// One container run: spawn `kcell run`, observe while it holds, collect.
-fn perform(
+/// A container run in progress.
+struct Started {
+    run: Run,
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    out_reader: std::thread::JoinHandle<String>,
+    err_reader: std::thread::JoinHandle<String>,
+    pid_file: PathBuf,
+    stats_file: PathBuf,
+    began: Instant,
+    deadline: Instant,
+    limit: Duration,
+}
+
+impl Started {
+    fn host_pid(&self) -> Option<i32> {
+        read_pid(&self.pid_file)
+    }
+}
+
+/// Spawns `kcell run` for `run`.
+fn start(
     run: &Run,
     target: &Target,
     vars: &[(String, String)],
-    fixtures: &[Box<dyn Fixture>],
-    obs: &mut Observations,
     work: &Path,
     limit: Duration,
-) -> Result<(), String> {
-    let started = Instant::now();
-    let deadline = started + limit;
+) -> Result<Started, String> {
+    let began = Instant::now();
     let pid_file = work.join(format!("{}.pid", run.name));
+    let stats_file = work.join(format!("{}.stats.json", run.name));
     let rootfs = match run.rootfs {
         RootChoice::Image => target.rootfs.clone(),
         RootChoice::Host => PathBuf::from("/"),
     };
     let mut cmd = Command::new(&target.runtime);
     cmd.arg("run").arg("--pid-file").arg(&pid_file);
+    if run.as_user.is_none() {
+        cmd.arg("--stats-file").arg(&stats_file);
+    }
     cmd.args(run.args.iter().map(|a| substitute(a, vars)));
     cmd.arg(&rootfs).arg("--");
     cmd.args(run.command.iter().map(|a| substitute(a, vars)));
@@ -240,7 +289,7 @@ fn perform(
         )
     })?;
     let stdin = child.stdin.take();
-    let (line_tx, line_rx) = mpsc::channel::<String>();
+    let (line_tx, lines) = mpsc::channel::<String>();
     let stdout = child.stdout.take().ok_or("no stdout pipe")?;
     let out_reader = std::thread::spawn(move || {
         let mut all = String::new();
@@ -257,53 +306,102 @@ fn perform(
         let _ = stderr.read_to_string(&mut s);
         s
     });
+    Ok(Started {
+        run: run.clone(),
+        child,
+        stdin,
+        lines,
+        out_reader,
+        err_reader,
+        pid_file,
+        stats_file,
+        began,
+        deadline: began + limit,
+        limit,
+    })
+}
 
-    let prefix = run.name.clone();
-    let mut held = false;
-    if run.hold {
-        // Wait for the command to say it is ready (or to end without saying so).
-        while Instant::now() < deadline {
-            match line_rx.recv_timeout(Duration::from_millis(20)) {
-                Ok(line) if line.trim() == READY => {
-                    held = true;
-                    break;
-                }
-                Ok(_) => {}
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if child.try_wait().ok().flatten().is_some() {
-                        break;
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+/// For a held run: waits until the command says it is ready, then records
+/// what the fixtures and measurements see while it holds.
+fn observe(st: &Started, kept: &[Started], fixtures: &[Box<dyn Fixture>], obs: &mut Observations) {
+    if !st.run.hold {
+        return;
+    }
+    let prefix = &st.run.name;
+    let mut ready = false;
+    while Instant::now() < st.deadline {
+        match st.lines.recv_timeout(Duration::from_millis(20)) {
+            Ok(line) if line.trim() == READY => {
+                ready = true;
+                break;
             }
-        }
-        obs.insert(format!("{prefix}.ready"), json!(held));
-        if held {
-            let pid = read_pid(&pid_file);
-            for f in fixtures {
-                for (k, v) in f.observe() {
-                    obs.insert(format!("{prefix}.{}.{k}", f.name()), v);
-                }
-            }
-            for m in &run.measure {
-                let name = m.name.clone().unwrap_or_else(|| m.probe.clone());
-                let values = match pid {
-                    Some(pid) => crate::probe::measure(m, pid),
-                    None => Err(format!("no pid file {} to measure", pid_file.display())),
-                };
-                match values {
-                    Ok(values) => {
-                        for (k, v) in values {
-                            obs.insert(format!("{prefix}.{name}.{k}"), v);
-                        }
-                    }
-                    Err(e) => obs.insert(format!("{prefix}.{name}.error"), json!(e)),
-                }
-            }
+            Ok(_) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
-    drop(stdin);
+    obs.insert(format!("{prefix}.ready"), json!(ready));
+    if !ready {
+        return;
+    }
+    for f in fixtures {
+        for (k, v) in f.observe() {
+            obs.insert(format!("{prefix}.{}.{k}", f.name()), v);
+        }
+    }
+    for m in &st.run.measure {
+        let name = m.name.clone().unwrap_or_else(|| m.probe.clone());
+        let wanted: Vec<&str> = if m.runs.is_empty() {
+            vec![prefix.as_str()]
+        } else {
+            m.runs.iter().map(String::as_str).collect()
+        };
+        let pids: Result<Vec<(String, i32)>, String> = wanted
+            .iter()
+            .map(|w| {
+                let held = if *w == prefix.as_str() {
+                    Some(st)
+                } else {
+                    kept.iter().find(|k| k.run.name == *w)
+                };
+                let held =
+                    held.ok_or_else(|| format!("run '{w}' is not held (give it keep = true)"))?;
+                held.host_pid()
+                    .map(|p| (w.to_string(), p))
+                    .ok_or_else(|| format!("no pid file for run '{w}'"))
+            })
+            .collect();
+        match pids.and_then(|p| crate::probe::measure(m, &p)) {
+            Ok(values) => {
+                for (k, v) in values {
+                    obs.insert(format!("{prefix}.{name}.{k}"), v);
+                }
+            }
+            Err(e) => obs.insert(format!("{prefix}.{name}.error"), json!(e)),
+        }
+    }
+}
 
+/// Releases a run (closes its stdin), waits for it and records its outcome.
+fn finish(
+    st: Started,
+    fixtures: &[Box<dyn Fixture>],
+    obs: &mut Observations,
+) -> Result<(), String> {
+    let Started {
+        run,
+        mut child,
+        stdin,
+        out_reader,
+        err_reader,
+        pid_file,
+        stats_file,
+        began,
+        deadline,
+        limit,
+        ..
+    } = st;
+    drop(stdin);
     let status = loop {
         if let Some(status) = child
             .try_wait()
@@ -330,16 +428,26 @@ fn perform(
             tail(&stderr)
         ));
     };
+    let prefix = &run.name;
     obs.insert(format!("{prefix}.exit"), json!(exit_code(status)));
     obs.insert(format!("{prefix}.stdout"), json!(stdout));
     obs.insert(format!("{prefix}.stderr"), json!(stderr));
     obs.insert(
         format!("{prefix}.seconds"),
-        json!((started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0),
+        json!((began.elapsed().as_secs_f64() * 1000.0).round() / 1000.0),
     );
-    obs.insert_key_values(&prefix, &stdout);
+    obs.insert_key_values(prefix, &stdout);
     if let Some(pid) = read_pid(&pid_file) {
         obs.insert(format!("{prefix}.host_pid"), json!(pid));
+    }
+    // The cgroup's final counters, saved by the runtime before removing it.
+    if let Some(Value::Object(stats)) = std::fs::read_to_string(&stats_file)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+    {
+        for (k, v) in stats.into_iter().filter(|(_, v)| !v.is_null()) {
+            obs.insert(format!("{prefix}.cg.{k}"), v);
+        }
     }
     if !run.hold {
         for f in fixtures {

@@ -99,6 +99,23 @@ fn run_on_host(
     result
 }
 
+fn skip_verdict(case: &Case, reason: &str) -> Verdict {
+    Verdict {
+        case: case.id.clone(),
+        target: "host".into(),
+        kernel: kcell_harness::runner::kernel_release(),
+        cgroup: kcell::cgroup::layout::Layout::detect()
+            .describe()
+            .to_string(),
+        status: Status::Skip,
+        detail: reason.to_string(),
+        checks: Vec::new(),
+        observations: Default::default(),
+        seconds: 0.0,
+        headline: None,
+    }
+}
+
 /// Takes `--baseline FILE` (an earlier report.json) out of the arguments
 /// before libtest-mimic sees them.
 fn split_baseline(mut args: Vec<String>) -> (Vec<String>, Option<PathBuf>) {
@@ -109,7 +126,9 @@ fn split_baseline(mut args: Vec<String>) -> (Vec<String>, Option<PathBuf>) {
         }
         args.remove(i);
     } else if let Some(i) = args.iter().position(|a| a.starts_with("--baseline=")) {
-        baseline = Some(PathBuf::from(args.remove(i).trim_start_matches("--baseline=")));
+        baseline = Some(PathBuf::from(
+            args.remove(i).trim_start_matches("--baseline="),
+        ));
     }
     (args, baseline)
 }
@@ -124,9 +143,15 @@ fn write_reports(verdicts: &[Verdict], baseline: Option<&Path>) -> bool {
     let _ = std::fs::write(dir.join("report.json"), json);
     let _ = std::fs::write(dir.join("report.xml"), report::junit_xml(verdicts));
     let _ = std::fs::write(dir.join("matrix.md"), report::matrix_markdown(verdicts));
-    eprintln!("reports: {}/{{report.json,report.xml,matrix.md}}", dir.display());
+    eprintln!(
+        "reports: {}/{{report.json,report.xml,matrix.md}}",
+        dir.display()
+    );
     let Some(path) = baseline else { return true };
-    let old: Vec<Verdict> = match std::fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string())) {
+    let old: Vec<Verdict> = match std::fs::read_to_string(path)
+        .map_err(|e| e.to_string())
+        .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+    {
         Ok(v) => v,
         Err(e) => {
             eprintln!("baseline {}: {e}", path.display());
@@ -140,7 +165,12 @@ fn write_reports(verdicts: &[Verdict], baseline: Option<&Path>) -> bool {
     for (c, t, was, now) in &cmp.regressions {
         eprintln!("REGRESSION: {t}::{c} {was} -> {now}");
     }
-    eprintln!("against baseline {}: {} regressions, {} improvements", path.display(), cmp.regressions.len(), cmp.improvements.len());
+    eprintln!(
+        "against baseline {}: {} regressions, {} improvements",
+        path.display(),
+        cmp.regressions.len(),
+        cmp.improvements.len()
+    );
     cmp.regressions.is_empty()
 }
 
@@ -167,8 +197,19 @@ fn main() -> ExitCode {
                 };
                 let (host, lock, verdicts) = (host.clone(), lock.clone(), verdicts.clone());
                 let ignored = unmet.is_some();
-                if let Some(reason) = unmet {
+                if let Some(reason) = &unmet {
                     skipped.push(format!("{name}: {reason}"));
+                    // Skips known before running still belong in the reports.
+                    let filtered_in = args
+                        .filter
+                        .as_ref()
+                        .is_none_or(|f| name.contains(f.as_str()));
+                    if filtered_in && !args.list {
+                        verdicts
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(skip_verdict(&case, reason));
+                    }
                 }
                 trials.push(
                     Trial::test(name, move || run_on_host(&case, &host, &lock, &verdicts))

@@ -85,8 +85,14 @@ fn parse_pids(s: &str) -> Result<u64, String> {
         _ => Err(resources::ResourceError::Pids(s.to_string()).to_string()),
     }
 }
-fn parse_cpuset(s: &str) -> Result<Vec<u32>, String> {
-    resources::parse_cpu_list(s, &crate::cgroup::online_cpus()).map_err(|e| e.to_string())
+/// A CPU list as one flag value (clap would read a bare `Vec` as many values).
+#[derive(Debug, Clone)]
+struct CpuList(Vec<u32>);
+
+fn parse_cpuset(s: &str) -> Result<CpuList, String> {
+    resources::parse_cpu_list(s, &crate::cgroup::online_cpus())
+        .map(CpuList)
+        .map_err(|e| e.to_string())
 }
 fn parse_net(s: &str) -> Result<NetMode, String> {
     match s {
@@ -155,7 +161,7 @@ struct RunArgs {
     cpu_shares: Option<u64>,
     /// CPUs the container may run on (e.g. 0-1,3).
     #[arg(long, value_name = "LIST", value_parser = parse_cpuset)]
-    cpuset_cpus: Option<Vec<u32>>,
+    cpuset_cpus: Option<CpuList>,
     /// Memory limit (e.g. 64k, 10m, 1g).
     #[arg(short = 'm', long, alias = "mem", value_parser = parse_size, allow_hyphen_values = true)]
     memory: Option<u64>,
@@ -174,6 +180,9 @@ struct RunArgs {
     /// Deny a device: 'TYPE MAJ:MIN ACCESS', e.g. 'c 1:3 rwm' (cgroup v1).
     #[arg(long, value_name = "RULE", value_parser = parse_rule)]
     device_deny: Vec<DeviceRule>,
+    /// Write the cgroup's final counters (JSON: cpu, memory, oom_kill, pids, io) here.
+    #[arg(long)]
+    stats_file: Option<PathBuf>,
     /// Print the wall time of each start-up phase to stderr.
     #[arg(long)]
     timings: bool,
@@ -251,10 +260,11 @@ impl RunArgs {
             spec.workdir = wd;
         }
         spec.pid_file = self.pid_file;
+        spec.stats_file = self.stats_file;
         spec.resources = Resources {
             cpu_max: self.cpus,
             cpu_shares: self.cpu_shares,
-            cpuset_cpus: self.cpuset_cpus,
+            cpuset_cpus: self.cpuset_cpus.map(|c| c.0),
             memory: self.memory,
             swap: self.swap,
             pids: self.pids,

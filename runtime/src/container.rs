@@ -125,14 +125,28 @@ pub fn run(spec: &ContainerSpec) -> Result<Outcome, RunError> {
     let caller = (Uid::effective(), Gid::effective());
     let user_map = effective_user_mapping(spec, caller);
     let cgroup = crate::cgroup::ContainerCgroup::create_for(spec)?;
+    let restore_oom = fs::read_to_string("/proc/self/oom_score_adj").unwrap_or_else(|_| "0".into());
     clock.mark("validate+cgroup");
 
-    let result = launch(spec, &user_map, cgroup.as_ref(), &mut clock);
+    let result = launch(
+        spec,
+        &user_map,
+        cgroup.as_ref(),
+        restore_oom.trim(),
+        &mut clock,
+    );
     if let Some(cg) = cgroup {
+        let mut saved = Ok(());
+        if let Some(path) = &spec.stats_file {
+            // The counters die with the cgroup: keep the final ones.
+            let json = serde_json::to_string(&cg.stats()).unwrap_or_default();
+            saved = fs::write(path, json).sys("write", path.display());
+        }
         let removed = cg.remove();
         clock.mark("cgroup removal");
-        if let (Ok(_), Err(e)) = (&result, removed) {
-            return Err(e.into());
+        if result.is_ok() {
+            removed?;
+            saved?;
         }
     }
     result.map(|(exit, host_pid)| Outcome {
@@ -164,10 +178,17 @@ fn launch(
     spec: &ContainerSpec,
     user_map: &crate::spec::UserMapping,
     cgroup: Option<&crate::cgroup::ContainerCgroup>,
+    restore_oom: &str,
     clock: &mut PhaseClock,
 ) -> Result<(ExitKind, i32), RunError> {
-    let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).sys("pipe2", "go")?;
-    let (rep_r, rep_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).sys("pipe2", "report")?;
+    let pipe =
+        |what: &'static str| nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).sys("pipe2", what);
+    let (go_r, go_w) = pipe("go")?;
+    let (rep_r, rep_w) = pipe("report")?;
+    // The first process waits on this gate right before exec, until the
+    // monitor has left the container's cgroup: the monitor never counts
+    // against the command's pids or memory limit.
+    let (gate_r, gate_w) = pipe("exec gate")?;
     let blocked = forwarded_and_chld();
     let mut old_mask = SigSet::empty();
     signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&blocked), Some(&mut old_mask))
@@ -181,14 +202,21 @@ fn launch(
     };
     let monitor = match clone_process(clone_flags).sys("clone", "monitor")? {
         None => {
-            drop(go_w);
-            drop(rep_r);
-            monitor_main(spec, user_map, go_r, rep_w, runtime_pid, &old_mask)
+            drop((go_w, rep_r, gate_w));
+            let child = ChildSide {
+                spec,
+                user_map,
+                go_r,
+                rep_w,
+                gate_r,
+                old_mask,
+                restore_oom: cgroup.map(|_| restore_oom.to_string()),
+            };
+            monitor_main(child, runtime_pid)
         }
         Some(pid) => pid,
     };
-    drop(go_r);
-    drop(rep_w);
+    drop((go_r, rep_w, gate_r));
     clock.mark("clone");
 
     let prepared = (|| -> Result<(), RunError> {
@@ -196,6 +224,16 @@ fn launch(
             write_id_maps(monitor, user_map, !Uid::effective().is_root())?;
         }
         if let Some(cg) = cgroup {
+            // The OOM killer should not pick the monitor while it sets the
+            // container up inside a tiny limit; the first process restores
+            // the runtime's own value before exec. Lowering it needs
+            // CAP_SYS_RESOURCE: without it (some sandboxes) this is skipped,
+            // and a limit too small for the set-up shows as the monitor's OOM kill.
+            let path = format!("/proc/{monitor}/oom_score_adj");
+            match fs::write(&path, "-1000") {
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM)) => {}
+                other => other.sys("write -1000 to", &path)?,
+            }
             cg.add_process(monitor.as_raw())?;
         }
         Ok(())
@@ -212,21 +250,59 @@ fn launch(
     drop(go_w);
     clock.mark("id maps+cgroup placement");
 
-    let report = read_report(rep_r);
-    clock.mark("container setup until exec");
+    let mut report = Report {
+        pid: None,
+        error: None,
+    };
+    let mut reader = std::io::BufReader::new(fs::File::from(rep_r));
+    // First the monitor's line: the first process's pid, or its error.
+    let mut first = String::new();
+    let _ = std::io::BufRead::read_line(&mut reader, &mut first);
+    report.take(&first);
+    let mut gate_w = fs::File::from(gate_w);
     if let Some(pid) = report.pid {
+        let released = cgroup.map_or(Ok(()), |cg| cg.release(monitor.as_raw()));
+        match released {
+            Ok(()) => {
+                let _ = gate_w.write_all(b"x");
+            }
+            // The gate stays shut: the first process exits without exec.
+            Err(e) => report.error = Some(e.into()),
+        }
         if let Some(path) = &spec.pid_file {
             fs::write(path, format!("{pid}\n")).sys("write", path.display())?;
         }
     }
+    drop(gate_w);
+    // Then EOF when the command execs, or the first process's error.
+    let mut rest = String::new();
+    let _ = reader.read_to_string(&mut rest);
+    rest.lines().for_each(|line| report.take(line));
+    clock.mark("container setup until exec");
+
     let exit = wait_forwarding(monitor, report.pid.map(Pid::from_raw), &blocked);
     clock.mark("command run");
     let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
     if let Some(err) = report.error {
         return Err(err);
     }
-    let exit = exit?;
-    Ok((exit, report.pid.unwrap_or(0)))
+    Ok((exit?, report.pid.unwrap_or(0)))
+}
+
+/// What the monitor and the first process inherit.
+struct ChildSide<'a> {
+    spec: &'a ContainerSpec,
+    user_map: &'a crate::spec::UserMapping,
+    /// The runtime's "go": maps written, cgroup joined.
+    go_r: OwnedFd,
+    /// Both write "pid N", "error ...", "exec CODE ..." here.
+    rep_w: OwnedFd,
+    /// The first process reads this right before exec.
+    gate_r: OwnedFd,
+    /// The signal mask to restore.
+    old_mask: SigSet,
+    /// oom_score_adj for the first process (the runtime's), when in a cgroup.
+    restore_oom: Option<String>,
 }
 
 /// What the monitor and the first process said on the report pipe.
@@ -235,27 +311,22 @@ struct Report {
     error: Option<RunError>,
 }
 
-fn read_report(fd: OwnedFd) -> Report {
-    let mut text = String::new();
-    let _ = fs::File::from(fd).read_to_string(&mut text);
-    let mut report = Report {
-        pid: None,
-        error: None,
-    };
-    for line in text.lines() {
+impl Report {
+    /// Takes in one line of the report pipe.
+    fn take(&mut self, line: &str) {
+        let line = line.trim_end();
         if let Some(pid) = line.strip_prefix("pid ") {
-            report.pid = pid.trim().parse().ok();
+            self.pid = pid.trim().parse().ok();
         } else if let Some(msg) = line.strip_prefix("error ") {
-            report.error.get_or_insert(RunError::Setup(msg.to_string()));
+            self.error.get_or_insert(RunError::Setup(msg.to_string()));
         } else if let Some(rest) = line.strip_prefix("exec ") {
             let (code, msg) = rest.split_once(' ').unwrap_or(("127", rest));
-            report.error.get_or_insert(RunError::Exec {
+            self.error.get_or_insert(RunError::Exec {
                 code: code.parse().unwrap_or(127),
                 message: msg.to_string(),
             });
         }
     }
-    report
 }
 
 fn write_id_maps(
@@ -335,9 +406,8 @@ fn reap(pid: Pid) -> Result<ExitKind, RunError> {
     }
 }
 
-/// The monitor's exit encodes the first process's end: its status, or (for a
-/// signal) 128 + N together with a "signal N" line is not needed because the
-/// monitor re-raises the same signal on itself.
+/// The monitor's end mirrors the first process's: the same exit status, or
+/// the same signal (it re-raises it on itself).
 fn exit_kind(status: WaitStatus) -> Result<ExitKind, RunError> {
     match status {
         WaitStatus::Exited(_, code) => Ok(ExitKind::Exited(code)),
@@ -375,14 +445,17 @@ fn report_line(fd: &OwnedFd, line: &str) {
 }
 
 /// Stage 1. Never returns.
-fn monitor_main(
-    spec: &ContainerSpec,
-    user_map: &crate::spec::UserMapping,
-    go_r: OwnedFd,
-    rep_w: OwnedFd,
-    runtime_pid: Pid,
-    old_mask: &SigSet,
-) -> ! {
+fn monitor_main(child: ChildSide, runtime_pid: Pid) -> ! {
+    let ChildSide {
+        spec,
+        user_map,
+        go_r,
+        rep_w,
+        gate_r,
+        old_mask,
+        restore_oom,
+    } = child;
+    let old_mask = &old_mask;
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     if nix::unistd::getppid() != runtime_pid {
         std::process::exit(125);
@@ -409,7 +482,14 @@ fn monitor_main(
         }
     };
     let init = match init {
-        Ok(None) => init_main(spec, user_map, rep_w, old_mask),
+        Ok(None) => init_main(
+            spec,
+            user_map,
+            rep_w,
+            gate_r,
+            old_mask,
+            restore_oom.as_deref(),
+        ),
         Ok(Some(pid)) => pid,
         Err(e) => {
             report_line(
@@ -419,6 +499,7 @@ fn monitor_main(
             std::process::exit(125);
         }
     };
+    drop(gate_r);
     report_line(&rep_w, &format!("pid {init}"));
     drop(rep_w);
     // Terminal signals go to the whole foreground group; the monitor must
@@ -507,13 +588,21 @@ fn init_main(
     spec: &ContainerSpec,
     user_map: &crate::spec::UserMapping,
     rep_w: OwnedFd,
+    gate_r: OwnedFd,
     old_mask: &SigSet,
+    restore_oom: Option<&str>,
 ) -> ! {
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-    if let Err(e) = init_prepare(spec, user_map) {
+    if let Err(e) = init_prepare(spec, user_map, restore_oom) {
         report_line(&rep_w, &format!("error {e}"));
         std::process::exit(125);
     }
+    let mut byte = [0u8; 1];
+    if !matches!(nix::unistd::read(gate_r.as_raw_fd(), &mut byte), Ok(1)) {
+        // The runtime could not take the monitor out of the cgroup; it reports why.
+        std::process::exit(125);
+    }
+    drop(gate_r);
     for s in FORWARDED {
         // SAFETY: restoring the default disposition installs no handler code.
         let _ = unsafe { signal::signal(s, signal::SigHandler::SigDfl) };
@@ -527,7 +616,12 @@ fn init_main(
 fn init_prepare(
     spec: &ContainerSpec,
     user_map: &crate::spec::UserMapping,
+    restore_oom: Option<&str>,
 ) -> Result<(), RootfsError> {
+    if let Some(adj) = restore_oom {
+        // Undo the monitor's OOM immunity (inherited by fork) before any user code.
+        fs::write("/proc/self/oom_score_adj", adj).sys("write to", "/proc/self/oom_score_adj")?;
+    }
     let user_ns = if !spec.namespaces.contains(Namespace::User) {
         rootfs::UserNs::None
     } else if user_map.uids.outside_of(0).is_some() {

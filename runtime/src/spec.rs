@@ -128,6 +128,8 @@ pub struct ContainerSpec {
     pub pid_file: Option<PathBuf>,
     /// cgroup limits.
     pub resources: Resources,
+    /// Where to write the cgroup's final counters (JSON) before it is removed.
+    pub stats_file: Option<PathBuf>,
 }
 
 /// A fresh 12-hex-digit container ID (48 random bits, as Docker's short IDs).
@@ -178,6 +180,7 @@ impl ContainerSpec {
             mounts: Vec::new(),
             pid_file: None,
             resources: Resources::default(),
+            stats_file: None,
         }
     }
 
