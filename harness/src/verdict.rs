@@ -89,9 +89,15 @@ impl Verdict {
                     .as_deref()
                     .map(|w| format!(" ({w})"))
                     .unwrap_or_default();
+                // Long observations (a whole ps listing) are cut to stay readable.
+                let observed = c.observed.to_string();
+                let observed = match observed.char_indices().nth(300) {
+                    Some((cut, _)) => format!("{}... ({} chars)", &observed[..cut], observed.len()),
+                    None => observed,
+                };
                 format!(
-                    "  {} {}: expected {}, observed {}{why}",
-                    c.that, c.op, c.expected, c.observed
+                    "  {} {}: expected {}, observed {observed}{why}",
+                    c.that, c.op, c.expected
                 )
             })
             .collect::<Vec<_>>()
