@@ -12,13 +12,17 @@ pub enum Source {
     Loop,
 }
 
-/// The VM guests' test disk.
-pub const GUEST_DISK: &str = "/dev/vdb";
+/// The VM guests' test disk (their only disk: the root is a tmpfs).
+pub const GUEST_DISK: &str = "/dev/vda";
+
+/// Names a disk set aside for the I/O cases (the guest init sets it; a host
+/// never gets its own /dev/vda used by accident).
+pub const DISK_ENV: &str = "KCELL_TEST_DISK";
 
 /// What this system offers, if anything.
 pub fn find() -> Option<Source> {
-    if Path::new(GUEST_DISK).exists() {
-        Some(Source::Disk(GUEST_DISK.into()))
+    if let Some(disk) = std::env::var_os(DISK_ENV).filter(|d| Path::new(d).exists()) {
+        Some(Source::Disk(disk.into()))
     } else if Path::new("/dev/loop-control").exists() {
         Some(Source::Loop)
     } else {

@@ -315,6 +315,18 @@ impl Case {
             err(line, e.message().to_string())
         })?;
         case.file = file.to_path_buf();
+        // A case lives in cases/<ID>.toml: the runner finds a case by its file name.
+        if let Some(stem) = file.file_stem().and_then(|s| s.to_str()) {
+            if stem != case.id && file.extension().is_some_and(|x| x == "toml") {
+                return Err(err(
+                    find_line(text, "id"),
+                    format!(
+                        "id '{}' does not match the file name: a case lives in <ID>.toml",
+                        case.id
+                    ),
+                ));
+            }
+        }
         if case.runs.is_empty() {
             return Err(err(0, "a case needs at least one [[run]]".into()));
         }
@@ -394,9 +406,8 @@ impl Case {
     }
 }
 
-/// Every `*.toml` under `dir`, sorted by file name; a bad file is returned as
-/// its error in place, so it stops no other case.
-pub fn load_dir(dir: &Path) -> Vec<Result<Case, CaseError>> {
+/// The `*.toml` files under `dir`, sorted by name (= by case ID).
+pub fn case_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(Result::ok)
@@ -406,7 +417,13 @@ pub fn load_dir(dir: &Path) -> Vec<Result<Case, CaseError>> {
         })
         .unwrap_or_default();
     files.sort();
-    files.iter().map(|f| Case::load(f)).collect()
+    files
+}
+
+/// Every case under `dir`, sorted; a bad file is returned as its error in
+/// place, so it stops no other case.
+pub fn load_dir(dir: &Path) -> Vec<Result<Case, CaseError>> {
+    case_files(dir).iter().map(|f| Case::load(f)).collect()
 }
 
 #[cfg(test)]

@@ -19,3 +19,4 @@ pub mod report;
 pub mod requires;
 pub mod runner;
 pub mod verdict;
+pub mod vm;

@@ -103,6 +103,8 @@ pub fn run_case(case: &Case, target: &Target) -> Verdict {
         seconds: 0.0,
         headline: None,
     };
+    // In a guest, the network modules may still be loading.
+    crate::vm::guest::wait_for_modules();
     if let Some(reason) = crate::requires::unmet(&case.requires) {
         verdict.status = Status::Skip;
         verdict.detail = reason;
@@ -468,6 +470,72 @@ pub fn tail(s: &str) -> String {
     let t = s.trim();
     let start = t.char_indices().rev().nth(399).map_or(0, |(i, _)| i);
     t[start..].replace('\n', " | ")
+}
+
+/// Runs the case files `files` (only the IDs in `only`, when given; a case
+/// file is named by its ID) one after another, emitting a progress frame
+/// before each and its verdict frame after it. Each file is parsed just
+/// before it runs, so the first case starts without waiting for the rest. A
+/// malformed case file becomes an error verdict of its own and stops nothing.
+/// Returns how many failed or errored.
+pub fn run_all(
+    files: &[PathBuf],
+    target: &Target,
+    only: Option<&[String]>,
+    emit: &mut dyn FnMut(&str),
+) -> usize {
+    let stem = |f: &PathBuf| {
+        f.file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default()
+    };
+    let files: Vec<&PathBuf> = files
+        .iter()
+        .filter(|f| only.is_none_or(|ids| ids.contains(&stem(f))))
+        .collect();
+    let total = files.len();
+    let mut failed = 0;
+    for (n, file) in files.into_iter().enumerate() {
+        let timeout = 60;
+        emit(&format!(
+            "{}{} {total} {} {timeout}",
+            crate::vm::qemu::PROGRESS,
+            n + 1,
+            stem(file)
+        ));
+        let verdict = match Case::load(file) {
+            Ok(case) => {
+                if case.timeout != timeout {
+                    // The watchdog keys on the announced timeout: announce the real one.
+                    emit(&format!(
+                        "{}{} {total} {} {}",
+                        crate::vm::qemu::PROGRESS,
+                        n + 1,
+                        case.id,
+                        case.timeout
+                    ));
+                }
+                run_case(&case, target)
+            }
+            Err(e) => Verdict {
+                case: stem(file),
+                target: target.name.clone(),
+                kernel: kernel_release(),
+                cgroup: String::new(),
+                status: Status::Error,
+                detail: format!("malformed case file: {e}"),
+                checks: Vec::new(),
+                observations: Observations::default(),
+                seconds: 0.0,
+                headline: None,
+            },
+        };
+        if matches!(verdict.status, Status::Fail | Status::Error) {
+            failed += 1;
+        }
+        emit(&verdict.to_line());
+    }
+    failed
 }
 
 #[cfg(test)]

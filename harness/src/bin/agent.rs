@@ -3,14 +3,16 @@
 //! `kcell-probe` the in-container helper, so one static file serves the host,
 //! the container image and the VM guest.
 
-use kcell_harness::case::{load_dir, Case};
-use kcell_harness::runner::{run_case, Target};
+use kcell_harness::case::{case_files, load_dir};
+use kcell_harness::runner::Target;
 use std::path::{Path, PathBuf};
 
 const USAGE: &str = "usage:
   kcell-agent run --runtime PATH --rootfs DIR [--target NAME] [--only ID,..] CASES...
       CASES are case files or directories of them; one framed verdict line per case on stdout
   kcell-agent prepare-host DIR      build the busybox image and the runtime under DIR
+  kcell-agent vm --manifest vm/kernels.toml --cases cases [--only ID,..] TARGET
+      boot one VM target (e.g. deb-6.1-cloud/v1) and print its verdicts
   kcell-agent probe SUBCOMMAND...   the in-container helper (also as argv[0] kcell-probe)";
 
 fn main() {
@@ -28,6 +30,8 @@ fn main() {
     let code = match name.as_str() {
         "kcell" => kcell::cli::main(std::env::args_os()),
         "kcell-probe" => kcell_harness::inside::main(&args[1..]),
+        // PID 1 of a VM guest.
+        "init" => kcell_harness::vm::guest::init_main(),
         _ => agent(&args[1..]),
     };
     std::process::exit(code);
@@ -54,6 +58,7 @@ fn agent(args: &[String]) -> i32 {
             _ => usage(),
         },
         Some("run") => run(&args[1..]),
+        Some("vm") => vm(&args[1..]),
         _ => usage(),
     }
 }
@@ -90,47 +95,86 @@ fn run(args: &[String]) -> i32 {
         return usage();
     }
     target.agent = target.runtime.clone();
-    let mut cases = Vec::new();
+    let mut files = Vec::new();
     for input in &inputs {
         if input.is_dir() {
-            cases.extend(load_dir(input));
+            files.extend(case_files(input));
         } else {
-            cases.push(Case::load(input));
+            files.push(input.clone());
         }
     }
-    let cases: Vec<_> = cases
-        .into_iter()
-        .filter(|c| match (c, &only) {
-            (Ok(c), Some(ids)) => ids.contains(&c.id),
-            _ => true,
-        })
-        .collect();
-    let total = cases.len();
-    let mut failed = 0;
-    for (n, case) in cases.into_iter().enumerate() {
-        match case {
-            Ok(case) => {
-                eprintln!(
-                    "kcell-agent: [{}] case {} of {total}: {}",
-                    target.name,
-                    n + 1,
-                    case.id
-                );
-                let v = run_case(&case, &target);
-                if matches!(
-                    v.status,
-                    kcell_harness::verdict::Status::Fail | kcell_harness::verdict::Status::Error
-                ) {
-                    failed += 1;
-                }
-                println!("{}", v.to_line());
+    let failed =
+        kcell_harness::runner::run_all(&files, &target, only.as_deref(), &mut |line: &str| {
+            if line.starts_with(kcell_harness::vm::qemu::PROGRESS) {
+                eprintln!("kcell-agent: [{}] {line}", target.name);
+            } else {
+                println!("{line}");
             }
-            Err(e) => {
-                // A malformed case file stops no other case.
-                eprintln!("kcell-agent: {e}");
-                failed += 1;
-            }
-        }
-    }
+        });
     i32::from(failed > 0)
+}
+
+fn vm(args: &[String]) -> i32 {
+    use kcell_harness::vm;
+    let (mut manifest, mut cases, mut only, mut target) = (None, None, None, None);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--manifest" => manifest = it.next().map(PathBuf::from),
+            "--cases" => cases = it.next().map(PathBuf::from),
+            "--only" => {
+                only = it
+                    .next()
+                    .map(|s| s.split(',').map(String::from).collect::<Vec<_>>())
+            }
+            other => target = Some(other.to_string()),
+        }
+    }
+    let (Some(manifest), Some(cases), Some(target), Ok(agent)) =
+        (manifest, cases, target, std::env::current_exe())
+    else {
+        return usage();
+    };
+    let manifest = match vm::kernel::Manifest::load(&manifest) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("kcell-agent: {e}");
+            return 2;
+        }
+    };
+    let Some((kernel, cgroup)) = target.split_once('/') else {
+        return usage();
+    };
+    let cgroup: &'static str = if cgroup == "v1" { "v1" } else { "v2" };
+    let ids: Vec<String> = only.unwrap_or_else(|| {
+        load_dir(&cases)
+            .into_iter()
+            .filter_map(Result::ok)
+            .map(|c| c.id)
+            .collect()
+    });
+    let inputs = vm::Inputs {
+        manifest,
+        agent,
+        cases,
+        cache: vm::cache_dir(),
+    };
+    let result = vm::run_target(
+        &vm::VmTarget {
+            kernel: kernel.to_string(),
+            cgroup,
+        },
+        &inputs,
+        &ids,
+        &mut |line: &str| eprintln!("{line}"),
+    );
+    for v in &result.verdicts {
+        println!("{}", v.to_line());
+    }
+    i32::from(result.verdicts.iter().any(|v| {
+        matches!(
+            v.status,
+            kcell_harness::verdict::Status::Fail | kcell_harness::verdict::Status::Error
+        )
+    }))
 }

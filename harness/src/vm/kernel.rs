@@ -1,0 +1,406 @@
+//! Kernels of the matrix: the manifest (vm/kernels.toml), resolving a line
+//! to its newest package with apt-cache, fetching with `apt-get download`,
+//! verifying against the archive's SHA256, unpacking into the cache.
+
+use serde::Deserialize;
+use sha2::Digest;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The manifest file.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Manifest {
+    /// The kernels.
+    #[serde(rename = "kernel")]
+    pub kernels: Vec<KernelSpec>,
+    /// Modules the guests load.
+    pub modules: ModuleList,
+}
+
+/// One kernel of the manifest.
+#[derive(Debug, Clone, Deserialize)]
+pub struct KernelSpec {
+    /// Its ID in target names, e.g. "deb-6.12-cloud".
+    pub id: String,
+    /// A regular expression matching the package names of its line.
+    pub package: String,
+    /// Part of the default matrix.
+    #[serde(default)]
+    pub default: bool,
+}
+
+/// The modules guests load.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModuleList {
+    /// Loaded before the first case (with their dependencies first).
+    pub early: Vec<String>,
+    /// Loaded in the background once the guest runs.
+    pub load: Vec<String>,
+}
+
+impl Manifest {
+    /// Reads the manifest.
+    pub fn load(path: &Path) -> Result<Manifest, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+/// A kernel ready to boot.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    /// Manifest ID.
+    pub id: String,
+    /// The bzImage.
+    pub image: PathBuf,
+    /// Its lib/modules/RELEASE directory, if it has modules.
+    pub modules: Option<PathBuf>,
+    /// Its config file (boot/config-RELEASE), if known.
+    pub config: Option<PathBuf>,
+    /// The release (uname -r).
+    pub release: String,
+    /// The exact package version, e.g. "6.1.192-2", or "local".
+    pub version: String,
+}
+
+fn run(cmd: &mut Command) -> Result<String, String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    } else {
+        Err(format!(
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Debian's version ordering, through dpkg itself.
+fn version_gt(a: &str, b: &str) -> bool {
+    Command::new("dpkg")
+        .args(["--compare-versions", a, "gt", b])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The newest package of a line: every name matching `pattern` that
+/// apt-cache knows, the one with the highest candidate version.
+pub fn resolve(spec: &KernelSpec) -> Result<(String, String), String> {
+    let re = regex::Regex::new(&spec.package)
+        .map_err(|e| format!("kernel {}: package pattern: {e}", spec.id))?;
+    let names = run(Command::new("apt-cache").args(["search", "--names-only", "^linux-image-"]))?;
+    let mut best: Option<(String, String)> = None;
+    for name in names
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| re.is_match(n))
+    {
+        let policy = run(Command::new("apt-cache").args(["policy", name]))?;
+        let Some(candidate) = policy
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Candidate: "))
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        if candidate == "(none)" {
+            continue;
+        }
+        if best.as_ref().is_none_or(|(_, v)| version_gt(&candidate, v)) {
+            best = Some((name.to_string(), candidate));
+        }
+    }
+    best.ok_or_else(|| {
+        format!(
+            "kernel {}: no package matches {} (run apt-get update?)",
+            spec.id, spec.package
+        )
+    })
+}
+
+fn sha256_of(path: &Path) -> Result<String, String> {
+    let mut file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(format!("{:x}", hasher.finalize()))
+}
+
+/// Fetches (once), verifies and unpacks `spec` under `cache`.
+pub fn fetch(spec: &KernelSpec, cache: &Path) -> Result<Kernel, String> {
+    let (package, version) = resolve(spec)?;
+    let dir = cache.join("kernels").join(format!("{package}_{version}"));
+    let stamp = dir.join(".kcell-ok");
+    if !stamp.exists() {
+        std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        let expected =
+            run(Command::new("apt-cache").args(["show", &format!("{package}={version}")]))?
+                .lines()
+                .find_map(|l| l.strip_prefix("SHA256: ").map(str::to_string))
+                .ok_or_else(|| format!("apt-cache show {package}: no SHA256"))?;
+        let dl = dir.join("download");
+        let _ = std::fs::remove_dir_all(&dl);
+        std::fs::create_dir_all(&dl).map_err(|e| format!("mkdir {}: {e}", dl.display()))?;
+        eprintln!("kcell: fetching {package} {version}");
+        run(Command::new("apt-get")
+            .args(["download", "-q", &format!("{package}={version}")])
+            .current_dir(&dl))?;
+        let deb = std::fs::read_dir(&dl)
+            .map_err(|e| e.to_string())?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "deb"))
+            .ok_or_else(|| format!("apt-get download {package}: no .deb in {}", dl.display()))?;
+        let got = sha256_of(&deb)?;
+        if got != expected {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(format!("{}: SHA256 {got} does not match the archive's {expected}: corrupt download, removed", deb.display()));
+        }
+        let root = dir.join("root");
+        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+        // The package ships no modules.dep: installing it would run depmod.
+        if let Some(release) = find_one(&root.join("boot"), "vmlinuz-").and_then(|p| {
+            p.file_name().map(|n| {
+                n.to_string_lossy()
+                    .trim_start_matches("vmlinuz-")
+                    .to_string()
+            })
+        }) {
+            run(Command::new(depmod()).arg("-b").arg(&root).arg(&release))
+                .map_err(|e| format!("{e} (install kmod for depmod)"))?;
+        }
+        let _ = std::fs::remove_dir_all(&dl);
+        std::fs::write(&stamp, format!("{package} {version} {got}\n"))
+            .map_err(|e| e.to_string())?;
+    }
+    let root = dir.join("root");
+    let image = find_one(&root.join("boot"), "vmlinuz-").ok_or_else(|| {
+        format!(
+            "{}: no boot/vmlinuz-* (corrupt cache? remove {})",
+            root.display(),
+            dir.display()
+        )
+    })?;
+    let release = image
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("vmlinuz-"))
+        .unwrap_or_default()
+        .to_string();
+    let modules = root.join("lib/modules").join(&release);
+    let config = root.join("boot").join(format!("config-{release}"));
+    Ok(Kernel {
+        id: spec.id.clone(),
+        image,
+        modules: modules.is_dir().then_some(modules),
+        config: config.is_file().then_some(config),
+        release,
+        version,
+    })
+}
+
+/// depmod, which lives in /sbin, off an ordinary user's PATH.
+fn depmod() -> PathBuf {
+    ["/sbin/depmod", "/usr/sbin/depmod"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("depmod"))
+}
+
+fn find_one(dir: &Path, prefix: &str) -> Option<PathBuf> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix))
+                && p.metadata().is_ok_and(|m| m.len() > 0)
+        })
+}
+
+/// A kernel the user points at: KCELL_KERNEL=bzImage (KCELL_MODULES=dir).
+pub fn local(image: &Path, modules: Option<&Path>) -> Result<Kernel, String> {
+    if !image.is_file() {
+        return Err(format!("kernel image {} does not exist", image.display()));
+    }
+    let release = modules
+        .and_then(|m| m.file_name())
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "custom".into());
+    Ok(Kernel {
+        id: "custom".into(),
+        image: image.to_path_buf(),
+        modules: modules.map(Path::to_path_buf),
+        config: modules.and_then(|m| {
+            let c = m.join("../../../boot").join(format!("config-{release}"));
+            c.is_file().then_some(c)
+        }),
+        release,
+        version: "local".into(),
+    })
+}
+
+/// The module files to load, in order: each wanted module after its
+/// dependencies (modules.dep) and its pre-softdeps (modules.softdep,
+/// resolved through modules.alias). Built-in modules are left out.
+pub fn module_closure(modules_dir: &Path, wanted: &[String]) -> Result<Vec<PathBuf>, String> {
+    let read = |f: &str| {
+        std::fs::read_to_string(modules_dir.join(f))
+            .map_err(|e| format!("{}/{f}: {e}", modules_dir.display()))
+    };
+    let dep = read("modules.dep")?;
+    let softdep = read("modules.softdep").unwrap_or_default();
+    let alias = read("modules.alias").unwrap_or_default();
+    let builtin = read("modules.builtin").unwrap_or_default();
+    let norm = |s: &str| s.replace('-', "_");
+    let name_of = |path: &str| {
+        let file = path.rsplit('/').next().unwrap_or(path);
+        norm(file.split(".ko").next().unwrap_or(file))
+    };
+    let mut deps: std::collections::BTreeMap<String, (String, Vec<String>)> = Default::default();
+    for line in dep.lines() {
+        let Some((m, rest)) = line.split_once(':') else {
+            continue;
+        };
+        deps.insert(
+            name_of(m),
+            (
+                m.to_string(),
+                rest.split_whitespace().map(name_of).collect(),
+            ),
+        );
+    }
+    let resolve = |name: &str| -> Vec<String> {
+        let n = norm(name);
+        if deps.contains_key(&n) {
+            return vec![n];
+        }
+        alias
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                (f.next() == Some("alias") && f.next().map(norm).as_deref() == Some(n.as_str()))
+                    .then(|| f.next().map(norm))?
+            })
+            .filter(|m| deps.contains_key(m))
+            .collect()
+    };
+    let pre = |name: &str| -> Vec<String> {
+        softdep
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("softdep ")?;
+                let (m, spec) = rest.split_once(' ')?;
+                (norm(m) == name).then(|| spec.to_string())
+            })
+            .flat_map(|spec| {
+                let after_pre = spec
+                    .split("pre:")
+                    .nth(1)
+                    .unwrap_or("")
+                    .split("post:")
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                after_pre
+                    .split_whitespace()
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            })
+            .flat_map(|a| resolve(&a))
+            .collect()
+    };
+    let mut order: Vec<String> = Vec::new();
+    fn visit(
+        n: &str,
+        deps: &std::collections::BTreeMap<String, (String, Vec<String>)>,
+        pre: &dyn Fn(&str) -> Vec<String>,
+        order: &mut Vec<String>,
+        depth: usize,
+    ) {
+        if order.iter().any(|o| o == n) || depth > 64 {
+            return;
+        }
+        for p in pre(n) {
+            visit(&p, deps, pre, order, depth + 1);
+        }
+        if let Some((_, ds)) = deps.get(n) {
+            // modules.dep lists dependencies; load the deepest first.
+            for d in ds.iter().rev() {
+                visit(d, deps, pre, order, depth + 1);
+            }
+        }
+        if !order.iter().any(|o| o == n) {
+            order.push(n.to_string());
+        }
+    }
+    for w in wanted {
+        let found = resolve(w);
+        if found.is_empty() {
+            let is_builtin = builtin.lines().any(|l| name_of(l) == norm(w));
+            if !is_builtin {
+                eprintln!("kcell: module {w} is neither built in nor in {}/modules.dep; cases needing it will say so", modules_dir.display());
+            }
+            continue;
+        }
+        for m in found {
+            visit(&m, &deps, &pre, &mut order, 0);
+        }
+    }
+    Ok(order
+        .iter()
+        .filter_map(|n| deps.get(n).map(|(p, _)| modules_dir.join(p)))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closure_orders_dependencies_and_softdeps_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        std::fs::write(d.join("modules.dep"), "kernel/a.ko.xz: kernel/b.ko.xz kernel/c.ko.xz\nkernel/b.ko.xz: kernel/c.ko.xz\nkernel/c.ko.xz:\nkernel/crc32c_generic.ko.xz:\nkernel/lib/libcrc32c.ko.xz:\nkernel/nf_conntrack.ko.xz: kernel/lib/libcrc32c.ko.xz\n").expect("write");
+        std::fs::write(d.join("modules.softdep"), "softdep libcrc32c pre: crc32c\n")
+            .expect("write");
+        std::fs::write(d.join("modules.alias"), "alias crc32c crc32c_generic\n").expect("write");
+        std::fs::write(d.join("modules.builtin"), "kernel/virtio_pci.ko\n").expect("write");
+        let order: Vec<String> =
+            module_closure(d, &["a".into(), "nf_conntrack".into(), "virtio_pci".into()])
+                .expect("closure")
+                .iter()
+                .map(|p| {
+                    p.file_name()
+                        .map(|n| n.to_string_lossy().to_string())
+                        .unwrap_or_default()
+                })
+                .collect();
+        assert_eq!(
+            order,
+            [
+                "c.ko.xz",
+                "b.ko.xz",
+                "a.ko.xz",
+                "crc32c_generic.ko.xz",
+                "libcrc32c.ko.xz",
+                "nf_conntrack.ko.xz"
+            ]
+        );
+    }
+
+    #[test]
+    fn manifest_parses_with_the_required_kernels() {
+        let m = Manifest::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../vm/kernels.toml"))
+            .expect("manifest");
+        let ids: Vec<&str> = m.kernels.iter().map(|k| k.id.as_str()).collect();
+        for want in ["deb-6.1-cloud", "deb-6.12-cloud", "deb-6.1", "deb-6.12"] {
+            assert!(ids.contains(&want), "{want} missing from {ids:?}");
+        }
+        for k in &m.kernels {
+            regex::Regex::new(&k.package).expect("valid pattern");
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! The VM targets: a kernel from the manifest under cgroup v1 or v2, booted
+//! in a throwaway QEMU guest that runs the cases and reports verdicts. One
+//! boot serves every case of its target.
+
+pub mod guest;
+pub mod initramfs;
+pub mod kernel;
+pub mod qemu;
+
+use crate::observation::Observations;
+use crate::verdict::{Status, Verdict};
+use qemu::{Accel, BootConfig, Ending, Event, Limits};
+use std::path::{Path, PathBuf};
+
+/// A target of the matrix: a kernel and a cgroup version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmTarget {
+    /// Manifest kernel ID ("custom" for KCELL_KERNEL).
+    pub kernel: String,
+    /// "v1" or "v2".
+    pub cgroup: &'static str,
+}
+
+impl VmTarget {
+    /// "deb-6.12-cloud/v2".
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.kernel, self.cgroup)
+    }
+}
+
+/// The cache directory: KCELL_CACHE, else $XDG_CACHE_HOME/kcell, else ~/.cache/kcell.
+pub fn cache_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("KCELL_CACHE") {
+        return PathBuf::from(p);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("kcell")
+}
+
+/// The VM targets to run, from KCELL_TARGETS ("all", "host", or a comma list
+/// of target names or kernel IDs; default: the manifest's default kernels,
+/// each under v1 and v2) plus custom/v1 and custom/v2 when KCELL_KERNEL is set.
+pub fn selected_targets(
+    manifest: &kernel::Manifest,
+    selection: Option<&str>,
+    custom: bool,
+) -> Vec<VmTarget> {
+    let mut out = Vec::new();
+    for k in &manifest.kernels {
+        for cgroup in ["v1", "v2"] {
+            let t = VmTarget {
+                kernel: k.id.clone(),
+                cgroup,
+            };
+            let wanted = match selection {
+                None => k.default,
+                Some("all") => true,
+                Some(list) => list
+                    .split(',')
+                    .map(str::trim)
+                    .any(|w| w == t.name() || w == k.id),
+            };
+            if wanted {
+                out.push(t);
+            }
+        }
+    }
+    if custom {
+        out.extend(["v1", "v2"].map(|cgroup| VmTarget {
+            kernel: "custom".into(),
+            cgroup,
+        }));
+    }
+    out
+}
+
+/// What the harness needs to build and boot guests.
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    /// vm/kernels.toml, parsed.
+    pub manifest: kernel::Manifest,
+    /// The agent binary.
+    pub agent: PathBuf,
+    /// The cases directory.
+    pub cases: PathBuf,
+    /// The cache directory.
+    pub cache: PathBuf,
+}
+
+/// The outcome of a target.
+#[derive(Debug, Clone)]
+pub struct TargetRun {
+    /// One per case asked for (error verdicts for cases the guest never reached).
+    pub verdicts: Vec<Verdict>,
+    /// Boot to first case, seconds.
+    pub boot_seconds: Option<f64>,
+    /// Whole target, seconds.
+    pub seconds: f64,
+    /// Boots made (2 when the first died before its first verdict).
+    pub boots: u32,
+    /// What went wrong with the target itself, if anything.
+    pub error: Option<String>,
+}
+
+fn accel_note(cache: &Path, kernel: &str) -> PathBuf {
+    cache.join(format!("accel-{kernel}"))
+}
+
+/// KVM when /dev/kvm exists and has not failed this kernel before, else TCG.
+fn first_accel(cache: &Path, kernel: &str) -> Accel {
+    let kvm_failed =
+        std::fs::read_to_string(accel_note(cache, kernel)).is_ok_and(|t| t.trim() == "tcg");
+    if Path::new("/dev/kvm").exists()
+        && !kvm_failed
+        && std::env::var("KCELL_ACCEL").as_deref() != Ok("tcg")
+    {
+        Accel::Kvm
+    } else {
+        Accel::Tcg
+    }
+}
+
+fn error_verdict(case: &str, target: &str, kernel: &str, cgroup: &str, detail: String) -> Verdict {
+    Verdict {
+        case: case.to_string(),
+        target: target.to_string(),
+        kernel: kernel.to_string(),
+        cgroup: cgroup.to_string(),
+        status: Status::Error,
+        detail,
+        checks: Vec::new(),
+        observations: Observations::default(),
+        seconds: 0.0,
+        headline: None,
+    }
+}
+
+/// Prepares and boots `t`, running the cases `ids`. Never panics: a missing
+/// kernel, a guest that dies or hangs, all become error verdicts of this
+/// target, with the reason and the console's tail.
+pub fn run_target(
+    t: &VmTarget,
+    inputs: &Inputs,
+    ids: &[String],
+    progress: &mut dyn FnMut(&str),
+) -> TargetRun {
+    let name = t.name();
+    let started = std::time::Instant::now();
+    let mut run = TargetRun {
+        verdicts: Vec::new(),
+        boot_seconds: None,
+        seconds: 0.0,
+        boots: 0,
+        error: None,
+    };
+    let fail_all = |run: &mut TargetRun, why: String, kernel: &str| {
+        run.verdicts = ids
+            .iter()
+            .map(|id| error_verdict(id, &name, kernel, t.cgroup, why.clone()))
+            .collect();
+        run.error = Some(why);
+    };
+    let kernel = if t.kernel == "custom" {
+        let image = std::env::var_os("KCELL_KERNEL")
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        let modules = std::env::var_os("KCELL_MODULES").map(PathBuf::from);
+        kernel::local(&image, modules.as_deref())
+    } else {
+        match inputs.manifest.kernels.iter().find(|k| k.id == t.kernel) {
+            Some(spec) => kernel::fetch(spec, &inputs.cache),
+            None => Err(format!("kernel {} is not in vm/kernels.toml", t.kernel)),
+        }
+    };
+    let kernel = match kernel {
+        Ok(k) => k,
+        Err(e) => {
+            fail_all(&mut run, format!("kernel: {e}"), "");
+            run.seconds = started.elapsed().as_secs_f64();
+            return run;
+        }
+    };
+    let kernel_label = format!("{} ({})", kernel.release, kernel.version);
+    let initrd = kcell::rootfs::busybox::locate(&inputs.cache)
+        .map_err(|e| e.to_string())
+        .and_then(|busybox| {
+            initramfs::build(
+                &initramfs::Inputs {
+                    kernel: &kernel,
+                    agent: &inputs.agent,
+                    busybox: &busybox,
+                    cases: &inputs.cases,
+                    early: &inputs.manifest.modules.early,
+                    late: &inputs.manifest.modules.load,
+                },
+                &inputs.cache.join("initramfs"),
+            )
+        });
+    let initrd = match initrd {
+        Ok(i) => i,
+        Err(e) => {
+            fail_all(&mut run, format!("initramfs: {e}"), &kernel_label);
+            run.seconds = started.elapsed().as_secs_f64();
+            return run;
+        }
+    };
+    let work = std::env::temp_dir().join(format!(
+        "kcell-vm-{}-{}",
+        name.replace('/', "-"),
+        kcell::spec::new_id()
+    ));
+    let prepared = std::fs::create_dir_all(&work).and_then(|()| {
+        let disk = std::fs::File::create(work.join("disk.img"))?;
+        disk.set_len(64 << 20)
+    });
+    if let Err(e) = prepared {
+        fail_all(
+            &mut run,
+            format!("scratch {}: {e}", work.display()),
+            &kernel_label,
+        );
+        return run;
+    }
+    let mut config = BootConfig {
+        kernel: kernel.image.clone(),
+        initrd,
+        cmdline: qemu::cmdline(&name, t.cgroup, Some(ids)),
+        disk: Some(work.join("disk.img")),
+        console_log: work.join("console.log"),
+        verdict_log: work.join("verdicts.log"),
+        accel: first_accel(&inputs.cache, &t.kernel),
+        firmware: qemu::QBOOT.iter().map(PathBuf::from).find(|p| p.exists()),
+        cpus: 2,
+        memory_mib: 1024,
+    };
+    let mut retried_for_kvm = false;
+    let boot = loop {
+        run.boots += 1;
+        progress(&format!(
+            "[{name}] booting {kernel_label} ({:?}, boot {})",
+            config.accel, run.boots
+        ));
+        let mut on_event = |e: &Event| match e {
+            Event::Case { n, total, id } => {
+                progress(&format!("[{name}] case {n} of {total}: {id}"))
+            }
+            Event::Verdict(v) => progress(&format!("[{name}] {} {}", v.case, v.status.as_str())),
+        };
+        let boot = qemu::boot(&config, Limits::default(), &mut on_event);
+        let no_case_started = boot.boot_seconds.is_none();
+        match (&boot.ending, config.accel) {
+            // KVM that cannot boot this kernel fails fast: remember, use TCG.
+            (Ending::Died(_), Accel::Kvm) if no_case_started && !retried_for_kvm => {
+                let _ = std::fs::write(accel_note(&inputs.cache, &t.kernel), "tcg\n");
+                config.accel = Accel::Tcg;
+                retried_for_kvm = true;
+                run.boots -= 1;
+            }
+            // Early-boot deaths happen under multi-threaded TCG (about 1 in 100): retry once.
+            (Ending::Died(_), _) | (Ending::Killed(_), _)
+                if boot.verdicts.is_empty() && run.boots == 1 =>
+            {
+                progress(&format!("[{name}] the guest died before its first verdict; retrying once. Console tail:\n{}", boot.console_tail));
+            }
+            _ => break boot,
+        }
+    };
+    run.boot_seconds = boot.boot_seconds;
+    let ending = match &boot.ending {
+        Ending::Finished => None,
+        Ending::Died(w) | Ending::Killed(w) => Some(w.clone()),
+    };
+    let retry_note = if run.boots > 1 {
+        " (after one retry: the first boot died before its first verdict)"
+    } else {
+        ""
+    };
+    for id in ids {
+        match boot.verdicts.iter().find(|v| &v.case == id) {
+            Some(v) => {
+                let mut v = v.clone();
+                v.kernel = kernel_label.clone();
+                if run.boots > 1 && !v.detail.contains("retry") {
+                    v.detail = format!("{}{retry_note}", v.detail).trim().to_string();
+                }
+                run.verdicts.push(v);
+            }
+            None => run.verdicts.push(error_verdict(
+                id,
+                &name,
+                &kernel_label,
+                t.cgroup,
+                format!(
+                    "the guest ended before this case: {}{retry_note}\nconsole tail:\n{}",
+                    ending
+                        .clone()
+                        .unwrap_or_else(|| "the agent finished without it".into()),
+                    boot.console_tail
+                ),
+            )),
+        }
+    }
+    // Malformed case files (verdicts whose ID is a file name) are reported too.
+    for v in &boot.verdicts {
+        if !ids.contains(&v.case) && v.status == Status::Error {
+            run.verdicts.push(v.clone());
+        }
+    }
+    run.error = ending;
+    run.seconds = started.elapsed().as_secs_f64();
+    progress(&format!(
+        "[{name}] done in {:.0} s (boot to first case {})",
+        run.seconds,
+        run.boot_seconds.map_or("-".into(), |b| format!("{b:.2} s"))
+    ));
+    if std::env::var_os("KCELL_KEEP").is_some() {
+        progress(&format!(
+            "[{name}] KCELL_KEEP: console and verdict logs kept in {}",
+            work.display()
+        ));
+    } else {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    run
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> kernel::Manifest {
+        kernel::Manifest::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../vm/kernels.toml"))
+            .expect("manifest")
+    }
+
+    #[test]
+    fn default_matrix_is_both_cloud_kernels_under_both_versions() {
+        let names: Vec<String> = selected_targets(&manifest(), None, false)
+            .iter()
+            .map(VmTarget::name)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "deb-6.1-cloud/v1",
+                "deb-6.1-cloud/v2",
+                "deb-6.12-cloud/v1",
+                "deb-6.12-cloud/v2"
+            ]
+        );
+    }
+
+    #[test]
+    fn selection_by_name_kernel_all_and_host() {
+        let m = manifest();
+        let names = |sel: &str| {
+            selected_targets(&m, Some(sel), false)
+                .iter()
+                .map(VmTarget::name)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names("deb-6.1/v2"), ["deb-6.1/v2"]);
+        assert_eq!(names("deb-6.12"), ["deb-6.12/v1", "deb-6.12/v2"]);
+        assert_eq!(names("all").len(), 8);
+        assert!(names("host").is_empty());
+        assert_eq!(selected_targets(&m, Some("host"), true).len(), 2);
+    }
+}
