@@ -453,8 +453,12 @@ tolerance = 0.5
     #[test]
     fn parses_a_case() {
         let case = Case::parse(GOOD, Path::new("cases/NS-UTS-1.toml")).expect("valid");
-        let renamed = Case::parse(GOOD, Path::new("cases/OTHER.toml")).expect_err("id must match the file");
-        assert!(renamed.to_string().contains("does not match the file name"), "{renamed}");
+        let renamed =
+            Case::parse(GOOD, Path::new("cases/OTHER.toml")).expect_err("id must match the file");
+        assert!(
+            renamed.to_string().contains("does not match the file name"),
+            "{renamed}"
+        );
         assert_eq!(case.id, "NS-UTS-1");
         assert_eq!(case.runs[0].args, vec!["--hostname", "container"]);
         assert!(

@@ -487,12 +487,13 @@ fn spin(args: &[&str]) -> Res {
         return Ok(());
     }
     exit_on_stdin_eof();
-    out("tid", nix::unistd::gettid());
-    println!("{READY}");
-    let _ = std::io::stdout().flush();
+    // Every spinner runs before the host is told to measure.
     for _ in 1..threads {
         std::thread::spawn(busy);
     }
+    out("tid", nix::unistd::gettid());
+    println!("{READY}");
+    let _ = std::io::stdout().flush();
     busy()
 }
 
@@ -629,6 +630,8 @@ fn direct_io(op: &str, dev: &str, size: &str) -> Res {
 /// Increments a counter in FILE every 10 ms until stdin closes.
 fn counter(file: &str) -> Res {
     exit_on_stdin_eof();
+    // The first value exists before anyone is told to look at it.
+    fs::write(file, "0").map_err(|e| format!("write {file}: {e}"))?;
     println!("{READY}");
     let _ = std::io::stdout().flush();
     let mut n: u64 = 0;

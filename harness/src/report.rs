@@ -36,7 +36,7 @@ fn cell(v: &Verdict) -> String {
 
 /// The kernel x case matrix as Markdown, with the skip, failure and error
 /// reasons listed under it.
-pub fn matrix_markdown(verdicts: &[Verdict]) -> String {
+pub fn matrix_markdown(verdicts: &[Verdict], notes: &BTreeMap<String, String>) -> String {
     let targets: Vec<String> = verdicts
         .iter()
         .map(|v| v.target.clone())
@@ -51,7 +51,12 @@ pub fn matrix_markdown(verdicts: &[Verdict]) -> String {
     let mut out = String::from("# kcell conformance matrix\n\n");
     for t in &targets {
         if let Some(v) = verdicts.iter().find(|v| &v.target == t) {
-            let _ = writeln!(out, "- `{t}`: kernel {}, cgroup {}", v.kernel, v.cgroup);
+            let note = notes.get(t).map(|n| format!("; {n}")).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "- `{t}`: kernel {}, cgroup {}{note}",
+                v.kernel, v.cgroup
+            );
         }
     }
     out.push('\n');

@@ -40,6 +40,20 @@ fn v2_controllers(layout: &Layout) -> String {
         .unwrap_or_default()
 }
 
+/// Whether a fresh child of the v2 root has `file` (made and removed at once).
+fn v2_child_has(layout: &Layout, file: &str) -> bool {
+    let Some(root) = layout.v2_root() else {
+        return false;
+    };
+    let probe = root.join(format!("kcell-probe-{}", std::process::id()));
+    if std::fs::create_dir(&probe).is_err() {
+        return false;
+    }
+    let has = probe.join(file).exists();
+    let _ = std::fs::remove_dir(&probe);
+    has
+}
+
 /// None when every requirement holds, else the first unmet one, phrased so a
 /// user knows what to change.
 pub fn unmet(req: &Requires) -> Option<String> {
@@ -75,6 +89,15 @@ pub fn unmet(req: &Requires) -> Option<String> {
             }
             // cpu.stat (usage) is in every v2 cgroup, with or without controllers.
             Some(Version::V2) if c == "cpuacct" => {}
+            // The v2 freezer is core: probe for cgroup.freeze in a child cgroup.
+            Some(Version::V2) if c == "freezer" => {
+                if !v2_child_has(&layout, "cgroup.freeze") {
+                    return Some(
+                        "cgroup v2 has no cgroup.freeze (the kernel predates the v2 freezer, 5.2)"
+                            .to_string(),
+                    );
+                }
+            }
             Some(Version::V2) => {
                 let name = if c == "blkio" { "io" } else { c.as_str() };
                 if !v2_controllers(&layout)

@@ -1,19 +1,27 @@
-//! `cargo test` entry: one trial per (target, case), named `host::NS-UTS-1`.
-//! Listing (`-- --list`) and filtering build nothing; the host target is
-//! prepared once, on the first trial that runs.
+//! `cargo test` entry: one trial per (target, case), named `host::NS-UTS-1`
+//! or `deb-6.12-cloud/v2::CG-MEM-1`. Listing (`-- --list`) and filtering
+//! build and boot nothing; each target is prepared once, on the first of its
+//! trials that runs, and one guest boot serves all of a target's selected cases.
 //!
-//! Each case runs in a separate agent process (the same binary and code path
-//! as inside a VM guest), one at a time: CPU and I/O measurements must not
-//! share the machine with another case.
+//! Host cases run in a separate agent process (the same binary and code path
+//! as inside a VM guest), one at a time, and before any guest boots: CPU and
+//! I/O measurements must not share the machine with another case or with QEMU.
+//! Guests of different targets then boot in parallel, one per core.
+//!
+//! Environment: KCELL_TARGETS picks targets ("host", "all", or a comma list of
+//! targets or kernel IDs; default: host and the manifest's default kernels),
+//! KCELL_KERNEL/KCELL_MODULES add a kernel of your own, KCELL_CACHE moves the
+//! cache, KCELL_KEEP keeps each guest's console log.
 
 use kcell_harness::case::{load_dir, Case};
 use kcell_harness::runner::Target;
 use kcell_harness::verdict::{Status, Verdict};
+use kcell_harness::vm::{self, VmTarget};
 use libtest_mimic::{Arguments, Failed, Trial};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 fn cases_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../cases")
@@ -48,6 +56,55 @@ impl Drop for HostTarget {
     }
 }
 
+/// Counts the host trials still to run; guests wait for zero.
+struct HostPhase {
+    remaining: Mutex<usize>,
+    done: Condvar,
+}
+
+impl HostPhase {
+    fn finish_one(&self) {
+        let mut left = self.remaining.lock().unwrap_or_else(|e| e.into_inner());
+        *left = left.saturating_sub(1);
+        self.done.notify_all();
+    }
+    fn wait(&self) {
+        let mut left = self.remaining.lock().unwrap_or_else(|e| e.into_inner());
+        while *left > 0 {
+            left = self.done.wait(left).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// Ends the host phase for one trial however the trial ends.
+struct PhaseGuard<'a>(&'a HostPhase);
+impl Drop for PhaseGuard<'_> {
+    fn drop(&mut self) {
+        self.0.finish_one();
+    }
+}
+
+/// Maps a verdict to the trial's outcome (skip and inconclusive pass, with
+/// their reason printed; fail and error fail with the details).
+fn outcome(name: &str, title: &str, verdict: &Verdict) -> Result<(), Failed> {
+    match verdict.status {
+        Status::Pass => Ok(()),
+        Status::Skip => {
+            println!("{name} skipped: {}", verdict.detail);
+            Ok(())
+        }
+        Status::Inconclusive => {
+            println!("{name} inconclusive:\n{}", verdict.detail);
+            Ok(())
+        }
+        Status::Fail | Status::Error => Err(Failed::from(format!(
+            "{}: {title}\n{}",
+            verdict.status.as_str(),
+            verdict.detail
+        ))),
+    }
+}
+
 fn run_on_host(
     case: &Case,
     host: &HostTarget,
@@ -75,23 +132,7 @@ fn run_on_host(
         )
         .into());
     };
-    let result = match verdict.status {
-        Status::Pass => Ok(()),
-        Status::Skip => {
-            println!("host::{} skipped: {}", case.id, verdict.detail);
-            Ok(())
-        }
-        Status::Inconclusive => {
-            println!("host::{} inconclusive:\n{}", case.id, verdict.detail);
-            Ok(())
-        }
-        Status::Fail | Status::Error => Err(Failed::from(format!(
-            "{}: {}\n{}",
-            verdict.status.as_str(),
-            case.title,
-            verdict.detail
-        ))),
-    };
+    let result = outcome(&format!("host::{}", case.id), &case.title, &verdict);
     verdicts
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -135,14 +176,21 @@ fn split_baseline(mut args: Vec<String>) -> (Vec<String>, Option<PathBuf>) {
 
 /// Writes report.json, report.xml and matrix.md; with a baseline, lists
 /// regressions (and fails) and improvements.
-fn write_reports(verdicts: &[Verdict], baseline: Option<&Path>) -> bool {
+fn write_reports(
+    verdicts: &[Verdict],
+    notes: &std::collections::BTreeMap<String, String>,
+    baseline: Option<&Path>,
+) -> bool {
     use kcell_harness::report;
     let dir = report_dir();
     let _ = std::fs::create_dir_all(&dir);
     let json = serde_json::to_string_pretty(verdicts).unwrap_or_default();
     let _ = std::fs::write(dir.join("report.json"), json);
     let _ = std::fs::write(dir.join("report.xml"), report::junit_xml(verdicts));
-    let _ = std::fs::write(dir.join("matrix.md"), report::matrix_markdown(verdicts));
+    let _ = std::fs::write(
+        dir.join("matrix.md"),
+        report::matrix_markdown(verdicts, notes),
+    );
     eprintln!(
         "reports: {}/{{report.json,report.xml,matrix.md}}",
         dir.display()
@@ -174,73 +222,211 @@ fn write_reports(verdicts: &[Verdict], baseline: Option<&Path>) -> bool {
     cmp.regressions.is_empty()
 }
 
+/// Whether libtest-mimic will run a trial of this name (its filter, --exact,
+/// --skip, --ignored and --include-ignored rules), so a guest boots only for
+/// the cases that were asked for.
+fn will_run(args: &Arguments, name: &str, ignored: bool) -> bool {
+    let matches = |pattern: &str| {
+        if args.exact {
+            name == pattern
+        } else {
+            name.contains(pattern)
+        }
+    };
+    let filtered_in = args.filter.as_deref().is_none_or(matches);
+    let skipped = args.skip.iter().any(|s| matches(s));
+    let by_ignore = if args.ignored {
+        ignored
+    } else {
+        args.include_ignored || !ignored
+    };
+    filtered_in && !skipped && by_ignore
+}
+
+/// One VM target: its boot runs once, for all its selected cases.
+struct GuestTarget {
+    target: VmTarget,
+    ids: Vec<String>,
+    run: OnceLock<vm::TargetRun>,
+}
+
 fn main() -> ExitCode {
     let (args, baseline) = split_baseline(std::env::args().collect());
     let args = Arguments::from_iter(args);
+    let selection = std::env::var("KCELL_TARGETS").ok();
+    let host_wanted = selection
+        .as_deref()
+        .is_none_or(|s| s == "all" || s.split(',').any(|t| t.trim() == "host"));
     let host = Arc::new(HostTarget {
         dir: std::env::temp_dir().join(format!("kcell-host-{}", std::process::id())),
         target: OnceLock::new(),
     });
     let lock = Arc::new(Mutex::new(()));
-    let verdicts = Arc::new(Mutex::new(Vec::new()));
+    let verdicts: Arc<Mutex<Vec<Verdict>>> = Arc::new(Mutex::new(Vec::new()));
     let is_root = nix::unistd::geteuid().is_root();
+    let loaded = load_dir(&cases_dir());
+    let cases: Vec<Case> = loaded
+        .iter()
+        .filter_map(|c| c.as_ref().ok().cloned())
+        .collect();
     let mut trials = Vec::new();
     let mut skipped = Vec::new();
-    for loaded in load_dir(&cases_dir()) {
-        match loaded {
-            Ok(case) => {
-                let name = format!("host::{}", case.id);
-                let unmet = if is_root {
-                    kcell_harness::requires::unmet(&case.requires)
-                } else {
-                    Some("the host target needs root: run the tests as root".to_string())
-                };
-                let (host, lock, verdicts) = (host.clone(), lock.clone(), verdicts.clone());
-                let ignored = unmet.is_some();
-                if let Some(reason) = &unmet {
-                    skipped.push(format!("{name}: {reason}"));
-                    // Skips known before running still belong in the reports.
-                    let filtered_in = args
-                        .filter
-                        .as_ref()
-                        .is_none_or(|f| name.contains(f.as_str()));
-                    if filtered_in && !args.list {
-                        verdicts
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push(skip_verdict(&case, reason));
-                    }
+
+    for e in loaded.iter().filter_map(|c| c.as_ref().err()) {
+        // A malformed case is a failing trial of its own; the others still run.
+        let stem = match e {
+            kcell_harness::case::CaseError::Parse { file, .. }
+            | kcell_harness::case::CaseError::Read(file, _) => file
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default(),
+        };
+        let msg = e.to_string();
+        trials.push(Trial::test(format!("cases::{stem}"), move || {
+            Err(Failed::from(msg))
+        }));
+    }
+
+    let mut host_cases = Vec::new();
+    if host_wanted {
+        for case in &cases {
+            let name = format!("host::{}", case.id);
+            let unmet = if is_root {
+                kcell_harness::requires::unmet(&case.requires)
+            } else {
+                Some("the host target needs root: run the tests as root".to_string())
+            };
+            if let Some(reason) = &unmet {
+                skipped.push(format!("{name}: {reason}"));
+                // Skips known before running still belong in the reports.
+                if will_run(&args, &name, false) && !args.list {
+                    verdicts
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(skip_verdict(case, reason));
                 }
-                trials.push(
-                    Trial::test(name, move || run_on_host(&case, &host, &lock, &verdicts))
-                        .with_ignored_flag(ignored),
-                );
             }
-            Err(e) => {
-                // A malformed case is a failing trial of its own; the others still run.
-                let stem = match &e {
-                    kcell_harness::case::CaseError::Parse { file, .. }
-                    | kcell_harness::case::CaseError::Read(file, _) => file
-                        .file_stem()
-                        .map(|s| s.to_string_lossy().to_string())
-                        .unwrap_or_default(),
-                };
-                let msg = e.to_string();
-                trials.push(Trial::test(format!("host::{stem}"), move || {
-                    Err(Failed::from(msg))
-                }));
-            }
+            host_cases.push((name, case.clone(), unmet.is_some()));
         }
     }
+    let host_trials = host_cases
+        .iter()
+        .filter(|(n, _, ignored)| will_run(&args, n, *ignored))
+        .count();
+    let phase = Arc::new(HostPhase {
+        remaining: Mutex::new(host_trials),
+        done: Condvar::new(),
+    });
+    for (name, case, ignored) in host_cases {
+        let (host, lock, verdicts, phase) =
+            (host.clone(), lock.clone(), verdicts.clone(), phase.clone());
+        trials.push(
+            Trial::test(name, move || {
+                // However this trial ends, it ends its share of the host phase.
+                let _guard = PhaseGuard(&phase);
+                run_on_host(&case, &host, &lock, &verdicts)
+            })
+            .with_ignored_flag(ignored),
+        );
+    }
+
+    let manifest_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../vm/kernels.toml");
+    let guest_targets: Vec<Arc<GuestTarget>> = match vm::kernel::Manifest::load(&manifest_path) {
+        Ok(manifest) => {
+            let custom = std::env::var_os("KCELL_KERNEL").is_some();
+            let inputs = Arc::new(vm::Inputs {
+                manifest: manifest.clone(),
+                agent: PathBuf::from(env!("CARGO_BIN_EXE_kcell-agent")),
+                cases: cases_dir(),
+                cache: vm::cache_dir(),
+            });
+            let targets: Vec<Arc<GuestTarget>> =
+                vm::selected_targets(&manifest, selection.as_deref(), custom)
+                    .into_iter()
+                    .map(|t| {
+                        let ids = cases
+                            .iter()
+                            .filter(|c| will_run(&args, &format!("{}::{}", t.name(), c.id), false))
+                            .map(|c| c.id.clone())
+                            .collect();
+                        Arc::new(GuestTarget {
+                            target: t,
+                            ids,
+                            run: OnceLock::new(),
+                        })
+                    })
+                    .collect();
+            // Case by case across targets: the first trials of two targets go
+            // to the two test threads, so their guests boot in parallel.
+            for case in &cases {
+                for g in &targets {
+                    let name = format!("{}::{}", g.target.name(), case.id);
+                    let (g, phase, inputs, verdicts, id, title) = (
+                        g.clone(),
+                        phase.clone(),
+                        inputs.clone(),
+                        verdicts.clone(),
+                        case.id.clone(),
+                        case.title.clone(),
+                    );
+                    trials.push(Trial::test(name.clone(), move || {
+                        phase.wait();
+                        let run = g.run.get_or_init(|| {
+                            let run =
+                                vm::run_target(&g.target, &inputs, &g.ids, &mut |line: &str| {
+                                    eprintln!("{line}")
+                                });
+                            verdicts
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .extend(run.verdicts.iter().cloned());
+                            run
+                        });
+                        match run.verdicts.iter().find(|v| v.case == id) {
+                            Some(v) => outcome(&name, &title, v),
+                            None => Err(Failed::from(format!(
+                                "no verdict for {id} from {}",
+                                g.target.name()
+                            ))),
+                        }
+                    }));
+                }
+            }
+            targets
+        }
+        Err(e) => {
+            trials.push(Trial::test("vm::manifest", move || Err(Failed::from(e))));
+            Vec::new()
+        }
+    };
+
     if !args.list && !skipped.is_empty() {
         eprintln!(
-            "skipped (requirements not met on this host):\n  {}",
+            "skipped on the host (requirements not met):\n  {}",
             skipped.join("\n  ")
         );
     }
     let conclusion = libtest_mimic::run(&args, trials);
     let verdicts = verdicts.lock().map(|v| v.clone()).unwrap_or_default();
-    let baseline_ok = verdicts.is_empty() || write_reports(&verdicts, baseline.as_deref());
+    let mut notes = std::collections::BTreeMap::new();
+    for g in &guest_targets {
+        if let Some(run) = g.run.get() {
+            let boot = run.boot_seconds.map_or("no case started".to_string(), |b| {
+                format!("boot to first case {b:.2} s")
+            });
+            let retry = if run.boots > 1 { ", retried once" } else { "" };
+            let problem = run
+                .error
+                .as_deref()
+                .map(|e| format!("; {e}"))
+                .unwrap_or_default();
+            notes.insert(
+                g.target.name(),
+                format!("{boot}, {:.0} s in all{retry}{problem}", run.seconds),
+            );
+        }
+    }
+    let baseline_ok = verdicts.is_empty() || write_reports(&verdicts, &notes, baseline.as_deref());
     drop(host);
     if baseline_ok {
         conclusion.exit_code()

@@ -1,13 +1,18 @@
 //! Running a container. Three processes take part:
 //!
 //! * the **runtime** (this process): validates, writes the child's uid_map and
-//!   gid_map while it waits on a pipe (user_namespaces(7)), forwards signals,
-//!   and returns the command's status;
+//!   gid_map while it waits on a pipe (user_namespaces(7)), places the
+//!   container's first process in its cgroup, forwards signals, and returns
+//!   the command's status;
 //! * the **monitor** (stage 1), cloned with CLONE_NEWUSER when asked: once
-//!   mapped it unshares every other namespace, sets the time namespace's
-//!   offsets (they can only be written before a process enters it), and forks;
+//!   mapped it unshares the other namespaces, sets the time namespace's
+//!   offsets (they can only be written before a process enters it), forks the
+//!   first process and waits for it. It never joins the container's cgroup,
+//!   so none of the runtime's own memory or tasks count against its limits;
 //! * the container's **first process** (stage 2): PID 1 of the new PID
-//!   namespace; it builds the root, sets the hostname, brings up `lo` and execs.
+//!   namespace. It waits at a gate until the runtime has put it in the
+//!   cgroup, unshares the cgroup namespace (which takes the cgroup it is in
+//!   as its root), builds the root, sets the hostname, brings up `lo`, execs.
 //!
 //! The split mirrors runc's nsexec: unsharing the time and PID namespaces only
 //! affects children, and an unprivileged caller can only do that after it is
@@ -118,6 +123,8 @@ fn forwarded_and_chld() -> SigSet {
 }
 
 /// Runs `spec` to completion in the foreground.
+
+/// Runs `spec` to completion in the foreground.
 pub fn run(spec: &ContainerSpec) -> Result<Outcome, RunError> {
     let mut clock = PhaseClock::new();
     spec.validate()?;
@@ -125,16 +132,9 @@ pub fn run(spec: &ContainerSpec) -> Result<Outcome, RunError> {
     let caller = (Uid::effective(), Gid::effective());
     let user_map = effective_user_mapping(spec, caller);
     let cgroup = crate::cgroup::ContainerCgroup::create_for(spec)?;
-    let restore_oom = fs::read_to_string("/proc/self/oom_score_adj").unwrap_or_else(|_| "0".into());
     clock.mark("validate+cgroup");
 
-    let result = launch(
-        spec,
-        &user_map,
-        cgroup.as_ref(),
-        restore_oom.trim(),
-        &mut clock,
-    );
+    let result = launch(spec, &user_map, cgroup.as_ref(), &mut clock);
     if let Some(cg) = cgroup {
         let mut saved = Ok(());
         if let Some(path) = &spec.stats_file {
@@ -156,8 +156,6 @@ pub fn run(spec: &ContainerSpec) -> Result<Outcome, RunError> {
     })
 }
 
-/// The maps actually written: the spec's, or for a caller that is not root
-/// and gave none, its own ids mapped to 0 (all an unprivileged writer may map).
 fn effective_user_mapping(
     spec: &ContainerSpec,
     (uid, gid): (Uid, Gid),
@@ -178,17 +176,13 @@ fn launch(
     spec: &ContainerSpec,
     user_map: &crate::spec::UserMapping,
     cgroup: Option<&crate::cgroup::ContainerCgroup>,
-    restore_oom: &str,
     clock: &mut PhaseClock,
 ) -> Result<(ExitKind, i32), RunError> {
     let pipe =
         |what: &'static str| nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).sys("pipe2", what);
     let (go_r, go_w) = pipe("go")?;
     let (rep_r, rep_w) = pipe("report")?;
-    // The first process waits on this gate right before exec, until the
-    // monitor has left the container's cgroup: the monitor never counts
-    // against the command's pids or memory limit.
-    let (gate_r, gate_w) = pipe("exec gate")?;
+    let (gate_r, gate_w) = pipe("cgroup gate")?;
     let blocked = forwarded_and_chld();
     let mut old_mask = SigSet::empty();
     signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&blocked), Some(&mut old_mask))
@@ -210,7 +204,6 @@ fn launch(
                 rep_w,
                 gate_r,
                 old_mask,
-                restore_oom: cgroup.map(|_| restore_oom.to_string()),
             };
             monitor_main(child, runtime_pid)
         }
@@ -219,54 +212,38 @@ fn launch(
     drop((go_r, rep_w, gate_r));
     clock.mark("clone");
 
-    let prepared = (|| -> Result<(), RunError> {
-        if spec.namespaces.contains(Namespace::User) {
-            write_id_maps(monitor, user_map, !Uid::effective().is_root())?;
+    // 1. The id maps, then "go".
+    if spec.namespaces.contains(Namespace::User) {
+        if let Err(e) = write_id_maps(monitor, user_map, !Uid::effective().is_root()) {
+            // Closing the go pipe unread makes the monitor exit without running anything.
+            drop(go_w);
+            let _ = reap(monitor);
+            let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
+            return Err(e.into());
         }
-        if let Some(cg) = cgroup {
-            // The OOM killer should not pick the monitor while it sets the
-            // container up inside a tiny limit; the first process restores
-            // the runtime's own value before exec. Lowering it needs
-            // CAP_SYS_RESOURCE: without it (some sandboxes) this is skipped,
-            // and a limit too small for the set-up shows as the monitor's OOM kill.
-            let path = format!("/proc/{monitor}/oom_score_adj");
-            match fs::write(&path, "-1000") {
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM)) => {}
-                other => other.sys("write -1000 to", &path)?,
-            }
-            cg.add_process(monitor.as_raw())?;
-        }
-        Ok(())
-    })();
-    if let Err(e) = prepared {
-        // Closing the go pipe unread makes the monitor exit without running anything.
-        drop(go_w);
-        let _ = reap(monitor);
-        let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
-        return Err(e);
     }
-    let mut go_w = fs::File::from(go_w);
-    go_w.write_all(b"g").sys("write", "go pipe")?;
-    drop(go_w);
-    clock.mark("id maps+cgroup placement");
+    fs::File::from(go_w)
+        .write_all(b"g")
+        .sys("write", "go pipe")?;
+    clock.mark("id maps");
 
+    // 2. The first process's pid (or the monitor's error); into the cgroup
+    //    with it, then open its gate.
     let mut report = Report {
         pid: None,
         error: None,
     };
     let mut reader = std::io::BufReader::new(fs::File::from(rep_r));
-    // First the monitor's line: the first process's pid, or its error.
-    let mut first = String::new();
-    let _ = std::io::BufRead::read_line(&mut reader, &mut first);
-    report.take(&first);
+    let mut line = String::new();
+    let _ = std::io::BufRead::read_line(&mut reader, &mut line);
+    report.take(&line);
     let mut gate_w = fs::File::from(gate_w);
     if let Some(pid) = report.pid {
-        let released = cgroup.map_or(Ok(()), |cg| cg.release(monitor.as_raw()));
-        match released {
+        match cgroup.map_or(Ok(()), |cg| cg.add_process(pid)) {
             Ok(()) => {
                 let _ = gate_w.write_all(b"x");
             }
-            // The gate stays shut: the first process exits without exec.
+            // The gate stays shut: the first process exits without running anything.
             Err(e) => report.error = Some(e.into()),
         }
         if let Some(path) = &spec.pid_file {
@@ -274,7 +251,9 @@ fn launch(
         }
     }
     drop(gate_w);
-    // Then EOF when the command execs, or the first process's error.
+    clock.mark("namespaces+cgroup placement");
+
+    // 3. EOF when the command execs, or the first process's error.
     let mut rest = String::new();
     let _ = reader.read_to_string(&mut rest);
     rest.lines().for_each(|line| report.take(line));
@@ -293,16 +272,14 @@ fn launch(
 struct ChildSide<'a> {
     spec: &'a ContainerSpec,
     user_map: &'a crate::spec::UserMapping,
-    /// The runtime's "go": maps written, cgroup joined.
+    /// The runtime's "go": the id maps are written.
     go_r: OwnedFd,
     /// Both write "pid N", "error ...", "exec CODE ..." here.
     rep_w: OwnedFd,
-    /// The first process reads this right before exec.
+    /// The first process waits on this until it is in the container's cgroup.
     gate_r: OwnedFd,
     /// The signal mask to restore.
     old_mask: SigSet,
-    /// oom_score_adj for the first process (the runtime's), when in a cgroup.
-    restore_oom: Option<String>,
 }
 
 /// What the monitor and the first process said on the report pipe.
@@ -453,9 +430,7 @@ fn monitor_main(child: ChildSide, runtime_pid: Pid) -> ! {
         rep_w,
         gate_r,
         old_mask,
-        restore_oom,
     } = child;
-    let old_mask = &old_mask;
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     if nix::unistd::getppid() != runtime_pid {
         std::process::exit(125);
@@ -466,30 +441,20 @@ fn monitor_main(child: ChildSide, runtime_pid: Pid) -> ! {
         std::process::exit(125);
     }
     drop(go_r);
-    let init = match monitor_prepare(spec, user_map) {
-        Ok(()) => clone_process(0),
-        Err(e) => {
-            let hint = if e.errno == Errno::EPERM
-                && !spec.namespaces.contains(Namespace::User)
-                && !Uid::effective().is_root()
-            {
-                " (a caller that is not root needs the user namespace)"
-            } else {
-                ""
-            };
-            report_line(&rep_w, &format!("error {e}{hint}"));
-            std::process::exit(125);
-        }
-    };
-    let init = match init {
-        Ok(None) => init_main(
-            spec,
-            user_map,
-            rep_w,
-            gate_r,
-            old_mask,
-            restore_oom.as_deref(),
-        ),
+    if let Err(e) = monitor_prepare(spec, user_map) {
+        let hint = if e.errno == Errno::EPERM
+            && !spec.namespaces.contains(Namespace::User)
+            && !Uid::effective().is_root()
+        {
+            " (a caller that is not root needs the user namespace)"
+        } else {
+            ""
+        };
+        report_line(&rep_w, &format!("error {e}{hint}"));
+        std::process::exit(125);
+    }
+    let init = match clone_process(0) {
+        Ok(None) => init_main(spec, user_map, rep_w, gate_r, &old_mask),
         Ok(Some(pid)) => pid,
         Err(e) => {
             report_line(
@@ -508,7 +473,7 @@ fn monitor_main(child: ChildSide, runtime_pid: Pid) -> ! {
         // SAFETY: SIG_IGN installs no handler code.
         let _ = unsafe { signal::signal(s, signal::SigHandler::SigIgn) };
     }
-    let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(old_mask), None);
+    let _ = signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
     let status = loop {
         match waitpid(init, None) {
             Err(Errno::EINTR) => continue,
@@ -567,14 +532,15 @@ fn monitor_prepare(
             ),
         )?;
     }
-    let flags = spec
-        .namespaces
-        .flags_except(&[Namespace::User, Namespace::Time]);
+    // The cgroup namespace comes later, once the monitor is in the cgroup.
+    let flags =
+        spec.namespaces
+            .flags_except(&[Namespace::User, Namespace::Time, Namespace::Cgroup]);
     if flags != 0 {
         let names: Vec<String> = spec
             .namespaces
             .iter()
-            .filter(|n| !matches!(n, Namespace::User | Namespace::Time))
+            .filter(|n| !matches!(n, Namespace::User | Namespace::Time | Namespace::Cgroup))
             .map(|n| n.to_string())
             .collect();
         nix::sched::unshare(nix::sched::CloneFlags::from_bits_retain(flags))
@@ -590,19 +556,18 @@ fn init_main(
     rep_w: OwnedFd,
     gate_r: OwnedFd,
     old_mask: &SigSet,
-    restore_oom: Option<&str>,
 ) -> ! {
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-    if let Err(e) = init_prepare(spec, user_map, restore_oom) {
-        report_line(&rep_w, &format!("error {e}"));
-        std::process::exit(125);
-    }
     let mut byte = [0u8; 1];
     if !matches!(nix::unistd::read(gate_r.as_raw_fd(), &mut byte), Ok(1)) {
-        // The runtime could not take the monitor out of the cgroup; it reports why.
+        // The runtime could not place this process in the cgroup; it reports why.
         std::process::exit(125);
     }
     drop(gate_r);
+    if let Err(e) = init_prepare(spec, user_map) {
+        report_line(&rep_w, &format!("error {e}"));
+        std::process::exit(125);
+    }
     for s in FORWARDED {
         // SAFETY: restoring the default disposition installs no handler code.
         let _ = unsafe { signal::signal(s, signal::SigHandler::SigDfl) };
@@ -616,11 +581,10 @@ fn init_main(
 fn init_prepare(
     spec: &ContainerSpec,
     user_map: &crate::spec::UserMapping,
-    restore_oom: Option<&str>,
 ) -> Result<(), RootfsError> {
-    if let Some(adj) = restore_oom {
-        // Undo the monitor's OOM immunity (inherited by fork) before any user code.
-        fs::write("/proc/self/oom_score_adj", adj).sys("write to", "/proc/self/oom_score_adj")?;
+    if spec.namespaces.contains(Namespace::Cgroup) {
+        // In the container's cgroup now: the namespace takes it as its root.
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).sys("unshare", "cgroup")?;
     }
     let user_ns = if !spec.namespaces.contains(Namespace::User) {
         rootfs::UserNs::None

@@ -245,6 +245,20 @@ pub fn init_main() -> ! {
     mnt("proc", "/proc", "proc", MsFlags::empty(), None);
     mnt("sysfs", "/sys", "sysfs", MsFlags::empty(), None);
     mnt("devtmpfs", "/dev", "devtmpfs", MsFlags::empty(), None);
+    mnt(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MsFlags::empty(),
+        Some("ptmxmode=0666,mode=0620"),
+    );
+    mnt(
+        "tmpfs",
+        "/dev/shm",
+        "tmpfs",
+        MsFlags::empty(),
+        Some("mode=1777"),
+    );
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let target = param(&cmdline, "kcell.target").unwrap_or("vm").to_string();
     let cgroup = param(&cmdline, "kcell.cgroup").unwrap_or("v2").to_string();

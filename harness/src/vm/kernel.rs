@@ -130,6 +130,14 @@ pub fn fetch(spec: &KernelSpec, cache: &Path) -> Result<Kernel, String> {
     let (package, version) = resolve(spec)?;
     let dir = cache.join("kernels").join(format!("{package}_{version}"));
     let stamp = dir.join(".kcell-ok");
+    // Two targets of one kernel (v1 and v2) fetch it once: the second waits.
+    std::fs::create_dir_all(cache.join("kernels"))
+        .map_err(|e| format!("mkdir {}: {e}", cache.display()))?;
+    let lock_path = cache.join("kernels").join(format!("{package}.lock"));
+    let lock_file = std::fs::File::create(&lock_path)
+        .map_err(|e| format!("create {}: {e}", lock_path.display()))?;
+    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| format!("flock {}: {e}", lock_path.display()))?;
     if !stamp.exists() {
         std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
         let expected =

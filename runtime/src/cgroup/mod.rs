@@ -306,20 +306,6 @@ impl ContainerCgroup {
         Ok(())
     }
 
-    /// Moves `pid` out of the container's cgroup, back into the runtime's own
-    /// (the monitor leaves before the command runs, so it never counts
-    /// against the container's limits).
-    pub fn release(&self, pid: i32) -> Result<(), CgroupError> {
-        let own = ContainerCgroup::of_pid(std::process::id() as i32)?;
-        for (names, _) in &self.dirs {
-            let home = names.iter().find_map(|n| own.dir_of(n));
-            if let Some(home) = home {
-                write(&home.join("cgroup.procs"), &pid.to_string())?;
-            }
-        }
-        Ok(())
-    }
-
     /// PIDs in the cgroup (union over the hierarchies).
     pub fn pids(&self) -> Vec<i32> {
         let mut pids: Vec<i32> = self

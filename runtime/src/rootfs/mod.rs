@@ -171,18 +171,24 @@ fn mount_specials(root: &Path, spec: &ContainerSpec, user_ns: UserNs) -> Result<
     ensure_dir(&dev, 0o755)?;
     if user_ns == UserNs::Unmapped {
         bind(Path::new("/dev"), &dev, true)?;
-        mount_fs(
-            "devpts",
-            &dev.join("pts"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-            Some("newinstance,ptmxmode=0666,mode=0620"),
-        )?;
-        mount_fs(
-            "tmpfs",
-            &dev.join("shm"),
-            nosuid_nodev_noexec,
-            Some("mode=1777,size=65536k"),
-        )?;
+        // Fresh pts and shm over the host's, where the host has them (an
+        // unmapped user cannot create the mount points).
+        if dev.join("pts").is_dir() {
+            mount_fs(
+                "devpts",
+                &dev.join("pts"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+                Some("newinstance,ptmxmode=0666,mode=0620"),
+            )?;
+        }
+        if dev.join("shm").is_dir() {
+            mount_fs(
+                "tmpfs",
+                &dev.join("shm"),
+                nosuid_nodev_noexec,
+                Some("mode=1777,size=65536k"),
+            )?;
+        }
         let tmp = root.join("tmp");
         return mount_fs(
             "tmpfs",
