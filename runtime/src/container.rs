@@ -123,8 +123,6 @@ fn forwarded_and_chld() -> SigSet {
 }
 
 /// Runs `spec` to completion in the foreground.
-
-/// Runs `spec` to completion in the foreground.
 pub fn run(spec: &ContainerSpec) -> Result<Outcome, RunError> {
     let mut clock = PhaseClock::new();
     spec.validate()?;

@@ -202,7 +202,9 @@ fn stripped(agent: &Path, cache: &Path) -> Result<PathBuf, String> {
     let hash = format!("{:x}", sha2::Sha256::digest(&bytes));
     let out = cache.join(format!("agent-{}", &hash[..16]));
     if !out.exists() {
-        let tmp = out.with_extension("tmp");
+        // Builders in parallel (two targets of one run) each write their own
+        // temporary file; the rename makes whichever finishes first the copy.
+        let tmp = out.with_extension(format!("tmp-{}", kcell::spec::new_id()));
         let ok = Command::new("strip")
             .arg("--strip-debug")
             .arg("-o")
@@ -296,7 +298,7 @@ pub fn build(inputs: &Inputs, cache: &Path) -> Result<PathBuf, String> {
         return Ok(out);
     }
 
-    let staging = cache.join(format!("staging-{}", std::process::id()));
+    let staging = cache.join(format!("staging-{}", kcell::spec::new_id()));
     let _ = std::fs::remove_dir_all(&staging);
     let image = staging.join("rootfs");
     kcell::rootfs::busybox::build(
@@ -306,7 +308,7 @@ pub fn build(inputs: &Inputs, cache: &Path) -> Result<PathBuf, String> {
     )
     .map_err(|e| e.to_string())?;
 
-    let tmp = out.with_extension("tmp");
+    let tmp = out.with_extension(format!("tmp-{}", kcell::spec::new_id()));
     let file = std::fs::File::create(&tmp).map_err(|e| format!("create {}: {e}", tmp.display()))?;
     let mut cpio = Cpio::new(std::io::BufWriter::new(file));
     let io = |e: std::io::Error| format!("writing {}: {e}", tmp.display());

@@ -112,7 +112,7 @@ pub fn build(
     busybox: &Path,
     extra: &[(PathBuf, PathBuf)],
 ) -> Result<(), BusyboxError> {
-    let staging = dest.with_extension(format!("tmp{}", std::process::id()));
+    let staging = dest.with_extension(format!("tmp-{}", crate::spec::new_id()));
     if staging.exists() {
         fs::remove_dir_all(&staging).sys("rm -r", staging.display())?;
     }
