@@ -197,3 +197,127 @@ pub fn compare(baseline: &[Verdict], now: &[Verdict]) -> Comparison {
     }
     c
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::expect::CheckReport;
+    use serde_json::json;
+
+    /// A fixed report: every status, two targets, a headline and a long detail.
+    fn fixed() -> Vec<Verdict> {
+        let v = |case: &str, target: &str, status: Status, detail: &str, headline: Option<&str>| {
+            Verdict {
+                case: case.into(),
+                target: target.into(),
+                kernel: if target == "host" {
+                    "6.18.0".into()
+                } else {
+                    "6.12.117+deb12-cloud-amd64 (6.12.117-1~deb12u1)".into()
+                },
+                cgroup: if target == "host" {
+                    "hybrid (v1 used)".into()
+                } else {
+                    "v2".into()
+                },
+                status,
+                detail: detail.into(),
+                checks: vec![CheckReport {
+                    that: "limited.cpu_share.share".into(),
+                    op: "approx".into(),
+                    expected: "0.2 ± 0.02".into(),
+                    observed: json!(0.201),
+                    ok: status == Status::Pass,
+                    on_fail: crate::case::OnFail::Fail,
+                    why: None,
+                }],
+                observations: Observations::default(),
+                seconds: 3.5,
+                headline: headline.map(String::from),
+            }
+        };
+        vec![
+            v("CG-CPU-1", "host", Status::Pass, "", Some("20.1%")),
+            v("CG-CPU-1", "deb-6.12-cloud/v2", Status::Fail, "  limited.cpu_share.share approx: expected 0.2 ± 0.02, observed 0.4\n  run 'limited' exited 1; stderr: <oops> & \"quotes\"", Some("40.0%")),
+            v("CG-MEM-3", "host", Status::Skip, "needs active swap", None),
+            v("CG-MEM-3", "deb-6.12-cloud/v2", Status::Pass, "", Some("swap=15552512")),
+            v("CG-CPU-3", "deb-6.12-cloud/v2", Status::Inconclusive, "control too slow", Some("149.9%")),
+            v("NS-UTS-1", "deb-6.12-cloud/v2", Status::Error, "the guest died while this case ran", None),
+        ]
+    }
+
+    #[test]
+    fn matrix_snapshot() {
+        let mut notes = BTreeMap::new();
+        notes.insert(
+            "deb-6.12-cloud/v2".to_string(),
+            "boot to first case 3.21 s, 57 s in all".to_string(),
+        );
+        insta::assert_snapshot!(matrix_markdown(&fixed(), &notes));
+    }
+
+    #[test]
+    fn junit_snapshot() {
+        insta::assert_snapshot!(junit_xml(&fixed()));
+    }
+
+    #[test]
+    fn baseline_flags_only_regressions() {
+        let mut now = fixed();
+        let base = fixed();
+        now[0].status = Status::Fail; // host CG-CPU-1: pass -> fail
+        now[1].status = Status::Pass; // fail -> pass
+        now[2].status = Status::Error; // skip -> error: not a regression
+        let c = compare(&base, &now);
+        assert_eq!(
+            c.regressions,
+            vec![(
+                "CG-CPU-1".into(),
+                "host".into(),
+                "pass".into(),
+                "fail".into()
+            )]
+        );
+        assert_eq!(
+            c.improvements,
+            vec![(
+                "CG-CPU-1".into(),
+                "deb-6.12-cloud/v2".into(),
+                "fail".into(),
+                "pass".into()
+            )]
+        );
+        assert_eq!(compare(&base, &base), Comparison::default());
+    }
+
+    #[test]
+    fn headline_formats() {
+        let mut obs = Observations::default();
+        obs.insert("a.share", json!(0.2013));
+        obs.insert("a.rate", json!(1048576));
+        obs.insert("a.n", json!(3));
+        let h = |key: &str, format: Option<&str>, label: Option<&str>| {
+            format_headline(
+                &Headline {
+                    key: key.into(),
+                    format: format.map(String::from),
+                    label: label.map(String::from),
+                },
+                &obs,
+            )
+        };
+        assert_eq!(
+            h("a.share", Some("percent"), None).as_deref(),
+            Some("20.1%")
+        );
+        assert_eq!(
+            h("a.rate", Some("mib_s"), None).as_deref(),
+            Some("1.00 MiB/s")
+        );
+        assert_eq!(
+            h("a.n", None, Some("oom_kill=")).as_deref(),
+            Some("oom_kill=3")
+        );
+        assert_eq!(h("a.missing", None, None), None);
+    }
+}

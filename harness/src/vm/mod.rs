@@ -236,12 +236,22 @@ pub fn run_target(
         cpus: 2,
         memory_mib: 1024,
     };
+    // Boots until every case has a verdict: one retry for a guest that dies
+    // before its first verdict (early-boot deaths under TCG), and one more
+    // boot for the cases a guest did not reach when it died mid-run.
+    let mut pending: Vec<String> = ids.to_vec();
     let mut retried_for_kvm = false;
-    let boot = loop {
+    let (mut early_retries, mut resumes) = (0, 0);
+    let mut problems: Vec<String> = Vec::new();
+    let mut console_tail = String::new();
+    while !pending.is_empty() {
         run.boots += 1;
+        config.cmdline = qemu::cmdline(&name, t.cgroup, Some(&pending));
         progress(&format!(
-            "[{name}] booting {kernel_label} ({:?}, boot {})",
-            config.accel, run.boots
+            "[{name}] booting {kernel_label} ({:?}, boot {}, {} cases)",
+            config.accel,
+            run.boots,
+            pending.len()
         ));
         let mut on_event = |e: &Event| match e {
             Event::Case { n, total, id } => {
@@ -250,66 +260,85 @@ pub fn run_target(
             Event::Verdict(v) => progress(&format!("[{name}] {} {}", v.case, v.status.as_str())),
         };
         let boot = qemu::boot(&config, Limits::default(), &mut on_event);
-        let no_case_started = boot.boot_seconds.is_none();
-        match (&boot.ending, config.accel) {
-            // KVM that cannot boot this kernel fails fast: remember, use TCG.
-            (Ending::Died(_), Accel::Kvm) if no_case_started && !retried_for_kvm => {
-                let _ = std::fs::write(accel_note(&inputs.cache, &t.kernel), "tcg\n");
-                config.accel = Accel::Tcg;
-                retried_for_kvm = true;
-                run.boots -= 1;
-            }
-            // Early-boot deaths happen under multi-threaded TCG (about 1 in 100): retry once.
-            (Ending::Died(_), _) | (Ending::Killed(_), _)
-                if boot.verdicts.is_empty() && run.boots == 1 =>
-            {
-                progress(&format!("[{name}] the guest died before its first verdict; retrying once. Console tail:\n{}", boot.console_tail));
-            }
-            _ => break boot,
-        }
-    };
-    run.boot_seconds = boot.boot_seconds;
-    let ending = match &boot.ending {
-        Ending::Finished => None,
-        Ending::Died(w) | Ending::Killed(w) => Some(w.clone()),
-    };
-    let retry_note = if run.boots > 1 {
-        " (after one retry: the first boot died before its first verdict)"
-    } else {
-        ""
-    };
-    for id in ids {
-        match boot.verdicts.iter().find(|v| &v.case == id) {
-            Some(v) => {
+        run.boot_seconds = run.boot_seconds.or(boot.boot_seconds);
+        console_tail = boot.console_tail.clone();
+        let note = if run.boots > 1 {
+            format!(" (boot {})", run.boots)
+        } else {
+            String::new()
+        };
+        for v in &boot.verdicts {
+            if pending.contains(&v.case) {
                 let mut v = v.clone();
                 v.kernel = kernel_label.clone();
-                if run.boots > 1 && !v.detail.contains("retry") {
-                    v.detail = format!("{}{retry_note}", v.detail).trim().to_string();
+                if !note.is_empty() {
+                    v.detail = format!("{}{note}", v.detail).trim().to_string();
                 }
+                pending.retain(|p| p != &v.case);
                 run.verdicts.push(v);
+            } else if v.status == Status::Error {
+                // A malformed case file: reported under its file name.
+                run.verdicts.push(v.clone());
             }
-            None => run.verdicts.push(error_verdict(
-                id,
+        }
+        let why = match &boot.ending {
+            Ending::Finished => break,
+            Ending::Died(w) | Ending::Killed(w) => w.clone(),
+        };
+        problems.push(format!("boot {}: {why}", run.boots));
+        let no_case_started = boot.boot_seconds.is_none();
+        if no_case_started && config.accel == Accel::Kvm && !retried_for_kvm {
+            // KVM that cannot boot this kernel fails fast: remember, use TCG.
+            let _ = std::fs::write(accel_note(&inputs.cache, &t.kernel), "tcg\n");
+            config.accel = Accel::Tcg;
+            retried_for_kvm = true;
+            run.boots -= 1;
+            problems.pop();
+            continue;
+        }
+        if boot.verdicts.is_empty() && boot.in_progress.is_none() && early_retries == 0 {
+            early_retries += 1;
+            progress(&format!("[{name}] the guest died before its first case ({why}); retrying once. Console tail:\n{}", boot.console_tail));
+            continue;
+        }
+        // The case that was running when the guest died may have caused it:
+        // it gets the error, with the console; the rest get another boot.
+        if let Some(id) = boot.in_progress.filter(|id| pending.contains(id)) {
+            pending.retain(|p| p != &id);
+            run.verdicts.push(error_verdict(
+                &id,
                 &name,
                 &kernel_label,
                 t.cgroup,
                 format!(
-                    "the guest ended before this case: {}{retry_note}\nconsole tail:\n{}",
-                    ending
-                        .clone()
-                        .unwrap_or_else(|| "the agent finished without it".into()),
+                    "the guest died while this case ran: {why}{note}\nconsole tail:\n{}",
                     boot.console_tail
                 ),
-            )),
+            ));
         }
-    }
-    // Malformed case files (verdicts whose ID is a file name) are reported too.
-    for v in &boot.verdicts {
-        if !ids.contains(&v.case) && v.status == Status::Error {
-            run.verdicts.push(v.clone());
+        if resumes == 0 && !pending.is_empty() {
+            resumes += 1;
+            progress(&format!("[{name}] the guest died mid-run ({why}); booting again for the {} cases not reached", pending.len()));
+            continue;
         }
+        break;
     }
-    run.error = ending;
+    for id in &pending {
+        run.verdicts.push(error_verdict(
+            id,
+            &name,
+            &kernel_label,
+            t.cgroup,
+            format!(
+                "no verdict after {} boots: {}\nconsole tail:\n{console_tail}",
+                run.boots,
+                problems.join("; ")
+            ),
+        ));
+    }
+    run.verdicts
+        .sort_by_key(|v| ids.iter().position(|i| i == &v.case).unwrap_or(usize::MAX));
+    run.error = (!problems.is_empty()).then(|| problems.join("; "));
     run.seconds = started.elapsed().as_secs_f64();
     progress(&format!(
         "[{name}] done in {:.0} s (boot to first case {})",
