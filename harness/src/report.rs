@@ -37,12 +37,14 @@ fn cell(v: &Verdict) -> String {
 /// The kernel x case matrix as Markdown, with the skip, failure and error
 /// reasons listed under it.
 pub fn matrix_markdown(verdicts: &[Verdict], notes: &BTreeMap<String, String>) -> String {
-    let targets: Vec<String> = verdicts
+    // The host first, then the guests by name.
+    let mut targets: Vec<String> = verdicts
         .iter()
         .map(|v| v.target.clone())
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
+    targets.sort_by_key(|t| (t != "host", t.clone()));
     let cases: BTreeSet<&str> = verdicts.iter().map(|v| v.case.as_str()).collect();
     let by: BTreeMap<(&str, &str), &Verdict> = verdicts
         .iter()
@@ -79,12 +81,17 @@ pub fn matrix_markdown(verdicts: &[Verdict], notes: &BTreeMap<String, String>) -
     if !notes.is_empty() {
         out.push_str("\n## Not passed\n\n");
         for v in notes {
-            let detail = v
+            let mut detail = v
                 .detail
                 .lines()
                 .map(str::trim)
+                .filter(|l| !l.is_empty())
                 .collect::<Vec<_>>()
                 .join("; ");
+            // A console tail belongs in report.json, not in a table.
+            if let Some((cut, _)) = detail.char_indices().nth(400) {
+                detail = format!("{}... (see report.json)", &detail[..cut]);
+            }
             let _ = writeln!(
                 out,
                 "- `{}` on `{}`: {} — {}",
