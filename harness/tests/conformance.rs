@@ -105,6 +105,21 @@ fn outcome(name: &str, title: &str, verdict: &Verdict) -> Result<(), Failed> {
     }
 }
 
+/// The machine-wide measurement lock (a file lock, so it also holds between
+/// the processes nextest runs): a host case holds it alone, guests share it.
+fn measurement_lock(exclusive: bool) -> Result<nix::fcntl::Flock<std::fs::File>, Failed> {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kcell-measure.lock");
+    let file = std::fs::File::create(&path)
+        .map_err(|e| Failed::from(format!("create {}: {e}", path.display())))?;
+    let how = if exclusive {
+        nix::fcntl::FlockArg::LockExclusive
+    } else {
+        nix::fcntl::FlockArg::LockShared
+    };
+    nix::fcntl::Flock::lock(file, how)
+        .map_err(|(_, e)| Failed::from(format!("flock {}: {e}", path.display())))
+}
+
 fn run_on_host(
     case: &Case,
     host: &HostTarget,
@@ -112,6 +127,7 @@ fn run_on_host(
     verdicts: &Mutex<Vec<Verdict>>,
 ) -> Result<(), Failed> {
     let _one_at_a_time = lock.lock().unwrap_or_else(|e| e.into_inner());
+    let _alone_on_the_machine = measurement_lock(true)?;
     let target = host.get()?;
     // The runtime copy is the agent binary; under its own name it is the agent.
     let output = Command::new(&target.runtime)
@@ -372,6 +388,7 @@ fn main() -> ExitCode {
                     trials.push(Trial::test(name.clone(), move || {
                         phase.wait();
                         let run = g.run.get_or_init(|| {
+                            let _shared = measurement_lock(false);
                             let run =
                                 vm::run_target(&g.target, &inputs, &g.ids, &mut |line: &str| {
                                     eprintln!("{line}")
