@@ -40,6 +40,36 @@ fn v2_controllers(layout: &Layout) -> String {
         .unwrap_or_default()
 }
 
+/// Kernel options without which a controller has no v1 hierarchy.
+const V1_OPTIONS: &[(&str, &str)] = &[
+    ("memory", "CONFIG_MEMCG_V1"),
+    ("cpuset", "CONFIG_CPUSETS_V1"),
+];
+
+/// Why `controller` has no v1 hierarchy: the mount error the guest's init
+/// recorded, and the kernel option that explains it when the config says so.
+fn v1_missing_reason(controller: &str) -> String {
+    let recorded = std::fs::read_to_string(crate::vm::guest::V1_MISSING)
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with(&format!("{controller}:")))
+                .map(|l| l.trim_start_matches(&format!("{controller}: ")).to_string())
+        });
+    let option = V1_OPTIONS
+        .iter()
+        .find(|(c, _)| *c == controller)
+        .map(|(_, o)| *o);
+    let unset =
+        option.filter(|o| kernel_config().is_some_and(|cfg| config_value(&cfg, o).is_none()));
+    match (recorded, unset) {
+        (Some(err), Some(o)) => format!("no cgroup v1 {controller} controller: {err}; the kernel is built without {o}"),
+        (Some(err), None) => format!("no cgroup v1 {controller} controller: {err}"),
+        (None, Some(o)) => format!("no cgroup v1 {controller} controller: the kernel is built without {o}"),
+        (None, None) => format!("the {controller} controller is not mounted as cgroup v1 (mount -t cgroup -o {controller} /sys/fs/cgroup/{controller})"),
+    }
+}
+
 /// Whether a fresh child of the v2 root has `file` (made and removed at once).
 fn v2_child_has(layout: &Layout, file: &str) -> bool {
     let Some(root) = layout.v2_root() else {
@@ -84,7 +114,7 @@ pub fn unmet(req: &Requires) -> Option<String> {
         match layout.version() {
             Some(Version::V1) => {
                 if !layout.v1_mounts().contains_key(c.as_str()) {
-                    return Some(format!("the {c} controller is not mounted as cgroup v1 (mount -t cgroup -o {c} fails or was not done; Debian 6.12 kernels lack CONFIG_MEMCG_V1 for memory)"));
+                    return Some(v1_missing_reason(c));
                 }
             }
             // cpu.stat (usage) is in every v2 cgroup, with or without controllers.
