@@ -6,6 +6,7 @@
 use nix::errno::Errno;
 use std::fs;
 use std::io::{BufRead, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -48,6 +49,10 @@ pub fn main(args: &[String]) -> i32 {
         ["direct-io", op, dev, size] => direct_io(op, dev, size),
         ["counter", file] => counter(file),
         ["open", path] => open_device(path),
+        ["overlay", dir] => overlay(dir),
+        ["write", path] => write_file(path),
+        ["fsinfo", path] => fsinfo(path),
+        ["netns-persist", dir] => netns_persist(dir),
         _ => Err(format!("kcell-probe: unknown subcommand {args:?}")),
     };
     let _ = std::io::stdout().flush();
@@ -677,5 +682,178 @@ fn open_device(path: &str) -> Res {
                 .map_or(e.to_string(), |n| errno_name(Errno::from_raw(n))),
         ),
     }
+    Ok(())
+}
+
+fn listing(dir: &Path) -> String {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names.join(",")
+}
+
+fn content(path: &Path) -> String {
+    fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|e| {
+            format!(
+                "<{}>",
+                e.raw_os_error()
+                    .map_or(e.to_string(), |n| errno_name(Errno::from_raw(n)))
+            )
+        })
+}
+
+/// The documents' overlay experiment: two lowers, an upper and a work dir;
+/// then a new file, a changed lower file and a deleted lower file in merged.
+fn overlay(dir: &str) -> Res {
+    let d = Path::new(dir);
+    let w = |p: &str, text: &str| fs::write(d.join(p), text).map_err(|e| format!("write {p}: {e}"));
+    for sub in ["lower1", "lower2", "upper", "work", "merged"] {
+        fs::create_dir_all(d.join(sub)).map_err(|e| format!("mkdir {sub}: {e}"))?;
+    }
+    w("lower1/a", "a from lower1")?;
+    w("lower1/shared", "shared from lower1")?;
+    w("lower2/b", "b from lower2")?;
+    w("lower2/shared", "shared from lower2")?;
+    let opts =
+        format!("lowerdir={dir}/lower1:{dir}/lower2,upperdir={dir}/upper,workdir={dir}/work");
+    nix::mount::mount(
+        Some("overlay"),
+        &d.join("merged"),
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .map_err(|e| format!("mount overlay {opts}: {e}"))?;
+    out("merged_before", listing(&d.join("merged")));
+    out("merged_shared", content(&d.join("merged/shared")));
+    w("merged/new", "new in merged")?;
+    w("merged/a", "a changed in merged")?;
+    fs::remove_file(d.join("merged/b")).map_err(|e| format!("rm merged/b: {e}"))?;
+    out("merged_after", listing(&d.join("merged")));
+    out("merged_a", content(&d.join("merged/a")));
+    out("upper", listing(&d.join("upper")));
+    out("upper_a", content(&d.join("upper/a")));
+    out("lower1", listing(&d.join("lower1")));
+    out("lower1_a", content(&d.join("lower1/a")));
+    out("lower2", listing(&d.join("lower2")));
+    // A whiteout: a character device 0/0 named like the deleted file.
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let wh = match fs::symlink_metadata(d.join("upper/b")) {
+        Ok(m) if m.file_type().is_char_device() => {
+            format!("char:{}:{}", libc::major(m.rdev()), libc::minor(m.rdev()))
+        }
+        Ok(_) => "not a character device".to_string(),
+        Err(e) => format!("<{e}>"),
+    };
+    out("upper_b", wh);
+    let _ = nix::mount::umount2(&d.join("merged"), nix::mount::MntFlags::MNT_DETACH);
+    Ok(())
+}
+
+fn write_file(path: &str) -> Res {
+    match fs::write(path, "kcell\n") {
+        Ok(()) => out("write", "ok"),
+        Err(e) => out(
+            "write",
+            e.raw_os_error()
+                .map_or(e.to_string(), |n| errno_name(Errno::from_raw(n))),
+        ),
+    }
+    Ok(())
+}
+
+/// Size (statvfs) and mode of a mount point.
+fn fsinfo(path: &str) -> Res {
+    use std::os::unix::fs::PermissionsExt;
+    let st = nix::sys::statvfs::statvfs(path).map_err(|e| format!("statvfs {path}: {e}"))?;
+    out("size_bytes", st.blocks() * st.fragment_size());
+    let mode = fs::metadata(path)
+        .map_err(|e| format!("stat {path}: {e}"))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    out("mode", format!("{mode:o}"));
+    Ok(())
+}
+
+/// A network namespace kept by a bind mount of /proc/PID/ns/net after its
+/// creator exits (what `ip netns add` does): the creator sets lo up with MTU
+/// 1234; afterwards setns on the bind-mounted file must find it so. The
+/// control: the same namespace without the bind mount is gone (its
+/// /proc/PID/ns/net with it).
+fn netns_persist(dir: &str) -> Res {
+    use nix::unistd::{fork, ForkResult};
+    let holder = Path::new(dir).join("kcell-netns");
+    fs::write(&holder, "").map_err(|e| format!("create {}: {e}", holder.display()))?;
+    let (r, w) = nix::unistd::pipe().map_err(|e| e.to_string())?;
+    let (r2, w2) = nix::unistd::pipe().map_err(|e| e.to_string())?;
+    // SAFETY: single-threaded.
+    let child = match unsafe { fork() }.map_err(|e| e.to_string())? {
+        ForkResult::Child => {
+            let ok = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).is_ok()
+                && kcell::netdev::set_up("lo").is_ok()
+                && kcell::netdev::set_mtu("lo", 1234).is_ok();
+            let _ = nix::unistd::write(&w, if ok { b"y" } else { b"n" });
+            // Wait until the parent has (or has not) bound the namespace.
+            let mut b = [0u8; 1];
+            let _ = nix::unistd::read(r2.as_raw_fd(), &mut b);
+            std::process::exit(0);
+        }
+        ForkResult::Parent { child } => child,
+    };
+    drop(w);
+    drop(r2);
+    let mut b = [0u8; 1];
+    let _ = nix::unistd::read(r.as_raw_fd(), &mut b);
+    if b[0] != b'y' {
+        return Err("the creator could not make and configure its network namespace".into());
+    }
+    let ns = format!("/proc/{child}/ns/net");
+    nix::mount::mount(
+        Some(ns.as_str()),
+        &holder,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| format!("bind {ns}: {e}"))?;
+    let _ = nix::unistd::write(&w2, b"x");
+    let _ = nix::sys::wait::waitpid(child, None);
+    out("creator_gone", !Path::new(&ns).exists());
+    // Enter the kept namespace in a child, so this process keeps its own.
+    // SAFETY: single-threaded.
+    match unsafe { fork() }.map_err(|e| e.to_string())? {
+        ForkResult::Child => {
+            let code = (|| -> Res {
+                let f = fs::File::open(&holder)
+                    .map_err(|e| format!("open {}: {e}", holder.display()))?;
+                nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| format!("setns: {e}"))?;
+                out("setns", "ok");
+                out("kept_lo_up", lo_up());
+                out(
+                    "kept_lo_mtu",
+                    kcell::netdev::mtu("lo").map_err(|e| e.to_string())?,
+                );
+                Ok(())
+            })();
+            if let Err(e) = code {
+                out("setns", e);
+            }
+            let _ = std::io::stdout().flush();
+            std::process::exit(0);
+        }
+        ForkResult::Parent { child } => {
+            let _ = nix::sys::wait::waitpid(child, None);
+        }
+    }
+    let _ = nix::mount::umount2(&holder, nix::mount::MntFlags::MNT_DETACH);
     Ok(())
 }

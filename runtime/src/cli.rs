@@ -7,7 +7,7 @@ use crate::cgroup::{layout::Layout, ContainerCgroup, PARENT};
 use crate::container;
 use crate::idmap::{IdMap, IdMapping};
 use crate::namespace::{Namespace, NamespaceSet};
-use crate::spec::{BindMount, ContainerSpec, TimeOffsets, UserMapping};
+use crate::spec::{BindMount, ContainerSpec, TimeOffsets, TmpfsMount, UserMapping};
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -63,6 +63,9 @@ fn parse_map(s: &str) -> Result<IdMapping, String> {
 }
 fn parse_volume(s: &str) -> Result<BindMount, String> {
     BindMount::parse(s).map_err(|e| e.to_string())
+}
+fn parse_tmpfs(s: &str) -> Result<TmpfsMount, String> {
+    TmpfsMount::parse(s).map_err(|e| e.to_string())
 }
 fn parse_cpus(s: &str) -> Result<CpuMax, String> {
     resources::parse_cpus(s).map_err(|e| e.to_string())
@@ -144,6 +147,9 @@ struct RunArgs {
     /// Bind mount SRC:DST[:ro] (repeatable).
     #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:ro]", value_parser = parse_volume)]
     volumes: Vec<BindMount>,
+    /// A tmpfs at DST, with options size=, mode=, nr_inodes=, uid=, gid= (repeatable).
+    #[arg(long, value_name = "DST[:OPTS]", value_parser = parse_tmpfs)]
+    tmpfs: Vec<TmpfsMount>,
     /// Environment KEY=VALUE (repeatable).
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
@@ -255,6 +261,7 @@ impl RunArgs {
             monotonic: self.monotonic_offset.unwrap_or(0),
         };
         spec.mounts = self.volumes;
+        spec.tmpfs = self.tmpfs;
         spec.env = self.env;
         if let Some(wd) = self.workdir {
             spec.workdir = wd;

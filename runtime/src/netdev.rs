@@ -63,3 +63,48 @@ pub fn set_up(name: &str) -> Result<(), SysError> {
         .sys("ioctl SIOCSIFFLAGS up", name)
         .map(|_| ())
 }
+
+/// `struct ifreq` with the int member of its union (MTU, index).
+#[repr(C)]
+struct IfReqInt {
+    name: [libc::c_char; libc::IFNAMSIZ],
+    value: libc::c_int,
+    _pad: [u8; 20],
+}
+
+fn int_request(name: &str, value: libc::c_int) -> IfReqInt {
+    let mut req = IfReqInt {
+        name: [0; libc::IFNAMSIZ],
+        value,
+        _pad: [0; 20],
+    };
+    for (dst, src) in req
+        .name
+        .iter_mut()
+        .zip(name.bytes().take(libc::IFNAMSIZ - 1))
+    {
+        *dst = src as libc::c_char;
+    }
+    req
+}
+
+/// The MTU of `name`.
+pub fn mtu(name: &str) -> Result<i32, SysError> {
+    let sock = control_socket()?;
+    let mut req = int_request(name, 0);
+    // SAFETY: req is a valid, writable ifreq-sized buffer.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut req) };
+    Errno::result(rc).sys("ioctl SIOCGIFMTU", name)?;
+    Ok(req.value)
+}
+
+/// Sets the MTU of `name`.
+pub fn set_mtu(name: &str, mtu: i32) -> Result<(), SysError> {
+    let sock = control_socket()?;
+    let req = int_request(name, mtu);
+    // SAFETY: the kernel only reads the request.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFMTU, &req) };
+    Errno::result(rc)
+        .sys("ioctl SIOCSIFMTU", format!("{name} to {mtu}"))
+        .map(|_| ())
+}

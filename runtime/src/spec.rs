@@ -45,6 +45,9 @@ pub enum SpecError {
     /// A container ID with characters a cgroup or file name cannot hold.
     #[error("container name '{0}' is not allowed: 1 to 64 of letters, digits, '_', '.', '-', not starting with '.'")]
     BadId(String),
+    /// A --tmpfs value that did not parse.
+    #[error("tmpfs '{0}' is malformed: {1}")]
+    MalformedTmpfs(String, String),
     /// An environment entry without '='.
     #[error("environment entry '{0}' is malformed: expected KEY=VALUE")]
     MalformedEnv(String),
@@ -79,6 +82,47 @@ impl BindMount {
             source: source.into(),
             target: target.into(),
             readonly,
+        })
+    }
+}
+
+/// A tmpfs mounted in the container (`--tmpfs DST[:size=..,mode=..]`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TmpfsMount {
+    /// Path inside the container.
+    pub target: PathBuf,
+    /// Mount options passed to tmpfs (validated: size, mode, nr_inodes, uid, gid).
+    pub options: String,
+}
+
+impl TmpfsMount {
+    /// Parses `DST[:OPT=VAL,...]`.
+    pub fn parse(text: &str) -> Result<Self, SpecError> {
+        let bad = |why: &str| SpecError::MalformedTmpfs(text.to_string(), why.to_string());
+        let (target, options) = text.split_once(':').unwrap_or((text, ""));
+        if !target.starts_with('/') || target == "/" {
+            return Err(bad("DST must be an absolute path other than /"));
+        }
+        for opt in options.split(',').filter(|o| !o.is_empty()) {
+            let (key, value) = opt
+                .split_once('=')
+                .ok_or_else(|| bad("options are KEY=VALUE"))?;
+            let ok = match key {
+                "size" => {
+                    value.ends_with('%') && value[..value.len() - 1].parse::<u8>().is_ok()
+                        || crate::cgroup::resources::parse_size(value).is_ok()
+                }
+                "mode" => value.len() <= 4 && u32::from_str_radix(value, 8).is_ok(),
+                "nr_inodes" | "uid" | "gid" => value.parse::<u64>().is_ok(),
+                _ => false,
+            };
+            if !ok {
+                return Err(bad("allowed are size=SIZE (e.g. 64m or 50%), mode=OCTAL, nr_inodes=N, uid=N, gid=N"));
+            }
+        }
+        Ok(TmpfsMount {
+            target: target.into(),
+            options: options.to_string(),
         })
     }
 }
@@ -124,6 +168,8 @@ pub struct ContainerSpec {
     pub time: TimeOffsets,
     /// Host directories and files bound in.
     pub mounts: Vec<BindMount>,
+    /// tmpfs mounts.
+    pub tmpfs: Vec<TmpfsMount>,
     /// Where to write the host PID of the container's first process.
     pub pid_file: Option<PathBuf>,
     /// cgroup limits.
@@ -178,6 +224,7 @@ impl ContainerSpec {
             user: UserMapping::default(),
             time: TimeOffsets::default(),
             mounts: Vec::new(),
+            tmpfs: Vec::new(),
             pid_file: None,
             resources: Resources::default(),
             stats_file: None,
@@ -279,6 +326,30 @@ mod tests {
         assert_eq!(
             BindMount::parse(text),
             Err(SpecError::MalformedVolume(text.into()))
+        );
+    }
+
+    #[rstest]
+    #[case("/t", "")]
+    #[case("/t:size=1m,mode=700", "size=1m,mode=700")]
+    #[case("/t:size=50%", "size=50%")]
+    fn parses_tmpfs(#[case] text: &str, #[case] options: &str) {
+        assert_eq!(
+            TmpfsMount::parse(text).map(|t| t.options),
+            Ok(options.to_string())
+        );
+    }
+
+    #[rstest]
+    #[case("t")]
+    #[case("/")]
+    #[case("/t:size=lots")]
+    #[case("/t:mode=999")]
+    #[case("/t:exec")]
+    #[case("/t:suid=1")]
+    fn rejects_bad_tmpfs(#[case] text: &str) {
+        assert!(
+            matches!(TmpfsMount::parse(text), Err(SpecError::MalformedTmpfs(t, _)) if t == text)
         );
     }
 

@@ -85,6 +85,17 @@ pub fn enter(spec: &ContainerSpec, user_ns: UserNs) -> Result<(), RootfsError> {
     for m in &spec.mounts {
         bind_volume(&root, m)?;
     }
+    for t in &spec.tmpfs {
+        let target = under(&root, &t.target);
+        ensure_dir(&target, 0o755)?;
+        let options = (!t.options.is_empty()).then_some(t.options.as_str());
+        mount_fs(
+            "tmpfs",
+            &target,
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            options,
+        )?;
+    }
     pivot_into(&root)?;
     for path in MASKED_PATHS {
         mask(Path::new(path))?;
