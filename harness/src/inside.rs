@@ -43,6 +43,7 @@ pub fn main(args: &[String]) -> i32 {
         ["mounts"] => mounts(),
         ["cgroup"] => cgroup(),
         ["spin", rest @ ..] => spin(rest),
+        ["work", size, seconds] => work(size, seconds),
         ["alloc", size] => alloc(size, false),
         ["alloc", size, "--hold"] => alloc(size, true),
         ["fork-until-fail", limit] => fork_until_fail(limit),
@@ -666,9 +667,13 @@ fn counter(file: &str) -> Res {
     println!("{READY}");
     let _ = std::io::stdout().flush();
     let mut n: u64 = 0;
+    let staging = format!("{file}.tmp");
     loop {
         n += 1;
-        let _ = fs::write(file, n.to_string());
+        // Replaced whole (rename), so a reader never sees it half written.
+        if fs::write(&staging, n.to_string()).is_ok() {
+            let _ = fs::rename(&staging, file);
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -855,5 +860,26 @@ fn netns_persist(dir: &str) -> Res {
         }
     }
     let _ = nix::mount::umount2(&holder, nix::mount::MntFlags::MNT_DETACH);
+    Ok(())
+}
+
+/// A known workload in one process: touch SIZE bytes, spin SECONDS of CPU,
+/// then report the process's own CPU clock (which counts from its fork, so
+/// it includes the runtime's set-up in this process before exec).
+fn work(size: &str, seconds: &str) -> Res {
+    let bytes = kcell::cgroup::resources::parse_size(size).map_err(|e| e.to_string())?;
+    let secs: f64 = seconds
+        .parse()
+        .map_err(|_| format!("work: bad seconds {seconds}"))?;
+    let memory = vec![0x5au8; bytes as usize];
+    std::hint::black_box(&memory);
+    let start = cpu_time();
+    while cpu_time() - start < secs {
+        for _ in 0..100_000 {
+            std::hint::black_box(0u64);
+        }
+    }
+    out("touched", bytes);
+    out("cpu_ns", (cpu_time() * 1e9) as u64);
     Ok(())
 }

@@ -129,10 +129,12 @@ pub fn run_case(case: &Case, target: &Target) -> Verdict {
                 .collect();
             verdict.checks = check_all(&expects, &verdict.observations);
             let failed = |kind| verdict.checks.iter().any(|c| !c.ok && c.on_fail == kind);
-            verdict.status = if failed(crate::case::OnFail::Fail) {
-                Status::Fail
-            } else if failed(crate::case::OnFail::Inconclusive) {
+            // A control that shows the machine could not have told the
+            // difference makes every other check moot: inconclusive, not fail.
+            verdict.status = if failed(crate::case::OnFail::Inconclusive) {
                 Status::Inconclusive
+            } else if failed(crate::case::OnFail::Fail) {
+                Status::Fail
             } else {
                 Status::Pass
             };
