@@ -158,8 +158,14 @@ pub struct Run {
     /// The root.
     #[serde(default)]
     pub rootfs: RootChoice,
-    /// The command inside.
+    /// The command inside (a container run).
+    #[serde(default)]
     pub command: Vec<String>,
+    /// Instead of a container: a runtime command, e.g. `["exec", "{held.id}",
+    /// "kcell-probe", "nsinfo"]` or `["ps"]`. Every container run has an ID,
+    /// `{<run>.id}`, given to it with --name.
+    #[serde(default)]
+    pub kcell: Vec<String>,
     /// Run the runtime as this uid (and gid), e.g. 1000 for unprivileged cases.
     #[serde(default)]
     pub as_user: Option<u32>,
@@ -338,11 +344,8 @@ impl Case {
                     format!("run name '{}' is used twice", run.name),
                 ));
             }
-            if run.command.is_empty() {
-                return Err(err(
-                    find_line(text, &format!("\"{}\"", run.name)),
-                    format!("run '{}' has an empty command", run.name),
-                ));
+            if run.command.is_empty() == run.kcell.is_empty() {
+                return Err(err(find_line(text, &format!("\"{}\"", run.name)), format!("run '{}' needs either a command (a container) or kcell (a runtime command), not both", run.name)));
             }
             for m in &run.measure {
                 if !crate::probe::KNOWN.contains(&m.probe.as_str()) {
@@ -477,6 +480,11 @@ tolerance = 0.5
     #[case::two_comparisons("id = \"X\"\ntitle = \"t\"\n[[run]]\nname = \"a\"\ncommand = [\"true\"]\n[[expect]]\nthat = \"a.exit\"\nequals = 0\nat_least = 0\n", 7, "2 comparisons")]
     #[case::approx_without_tolerance("id = \"X\"\ntitle = \"t\"\n[[run]]\nname = \"a\"\ncommand = [\"true\"]\n[[expect]]\nthat = \"a.x\"\napprox = 1\n", 7, "needs tolerance")]
     #[case::unknown_fixture("id = \"X\"\ntitle = \"t\"\nfixtures = [\"nope\"]\n[[run]]\nname = \"a\"\ncommand = [\"true\"]\n", 3, "unknown fixture 'nope'")]
+    #[case::no_command(
+        "id = \"X\"\ntitle = \"t\"\n[[run]]\nname = \"a\"\n",
+        4,
+        "either a command"
+    )]
     #[case::duplicate_run("id = \"X\"\ntitle = \"t\"\n[[run]]\nname = \"a\"\ncommand = [\"true\"]\n[[run]]\nname = \"a\"\ncommand = [\"true\"]\n", 4, "used twice")]
     #[case::measure_without_hold("id = \"X\"\ntitle = \"t\"\n[[run]]\nname = \"a\"\ncommand = [\"true\"]\nmeasure = [{ probe = \"cgroup_stats\" }]\n", 4, "does not hold")]
     fn malformed_cases_name_file_line_and_problem(

@@ -27,6 +27,7 @@ pub fn main(args: &[String]) -> i32 {
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match a.as_slice() {
         ["ids"] => ids(),
+        ["nsinfo"] => nsinfo(),
         ["sysv-queues"] => sysv_queues(),
         ["mq-open", name] => mq_open(name),
         ["ps"] => ps(),
@@ -881,5 +882,32 @@ fn work(size: &str, seconds: &str) -> Res {
     }
     out("touched", bytes);
     out("cpu_ns", (cpu_time() * 1e9) as u64);
+    Ok(())
+}
+
+/// The namespaces this process is in (their inodes), its hostname and the
+/// first process of its PID namespace, as `exec` must see them.
+fn nsinfo() -> Res {
+    for ns in ["uts", "ipc", "net", "mnt", "pid", "cgroup", "time", "user"] {
+        let link = fs::read_link(format!("/proc/self/ns/{ns}"))
+            .map(|l| l.to_string_lossy().to_string())
+            .unwrap_or_else(|e| format!("<{e}>"));
+        out(&format!("ns_{ns}"), link);
+    }
+    out(
+        "hostname",
+        nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().to_string())
+            .unwrap_or_default(),
+    );
+    let pid1 = fs::read("/proc/1/cmdline")
+        .map(|c| {
+            String::from_utf8_lossy(&c)
+                .replace('\0', " ")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_default();
+    out("pid1_cmdline", pid1);
     Ok(())
 }

@@ -192,6 +192,12 @@ fn execute(
             obs.insert(format!("{}.{k}", f.name()), v);
         }
     }
+    // Every container run gets its ID up front, so later runs can name it.
+    for run in case.runs.iter().filter(|r| r.kcell.is_empty()) {
+        let id = kcell::spec::new_id();
+        vars.push((format!("{}.id", run.name), id.clone()));
+        obs.insert(format!("{}.id", run.name), json!(id));
+    }
     let work = WorkDir::new()?;
     let deadline = Instant::now() + Duration::from_secs(case.timeout);
     let mut kept: Vec<Started> = Vec::new();
@@ -269,13 +275,26 @@ fn start(
         RootChoice::Host => PathBuf::from("/"),
     };
     let mut cmd = Command::new(&target.runtime);
-    cmd.arg("run").arg("--pid-file").arg(&pid_file);
-    if run.as_user.is_none() {
-        cmd.arg("--stats-file").arg(&stats_file);
+    if run.kcell.is_empty() {
+        let id = vars
+            .iter()
+            .find(|(k, _)| *k == format!("{}.id", run.name))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        cmd.arg("run")
+            .arg("--name")
+            .arg(id)
+            .arg("--pid-file")
+            .arg(&pid_file);
+        if run.as_user.is_none() {
+            cmd.arg("--stats-file").arg(&stats_file);
+        }
+        cmd.args(run.args.iter().map(|a| substitute(a, vars)));
+        cmd.arg(&rootfs).arg("--");
+        cmd.args(run.command.iter().map(|a| substitute(a, vars)));
+    } else {
+        cmd.args(run.kcell.iter().map(|a| substitute(a, vars)));
     }
-    cmd.args(run.args.iter().map(|a| substitute(a, vars)));
-    cmd.arg(&rootfs).arg("--");
-    cmd.args(run.command.iter().map(|a| substitute(a, vars)));
     cmd.stdin(if run.hold {
         Stdio::piped()
     } else {

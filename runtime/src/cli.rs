@@ -8,6 +8,7 @@ use crate::container;
 use crate::idmap::{IdMap, IdMapping};
 use crate::namespace::{Namespace, NamespaceSet};
 use crate::spec::{BindMount, ContainerSpec, TimeOffsets, TmpfsMount, UserMapping};
+use crate::state::StateDir;
 use clap::{Parser, Subcommand};
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -36,6 +37,41 @@ enum Command {
         /// The container's name.
         name: String,
     },
+    /// List containers: ID, root, command, created, status, PID (running ones unless -a).
+    Ps {
+        /// Also those whose process is gone.
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Run a command in a running container: its namespaces, cgroup, root and environment.
+    Exec {
+        /// Environment KEY=VALUE added (repeatable).
+        #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// The container.
+        id: String,
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Stop a container: SIGTERM, then SIGKILL after the grace time.
+    Stop {
+        /// Seconds to wait after SIGTERM.
+        #[arg(short, long, default_value_t = 10)]
+        time: u64,
+        /// The container.
+        id: String,
+    },
+    /// Remove what is left of a container that is not running (-f: stop it first).
+    Rm {
+        /// Kill it first if it runs.
+        #[arg(short, long)]
+        force: bool,
+        /// The container.
+        id: String,
+    },
+    /// Remove what dead containers left behind (records, cgroups) after a runtime was killed.
+    Gc,
     /// Print a running container's cgroup counters as JSON.
     Stats {
         /// The container's name.
@@ -189,6 +225,9 @@ struct RunArgs {
     /// Write the cgroup's final counters (JSON: cpu, memory, oom_kill, pids, io) here.
     #[arg(long)]
     stats_file: Option<PathBuf>,
+    /// Run in the background: print the container's ID once it runs, and return.
+    #[arg(short = 'd', long)]
+    detach: bool,
     /// Print the wall time of each start-up phase to stderr.
     #[arg(long)]
     timings: bool,
@@ -214,6 +253,14 @@ enum CliError {
     Busybox(#[from] crate::rootfs::busybox::BusyboxError),
     #[error("no running container named '{0}' (no {1} directory in any cgroup hierarchy)")]
     NoSuchContainer(String, String),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Exec(#[from] crate::exec::ExecError),
+    #[error("container '{0}' is running: stop it first, or use rm -f")]
+    Running(String),
+    #[error("{0}")]
+    Detach(String),
 }
 
 impl RunArgs {
@@ -315,15 +362,88 @@ fn cgroup_by_name(name: &str) -> Result<ContainerCgroup, CliError> {
 fn execute(cli: Cli) -> Result<i32, CliError> {
     match cli.command {
         Command::Run(args) => {
-            let timings = args.timings;
+            let (timings, detach) = (args.timings, args.detach);
             let spec = args.into_spec()?;
-            let outcome = container::run(&spec)?;
+            let state = StateDir::default_location();
+            // What a killed runtime left is cleaned before anything new is made.
+            gc(&state);
+            if detach {
+                return run_detached(&spec, &state);
+            }
+            let outcome = container::run_recorded(&spec, Some(&state), &mut |_| {})?;
             if timings {
                 for (phase, d) in &outcome.timings {
                     eprintln!("kcell: timing {phase}: {:.3} ms", d.as_secs_f64() * 1000.0);
                 }
             }
             Ok(outcome.exit.code())
+        }
+        Command::Ps { all } => {
+            let state = StateDir::default_location();
+            println!(
+                "{:<14} {:<24} {:<24} {:<10} {:<8} PID",
+                "ID", "ROOT", "COMMAND", "CREATED", "STATUS"
+            );
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            for rec in state.list() {
+                let status = rec.status();
+                if !all && status != "running" {
+                    continue;
+                }
+                let age = now.saturating_sub(rec.created);
+                let created = if age < 120 {
+                    format!("{age}s ago")
+                } else {
+                    format!("{}m ago", age / 60)
+                };
+                let clip = |s: String, n: usize| {
+                    if s.chars().count() > n {
+                        format!("{}...", s.chars().take(n - 3).collect::<String>())
+                    } else {
+                        s
+                    }
+                };
+                println!(
+                    "{:<14} {:<24} {:<24} {:<10} {:<8} {}",
+                    rec.id,
+                    clip(rec.rootfs.display().to_string(), 24),
+                    clip(rec.command.join(" "), 24),
+                    created,
+                    status,
+                    rec.pid.map_or("-".into(), |p| p.to_string())
+                );
+            }
+            Ok(0)
+        }
+        Command::Exec { env, id, command } => {
+            let state = StateDir::default_location();
+            Ok(crate::exec::exec(&state, &id, &command, &env)?.code())
+        }
+        Command::Stop { time, id } => {
+            let state = StateDir::default_location();
+            stop(&state, &id, std::time::Duration::from_secs(time))?;
+            Ok(0)
+        }
+        Command::Rm { force, id } => {
+            let state = StateDir::default_location();
+            let rec = state.read(&id)?;
+            if rec.is_running() {
+                if !force {
+                    return Err(CliError::Running(id));
+                }
+                stop(&state, &id, std::time::Duration::ZERO)?;
+            }
+            clean(&state, &id);
+            Ok(0)
+        }
+        Command::Gc => {
+            for id in gc(&StateDir::default_location()) {
+                println!("{id}");
+            }
+            Ok(0)
         }
         Command::Freeze { name } => cgroup_by_name(&name)?
             .set_frozen(true)
@@ -344,6 +464,109 @@ fn execute(cli: Cli) -> Result<i32, CliError> {
             crate::rootfs::busybox::build(&dir, &busybox, &[])?;
             println!("{}", dir.display());
             Ok(0)
+        }
+    }
+}
+
+/// Stops a container: SIGTERM, SIGKILL after `grace`, then waits until its
+/// runtime has cleaned up (or cleans up itself when that runtime is gone).
+fn stop(state: &StateDir, id: &str, grace: std::time::Duration) -> Result<(), CliError> {
+    use nix::sys::signal::{kill, Signal};
+    let rec = state.read(id)?;
+    if let Some(pid) = rec.pid.filter(|_| rec.is_running()) {
+        let pid = nix::unistd::Pid::from_raw(pid);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + grace;
+        while rec.is_running() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // PID 1 of a namespace ignores SIGTERM without a handler: SIGKILL it.
+        if rec.is_running() {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while state.read(id).is_ok() && std::time::Instant::now() < deadline {
+        if state.read(id).is_ok_and(|r| r.orphaned()) {
+            clean(state, id);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Removes what a container left: its cgroup (killing what remains in it) and its record.
+fn clean(state: &StateDir, id: &str) {
+    if let Ok(cg) = cgroup_by_name(id) {
+        let _ = cg.remove();
+    }
+    let _ = state.remove(id);
+}
+
+/// Cleans every container whose runtime is gone; returns their IDs.
+fn gc(state: &StateDir) -> Vec<String> {
+    let mut removed = Vec::new();
+    for rec in state.list() {
+        if rec.orphaned() && !rec.is_running() {
+            clean(state, &rec.id);
+            removed.push(rec.id);
+        }
+    }
+    removed
+}
+
+/// `run -d`: the runtime forks into the background (its own session, stdio
+/// on /dev/null), the foreground prints the ID once the command runs.
+fn run_detached(spec: &ContainerSpec, state: &StateDir) -> Result<i32, CliError> {
+    use std::io::{BufRead, Write};
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| CliError::Detach(format!("pipe2: {e}")))?;
+    // SAFETY: the CLI is single-threaded here.
+    match unsafe { nix::unistd::fork() }.map_err(|e| CliError::Detach(format!("fork: {e}")))? {
+        nix::unistd::ForkResult::Child => {
+            drop(r);
+            let _ = nix::unistd::setsid();
+            if let Ok(null) = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+            {
+                use std::os::fd::AsRawFd;
+                for fd in 0..3 {
+                    let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
+                }
+            }
+            let mut w = std::fs::File::from(w);
+            let result = container::run_recorded(spec, Some(state), &mut |_| {
+                let _ = w.write_all(b"started\n");
+            });
+            let code = match result {
+                Ok(o) => o.exit.code(),
+                Err(e) => {
+                    let _ = writeln!(w, "error {e}");
+                    e.exit_code()
+                }
+            };
+            std::process::exit(code)
+        }
+        nix::unistd::ForkResult::Parent { .. } => {
+            drop(w);
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(std::fs::File::from(r)).read_line(&mut line);
+            match line
+                .trim_end()
+                .split_once(' ')
+                .map_or((line.trim_end(), ""), |(a, b)| (a, b))
+            {
+                ("started", _) => {
+                    println!("{}", spec.id);
+                    Ok(0)
+                }
+                ("error", msg) => Err(CliError::Detach(msg.to_string())),
+                _ => Err(CliError::Detach(
+                    "the runtime ended before the container started".into(),
+                )),
+            }
         }
     }
 }

@@ -61,6 +61,9 @@ pub enum RunError {
     /// An error of the cgroup layer.
     #[error(transparent)]
     Cgroup(#[from] crate::cgroup::CgroupError),
+    /// An error of the state directory.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
 }
 
 impl RunError {
@@ -122,17 +125,74 @@ fn forwarded_and_chld() -> SigSet {
     set
 }
 
-/// Runs `spec` to completion in the foreground.
+/// Runs `spec` to completion in the foreground, without a state record.
 pub fn run(spec: &ContainerSpec) -> Result<Outcome, RunError> {
-    let mut clock = PhaseClock::new();
+    run_recorded(spec, None, &mut |_| {})
+}
+
+/// Runs `spec` to completion, keeping its record in `state` while it lives
+/// (so ps, exec and stop find it) and calling `started` with the host PID of
+/// the first process once its command has been exec'd.
+pub fn run_recorded(
+    spec: &ContainerSpec,
+    state: Option<&crate::state::StateDir>,
+    started: &mut dyn FnMut(i32),
+) -> Result<Outcome, RunError> {
     spec.validate()?;
     spec.namespaces.check_supported()?;
+    let Some(state) = state else {
+        return run_inner(spec, &mut |_| {}, started);
+    };
+    let mut record = crate::state::Record {
+        id: spec.id.clone(),
+        rootfs: spec.rootfs.clone(),
+        command: spec.command.clone(),
+        env: spec.environment(),
+        namespaces: spec.namespaces.clone(),
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        pid: None,
+        start_time: None,
+        runtime_pid: std::process::id() as i32,
+        phase: crate::state::Phase::Creating,
+    };
+    // The record exists before anything it names is made.
+    state.create(&record)?;
+    let result = run_inner(
+        spec,
+        &mut |pid| {
+            record.pid = Some(pid);
+            record.start_time = crate::state::start_time(pid);
+            record.phase = crate::state::Phase::Running;
+            let _ = state.write(&record);
+        },
+        started,
+    );
+    state.remove(&spec.id)?;
+    result
+}
+
+fn run_inner(
+    spec: &ContainerSpec,
+    placed: &mut dyn FnMut(i32),
+    started: &mut dyn FnMut(i32),
+) -> Result<Outcome, RunError> {
+    let mut clock = PhaseClock::new();
     let caller = (Uid::effective(), Gid::effective());
     let user_map = effective_user_mapping(spec, caller);
     let cgroup = crate::cgroup::ContainerCgroup::create_for(spec)?;
     clock.mark("validate+cgroup");
 
-    let result = launch(spec, &user_map, cgroup.as_ref(), &mut clock);
+    let result = launch(
+        spec,
+        &user_map,
+        cgroup.as_ref(),
+        &mut clock,
+        placed,
+        started,
+    );
     if let Some(cg) = cgroup {
         let mut saved = Ok(());
         if let Some(path) = &spec.stats_file {
@@ -175,6 +235,8 @@ fn launch(
     user_map: &crate::spec::UserMapping,
     cgroup: Option<&crate::cgroup::ContainerCgroup>,
     clock: &mut PhaseClock,
+    placed: &mut dyn FnMut(i32),
+    started: &mut dyn FnMut(i32),
 ) -> Result<(ExitKind, i32), RunError> {
     let pipe =
         |what: &'static str| nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).sys("pipe2", what);
@@ -247,6 +309,7 @@ fn launch(
         if let Some(path) = &spec.pid_file {
             fs::write(path, format!("{pid}\n")).sys("write", path.display())?;
         }
+        placed(pid);
     }
     drop(gate_w);
     clock.mark("namespaces+cgroup placement");
@@ -256,6 +319,9 @@ fn launch(
     let _ = reader.read_to_string(&mut rest);
     rest.lines().for_each(|line| report.take(line));
     clock.mark("container setup until exec");
+    if let (Some(pid), None) = (report.pid, &report.error) {
+        started(pid);
+    }
 
     let exit = wait_forwarding(monitor, report.pid.map(Pid::from_raw), &blocked);
     clock.mark("command run");
@@ -608,13 +674,20 @@ fn init_prepare(
 /// Looks the command up in the container's PATH and execs it; returns the
 /// status and message to report when that fails (127 not found, 126 not executable).
 fn exec_command(spec: &ContainerSpec) -> (i32, String) {
-    let env = spec.environment();
+    exec_in_container(&spec.command, &spec.environment())
+}
+
+/// execve of `command` with `env`, the program looked up in env's PATH (or
+/// the default one) as the container sees it. Returns only on failure.
+pub(crate) fn exec_in_container(command: &[String], env: &[String]) -> (i32, String) {
     let path_var = env
         .iter()
         .find_map(|e| e.strip_prefix("PATH="))
         .unwrap_or(crate::spec::DEFAULT_PATH)
         .to_string();
-    let cmd = &spec.command[0];
+    let Some(cmd) = command.first() else {
+        return (127, "no command given".to_string());
+    };
     let candidates: Vec<PathBuf> = if cmd.contains('/') {
         vec![PathBuf::from(cmd)]
     } else {
@@ -630,17 +703,14 @@ fn exec_command(spec: &ContainerSpec) -> (i32, String) {
         );
     };
     let to_c = |s: &str| CString::new(s).unwrap_or_default();
-    let argv: Vec<CString> = spec.command.iter().map(|a| to_c(a)).collect();
+    let argv: Vec<CString> = command.iter().map(|a| to_c(a)).collect();
     let envp: Vec<CString> = env.iter().map(|e| to_c(e)).collect();
     let prog = to_c(&program.to_string_lossy());
     let err = nix::unistd::execve(&prog, &argv, &envp)
         .err()
         .unwrap_or(Errno::EINVAL);
     let code = if err == Errno::ENOENT { 127 } else { 126 };
-    (
-        code,
-        format!("exec {}: {} ({})", program.display(), err, err.desc()),
-    )
+    (code, format!("exec {}: {}", program.display(), err))
 }
 
 /// Wall time per phase of a run.

@@ -9,9 +9,11 @@
 pub mod cgroup;
 pub mod cli;
 pub mod container;
+pub mod exec;
 pub mod idmap;
 pub mod namespace;
 pub mod netdev;
 pub mod rootfs;
 pub mod spec;
+pub mod state;
 pub mod sys;
