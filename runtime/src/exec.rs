@@ -114,7 +114,7 @@ pub fn exec(
     {
         cgroup.add_process(std::process::id() as i32)?;
     }
-    let _ = join_namespaces;
+    join_namespaces(pid, &rec.namespaces)?;
     let mut env = rec.env.clone();
     for e in extra_env {
         let key = e.split('=').next().unwrap_or_default();
