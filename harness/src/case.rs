@@ -180,6 +180,10 @@ pub struct Run {
     /// later runs share the machine with it (and can measure it).
     #[serde(default)]
     pub keep: bool,
+    /// End a held run by SIGKILL to the runtime instead of closing stdin:
+    /// the crash that cleanup after the fact must survive.
+    #[serde(default)]
+    pub kill_runtime: bool,
     /// Seconds this run may take (default: the case's timeout).
     #[serde(default)]
     pub timeout: Option<u64>,

@@ -26,6 +26,7 @@ pub const KNOWN: &[&str] = &[
     "host_links",
     "rootfs_listing",
     "block_device",
+    "census",
 ];
 
 /// What fixtures may need to know of the target.
@@ -73,6 +74,7 @@ pub fn make(name: &str, ctx: &Context) -> Result<Box<dyn Fixture>, String> {
         "host_links" => Box::new(HostLinks),
         "rootfs_listing" => Box::new(RootfsListing(ctx.rootfs.clone())),
         "block_device" => Box::new(crate::blockdev::BlockDevice::new(&suffix)?),
+        "census" => Box::new(Census),
         other => {
             return Err(format!(
                 "unknown fixture '{other}': known are {}",
@@ -424,4 +426,75 @@ pub fn sorted_names(dir: &Path) -> Vec<String> {
         .unwrap_or_default();
     names.sort();
     names
+}
+
+/// What containers may leave on the host: mounts, cgroups, records, netns
+/// files, links, and kcell's own temporary directories (the harness's own
+/// work directories excepted). The summary before the runs must equal the
+/// one after them.
+struct Census;
+
+impl Census {
+    fn summary() -> String {
+        let mut parts = Vec::new();
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        parts.push(format!("mounts={}", mountinfo.lines().count()));
+        let layout = kcell::cgroup::layout::Layout::detect();
+        let mut cgroups: Vec<String> = layout
+            .v1_mounts()
+            .values()
+            .chain(layout.v2_root().map(|p| p.to_path_buf()).iter())
+            .flat_map(|m| {
+                let parent = m.join(kcell::cgroup::PARENT);
+                sorted_names(&parent)
+                    .into_iter()
+                    .filter(|n| parent.join(n).is_dir())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        cgroups.sort();
+        cgroups.dedup();
+        parts.push(format!("cgroups=[{}]", cgroups.join(",")));
+        let state = kcell::state::StateDir::default_location();
+        parts.push(format!(
+            "records=[{}]",
+            state
+                .list()
+                .iter()
+                .map(|r| r.id.clone())
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+        parts.push(format!(
+            "netns=[{}]",
+            sorted_names(Path::new("/run/netns")).join(",")
+        ));
+        parts.push(format!(
+            "links=[{}]",
+            sorted_names(Path::new("/sys/class/net")).join(",")
+        ));
+        let tmp: Vec<String> = sorted_names(&std::env::temp_dir())
+            .into_iter()
+            .filter(|n| {
+                n.starts_with("kcell")
+                    && !n.starts_with("kcell-host-")
+                    && !n.starts_with("kcell-case-")
+                    && !n.starts_with("kcell-vm-")
+            })
+            .collect();
+        parts.push(format!("tmp=[{}]", tmp.join(",")));
+        parts.join(" ")
+    }
+}
+
+impl Fixture for Census {
+    fn name(&self) -> &'static str {
+        "census"
+    }
+    fn at_setup(&self) -> Vec<(&'static str, Value)> {
+        vec![("before", json!(Census::summary()))]
+    }
+    fn observe(&self) -> Vec<(&'static str, Value)> {
+        vec![("now", json!(Census::summary()))]
+    }
 }

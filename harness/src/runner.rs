@@ -424,6 +424,11 @@ fn finish(
         limit,
         ..
     } = st;
+    if run.kill_runtime {
+        // The runtime dies mid-run; its container follows (PR_SET_PDEATHSIG),
+        // its record and cgroup stay behind for the next command to clean.
+        let _ = child.kill();
+    }
     drop(stdin);
     let status = loop {
         if let Some(status) = child

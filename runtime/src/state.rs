@@ -123,30 +123,35 @@ impl StateDir {
         StateDir { root: root.into() }
     }
 
-    fn dir(&self) -> Result<PathBuf, SysError> {
-        let d = self.root.join("containers");
-        fs::create_dir_all(&d).sys("mkdir", d.display())?;
-        Ok(d)
+    /// The records' directory (made by `create` only: looking must not make it).
+    fn dir(&self) -> PathBuf {
+        self.root.join("containers")
     }
 
     fn path(&self, id: &str) -> Result<PathBuf, SysError> {
-        Ok(self.dir()?.join(format!("{id}.json")))
+        Ok(self.dir().join(format!("{id}.json")))
     }
 
     /// Creates the record of a new container; refuses a name in use. The
     /// exclusive create is what keeps two concurrent runs apart.
     pub fn create(&self, rec: &Record) -> Result<(), StateError> {
-        let path = self.path(&rec.id)?;
-        match fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-        {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(StateError::Exists(rec.id.clone()))
+        let mut attempts = 0;
+        loop {
+            let path = self.path(&rec.id)?;
+            fs::create_dir_all(self.dir()).sys("mkdir", self.dir().display())?;
+            match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return Err(StateError::Exists(rec.id.clone()))
+                }
+                // The last container out removed the directory just now: again.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 5 => attempts += 1,
+                Err(e) => return Err(SysError::from_io("create", path.display(), e).into()),
             }
-            Err(e) => return Err(SysError::from_io("create", path.display(), e).into()),
         }
         self.write(rec)
     }
@@ -181,9 +186,7 @@ impl StateDir {
 
     /// Every readable record, oldest first.
     pub fn list(&self) -> Vec<Record> {
-        let Ok(dir) = self.dir() else {
-            return Vec::new();
-        };
+        let dir = self.dir();
         let mut recs: Vec<Record> = fs::read_dir(dir)
             .map(|rd| {
                 rd.filter_map(Result::ok)
@@ -202,10 +205,18 @@ impl StateDir {
         let path = self.path(id)?;
         match fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(SysError::from_io("remove", path.display(), e).into())
+                return Err(SysError::from_io("remove", path.display(), e).into())
             }
-            _ => Ok(()),
+            _ => {}
         }
+        // The last container out removes the (then empty) state directory;
+        // ENOTEMPTY while others live is fine.
+        if let Some(dir) = path.parent() {
+            if fs::remove_dir(dir).is_ok() {
+                let _ = fs::remove_dir(&self.root);
+            }
+        }
+        Ok(())
     }
 }
 
