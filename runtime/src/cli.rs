@@ -3,7 +3,7 @@
 //! 126/127 when the command cannot be executed / found.
 
 use crate::cgroup::resources::{self, CpuMax, DeviceRate, DeviceRule, Resources};
-use crate::cgroup::{layout::Layout, ContainerCgroup, PARENT};
+use crate::cgroup::{ContainerCgroup, PARENT};
 use crate::container;
 use crate::idmap::{IdMap, IdMapping};
 use crate::namespace::{Namespace, NamespaceSet};
@@ -154,7 +154,7 @@ struct RunArgs {
     /// Container name: names its cgroup (default: a random 12-hex ID).
     #[arg(long)]
     name: Option<String>,
-    /// Hostname in the container's UTS namespace (at most 64 bytes).
+    /// Hostname in the container's UTS namespace (at most 64 bytes; default: the container's ID).
     #[arg(long)]
     hostname: Option<String>,
     /// Exactly these namespaces (comma list of uts,ipc,pid,mnt,net,user,cgroup,time, or none).
@@ -298,7 +298,12 @@ impl RunArgs {
             self.boottime_offset.is_some() || self.monotonic_offset.is_some(),
             Namespace::Time,
         );
-        spec.hostname = self.hostname;
+        // As Docker: the hostname is the container's ID unless given.
+        spec.hostname = self.hostname.or_else(|| {
+            spec.namespaces
+                .contains(Namespace::Uts)
+                .then(|| spec.id.clone())
+        });
         spec.user = UserMapping {
             uids: IdMap::new(self.uid_map)?,
             gids: IdMap::new(self.gid_map)?,
@@ -333,30 +338,8 @@ impl RunArgs {
 /// Finds a running container's cgroup by its name.
 fn cgroup_by_name(name: &str) -> Result<ContainerCgroup, CliError> {
     crate::spec::validate_id(name)?;
-    let rel = format!("{PARENT}/{name}");
-    let layout = Layout::detect();
-    let cg = match layout.version() {
-        Some(crate::cgroup::layout::Version::V2) => {
-            let root = layout.v2_root().map(PathBuf::from).unwrap_or_default();
-            ContainerCgroup {
-                version: crate::cgroup::layout::Version::V2,
-                dirs: vec![(vec!["unified".into()], root.join(&rel))],
-            }
-        }
-        _ => ContainerCgroup {
-            version: crate::cgroup::layout::Version::V1,
-            dirs: layout
-                .v1_mounts()
-                .into_iter()
-                .map(|(c, m)| (vec![c], m.join(&rel)))
-                .collect(),
-        },
-    };
-    if cg.dirs.iter().any(|(_, d)| d.is_dir()) {
-        Ok(cg)
-    } else {
-        Err(CliError::NoSuchContainer(name.to_string(), rel))
-    }
+    ContainerCgroup::of_container(name)
+        .ok_or_else(|| CliError::NoSuchContainer(name.to_string(), format!("{PARENT}/{name}")))
 }
 
 fn execute(cli: Cli) -> Result<i32, CliError> {

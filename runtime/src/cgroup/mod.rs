@@ -233,6 +233,28 @@ impl ContainerCgroup {
         })
     }
 
+    /// The cgroup kcell made for the container `id` (`kcell/<id>` in each
+    /// hierarchy), if any of its directories exists.
+    pub fn of_container(id: &str) -> Option<Self> {
+        let rel = Path::new(PARENT).join(id);
+        let layout = Layout::detect();
+        let cg = match layout.version()? {
+            Version::V2 => ContainerCgroup {
+                version: Version::V2,
+                dirs: vec![(vec!["unified".into()], layout.v2_root()?.join(&rel))],
+            },
+            Version::V1 => ContainerCgroup {
+                version: Version::V1,
+                dirs: layout
+                    .v1_mounts()
+                    .into_iter()
+                    .map(|(c, m)| (vec![c], m.join(&rel)))
+                    .collect(),
+            },
+        };
+        cg.dirs.iter().any(|(_, d)| d.is_dir()).then_some(cg)
+    }
+
     /// Finds the cgroup a running process is in (its /proc/PID/cgroup).
     pub fn of_pid(pid: i32) -> Result<Self, CgroupError> {
         let text = read(Path::new(&format!("/proc/{pid}/cgroup")))?;
