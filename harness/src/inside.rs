@@ -692,15 +692,7 @@ fn open_device(path: &str) -> Res {
 }
 
 fn listing(dir: &Path) -> String {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().to_string())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names.join(",")
+    crate::fixture::sorted_names(dir).join(",")
 }
 
 fn content(path: &Path) -> String {
