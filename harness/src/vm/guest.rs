@@ -240,6 +240,31 @@ fn power_off() -> ! {
     }
 }
 
+/// Faults for testing the host's watchdog (`kcell.fault=` on the kernel
+/// command line): a kernel panic, an agent that hangs inside a case, a
+/// console flood.
+fn inject(fault: &str) {
+    log(&format!("injecting fault: {fault}"));
+    match fault {
+        "panic" => {
+            let _ = std::fs::write("/proc/sysrq-trigger", "c");
+        }
+        "hang" => {
+            // A case announced with a 1 s timeout that never ends.
+            if let Ok(mut o) = std::fs::OpenOptions::new().write(true).open("/dev/ttyS1") {
+                let _ = writeln!(o, "{PROGRESS}1 1 FAULT-HANG 1");
+            }
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+        }
+        "flood" => loop {
+            println!("kcell-init: flooding the console on purpose");
+        },
+        _ => {}
+    }
+}
+
 /// PID 1 of a guest. Never returns.
 pub fn init_main() -> ! {
     mnt("proc", "/proc", "proc", MsFlags::empty(), None);
@@ -295,6 +320,9 @@ pub fn init_main() -> ! {
         std::env::set_var(crate::blockdev::DISK_ENV, crate::blockdev::GUEST_DISK);
     }
     std::env::set_var("PATH", "/bin:/usr/bin:/sbin:/usr/sbin");
+    if let Some(fault) = param(&cmdline, "kcell.fault") {
+        inject(fault);
+    }
     let target = crate::runner::Target {
         name: target,
         runtime: guest_paths::RUNTIME.into(),
