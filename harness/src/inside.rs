@@ -22,6 +22,20 @@ fn errno_name(e: Errno) -> String {
     format!("{e:?}")
 }
 
+/// An io::Error as its errno's name (ENOENT), or its text when it has none.
+fn io_errno(e: &std::io::Error) -> String {
+    e.raw_os_error()
+        .map_or(e.to_string(), |n| errno_name(Errno::from_raw(n)))
+}
+
+/// Blocks until stdin closes: how the host releases a held command.
+fn wait_for_stdin_eof() {
+    let mut sink = String::new();
+    while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {
+        sink.clear();
+    }
+}
+
 /// Runs the helper with `args` (without the program name); returns the exit status.
 pub fn main(args: &[String]) -> i32 {
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -350,21 +364,13 @@ fn links() -> Res {
 fn tcp_loopback() -> Result<String, String> {
     let listener = match std::net::TcpListener::bind("127.0.0.1:0") {
         Ok(l) => l,
-        Err(e) => {
-            return Ok(format!(
-                "bind:{}",
-                e.raw_os_error()
-                    .map_or("?".into(), |n| errno_name(Errno::from_raw(n)))
-            ))
-        }
+        Err(e) => return Ok(format!("bind:{}", io_errno(&e))),
     };
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     Ok(
         match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
             Ok(_) => "ok".to_string(),
-            Err(e) => e
-                .raw_os_error()
-                .map_or(e.to_string(), |n| errno_name(Errno::from_raw(n))),
+            Err(e) => io_errno(&e),
         },
     )
 }
@@ -469,8 +475,7 @@ fn cgroup() -> Res {
 /// Exits the whole process when stdin closes: how held commands end.
 fn exit_on_stdin_eof() {
     std::thread::spawn(|| {
-        let mut sink = String::new();
-        while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {}
+        wait_for_stdin_eof();
         std::process::exit(0);
     });
 }
@@ -561,8 +566,7 @@ fn alloc(size: &str, hold: bool) -> Res {
     if hold {
         println!("{READY}");
         let _ = std::io::stdout().flush();
-        let mut sink = String::new();
-        while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {}
+        wait_for_stdin_eof();
         std::hint::black_box(&chunks);
     }
     Ok(())
@@ -682,11 +686,7 @@ fn counter(file: &str) -> Res {
 fn open_device(path: &str) -> Res {
     match fs::OpenOptions::new().read(true).write(true).open(path) {
         Ok(_) => out("open", "ok"),
-        Err(e) => out(
-            "open",
-            e.raw_os_error()
-                .map_or(e.to_string(), |n| errno_name(Errno::from_raw(n))),
-        ),
+        Err(e) => out("open", io_errno(&e)),
     }
     Ok(())
 }
@@ -698,13 +698,7 @@ fn listing(dir: &Path) -> String {
 fn content(path: &Path) -> String {
     fs::read_to_string(path)
         .map(|s| s.trim().to_string())
-        .unwrap_or_else(|e| {
-            format!(
-                "<{}>",
-                e.raw_os_error()
-                    .map_or(e.to_string(), |n| errno_name(Errno::from_raw(n)))
-            )
-        })
+        .unwrap_or_else(|e| format!("<{}>", io_errno(&e)))
 }
 
 /// The documents' overlay experiment: two lowers, an upper and a work dir;
@@ -758,11 +752,7 @@ fn overlay(dir: &str) -> Res {
 fn write_file(path: &str) -> Res {
     match fs::write(path, "kcell\n") {
         Ok(()) => out("write", "ok"),
-        Err(e) => out(
-            "write",
-            e.raw_os_error()
-                .map_or(e.to_string(), |n| errno_name(Errno::from_raw(n))),
-        ),
+        Err(e) => out("write", io_errno(&e)),
     }
     Ok(())
 }

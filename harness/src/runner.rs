@@ -89,20 +89,15 @@ impl Drop for WorkDir {
 /// failure: infrastructure problems become an `error` verdict.
 pub fn run_case(case: &Case, target: &Target) -> Verdict {
     let start = Instant::now();
-    let mut verdict = Verdict {
-        case: case.id.clone(),
-        target: target.name.clone(),
-        kernel: kernel_release(),
-        cgroup: kcell::cgroup::layout::Layout::detect()
-            .describe()
-            .to_string(),
-        status: Status::Error,
-        detail: String::new(),
-        checks: Vec::new(),
-        observations: Observations::default(),
-        seconds: 0.0,
-        headline: None,
-    };
+    let cgroup = kcell::cgroup::layout::Layout::detect().describe();
+    let mut verdict = Verdict::bare(
+        &case.id,
+        &target.name,
+        &kernel_release(),
+        cgroup,
+        Status::Error,
+        "",
+    );
     // In a guest, the network modules may still be loading.
     crate::vm::guest::wait_for_modules();
     if let Some(reason) = crate::requires::unmet(&case.requires) {
@@ -543,18 +538,14 @@ pub fn run_all(
                 }
                 run_case(&case, target)
             }
-            Err(e) => Verdict {
-                case: stem(file),
-                target: target.name.clone(),
-                kernel: kernel_release(),
-                cgroup: String::new(),
-                status: Status::Error,
-                detail: format!("malformed case file: {e}"),
-                checks: Vec::new(),
-                observations: Observations::default(),
-                seconds: 0.0,
-                headline: None,
-            },
+            Err(e) => Verdict::bare(
+                &stem(file),
+                &target.name,
+                &kernel_release(),
+                "",
+                Status::Error,
+                format!("malformed case file: {e}"),
+            ),
         };
         if matches!(verdict.status, Status::Fail | Status::Error) {
             failed += 1;

@@ -64,6 +64,30 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// A verdict with no checks and no observations yet: the start of a
+    /// case's verdict, or a skip or error decided without running it.
+    pub fn bare(
+        case: &str,
+        target: &str,
+        kernel: &str,
+        cgroup: &str,
+        status: Status,
+        detail: impl Into<String>,
+    ) -> Verdict {
+        Verdict {
+            case: case.to_string(),
+            target: target.to_string(),
+            kernel: kernel.to_string(),
+            cgroup: cgroup.to_string(),
+            status,
+            detail: detail.into(),
+            checks: Vec::new(),
+            observations: Observations::default(),
+            seconds: 0.0,
+            headline: None,
+        }
+    }
+
     /// The framed JSON line.
     pub fn to_line(&self) -> String {
         format!(

@@ -157,20 +157,15 @@ fn run_on_host(
 }
 
 fn skip_verdict(case: &Case, reason: &str) -> Verdict {
-    Verdict {
-        case: case.id.clone(),
-        target: "host".into(),
-        kernel: kcell_harness::runner::kernel_release(),
-        cgroup: kcell::cgroup::layout::Layout::detect()
-            .describe()
-            .to_string(),
-        status: Status::Skip,
-        detail: reason.to_string(),
-        checks: Vec::new(),
-        observations: Default::default(),
-        seconds: 0.0,
-        headline: None,
-    }
+    let cgroup = kcell::cgroup::layout::Layout::detect().describe();
+    Verdict::bare(
+        &case.id,
+        "host",
+        &kcell_harness::runner::kernel_release(),
+        cgroup,
+        Status::Skip,
+        reason,
+    )
 }
 
 /// Takes `--baseline FILE` (an earlier report.json) out of the arguments

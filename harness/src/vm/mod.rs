@@ -7,7 +7,6 @@ pub mod initramfs;
 pub mod kernel;
 pub mod qemu;
 
-use crate::observation::Observations;
 use crate::verdict::{Status, Verdict};
 use qemu::{Accel, BootConfig, Ending, Event, Limits};
 use std::path::{Path, PathBuf};
@@ -124,18 +123,7 @@ fn first_accel(cache: &Path, kernel: &str) -> Accel {
 }
 
 fn error_verdict(case: &str, target: &str, kernel: &str, cgroup: &str, detail: String) -> Verdict {
-    Verdict {
-        case: case.to_string(),
-        target: target.to_string(),
-        kernel: kernel.to_string(),
-        cgroup: cgroup.to_string(),
-        status: Status::Error,
-        detail,
-        checks: Vec::new(),
-        observations: Observations::default(),
-        seconds: 0.0,
-        headline: None,
-    }
+    Verdict::bare(case, target, kernel, cgroup, Status::Error, detail)
 }
 
 /// Prepares and boots `t`, running the cases `ids`. Never panics: a missing
