@@ -15,7 +15,16 @@ use std::time::{Duration, Instant};
 pub const READY: &str = "KCELL_READY";
 
 fn out(key: &str, value: impl std::fmt::Display) {
-    println!("{key}={value}");
+    println!("{}", observation_line(key, value));
+}
+
+/// One `key=value` line. Control characters in the value become spaces: a
+/// value read from the system (a command line of a `bash -c` script, a file
+/// name) may hold a newline, which would otherwise end the line and drop the
+/// rest of the value.
+fn observation_line(key: &str, value: impl std::fmt::Display) -> String {
+    let value = value.to_string().replace(|c: char| c.is_control(), " ");
+    format!("{key}={value}")
 }
 
 fn errno_name(e: Errno) -> String {
@@ -892,4 +901,16 @@ fn nsinfo() -> Res {
         .unwrap_or_default();
     out("pid1_cmdline", pid1);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::observation_line;
+
+    #[test]
+    fn a_value_with_newlines_stays_on_one_line() {
+        let line = observation_line("cmdlines", "bash -c a=0\nrun\r\tx|kcell-hostproc-1");
+        assert_eq!(line, "cmdlines=bash -c a=0 run  x|kcell-hostproc-1");
+        assert_eq!(line.lines().count(), 1);
+    }
 }
