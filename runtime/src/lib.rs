@@ -11,6 +11,7 @@ pub mod cli;
 pub mod container;
 pub mod exec;
 pub mod idmap;
+pub mod image;
 pub mod namespace;
 pub mod netdev;
 pub mod rootfs;
