@@ -158,6 +158,10 @@ pub struct Run {
     /// The root.
     #[serde(default)]
     pub rootfs: RootChoice,
+    /// Run from this image of the store instead (`{var}` replaced), e.g.
+    /// `"{image.ref}"` of the image fixture.
+    #[serde(default)]
+    pub image: Option<String>,
     /// The command inside (a container run).
     #[serde(default)]
     pub command: Vec<String>,
@@ -342,6 +346,16 @@ impl Case {
         }
         let mut names = std::collections::BTreeSet::new();
         for run in &case.runs {
+            // Runs and fixtures share the `{name.key}` namespace.
+            if case.fixtures.contains(&run.name) {
+                return Err(err(
+                    find_line(text, &format!("\"{}\"", run.name)),
+                    format!(
+                        "run name '{}' is also a fixture's: their {{{}.*}} variables would clash",
+                        run.name, run.name
+                    ),
+                ));
+            }
             if !names.insert(run.name.as_str()) {
                 return Err(err(
                     find_line(text, &format!("\"{}\"", run.name)),
@@ -489,6 +503,7 @@ tolerance = 0.5
         4,
         "either a command"
     )]
+    #[case::run_named_as_fixture("id = \"X\"\ntitle = \"t\"\nfixtures = [\"scratch\"]\n[[run]]\nname = \"scratch\"\ncommand = [\"true\"]\n", 3, "also a fixture's")]
     #[case::duplicate_run("id = \"X\"\ntitle = \"t\"\n[[run]]\nname = \"a\"\ncommand = [\"true\"]\n[[run]]\nname = \"a\"\ncommand = [\"true\"]\n", 4, "used twice")]
     #[case::measure_without_hold("id = \"X\"\ntitle = \"t\"\n[[run]]\nname = \"a\"\ncommand = [\"true\"]\nmeasure = [{ probe = \"cgroup_stats\" }]\n", 4, "does not hold")]
     fn malformed_cases_name_file_line_and_problem(

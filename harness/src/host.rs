@@ -44,5 +44,6 @@ pub fn prepare(dir: &Path, agent: &Path) -> Result<Target, String> {
         agent: runtime.clone(),
         runtime,
         rootfs,
+        store: dir.join("store"),
     })
 }

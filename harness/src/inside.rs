@@ -65,6 +65,7 @@ pub fn main(args: &[String]) -> i32 {
         ["escape", path] => escape(None, path),
         ["escape", "--chroot", dir, path] => escape(Some(dir), path),
         ["mounts"] => mounts(),
+        ["rootmount"] => root_mount(),
         ["cgroup"] => cgroup(),
         ["spin", rest @ ..] => spin(rest),
         ["work", size, seconds] => work(size, seconds),
@@ -152,6 +153,32 @@ fn proc_pids() -> Vec<i32> {
         .unwrap_or_default();
     pids.sort_unstable();
     pids
+}
+
+/// The filesystem mounted at `/` as the kernel reports it (the last
+/// mountinfo line for `/`): its type, and for an overlay its layers.
+fn root_mount() -> Res {
+    let info =
+        fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("read mountinfo: {e}"))?;
+    let line = info
+        .lines()
+        .rev()
+        .find(|l| l.split(' ').nth(4) == Some("/"))
+        .ok_or("no mount at / in /proc/self/mountinfo")?;
+    let (_, after) = line
+        .split_once(" - ")
+        .ok_or("mountinfo line without ' - '")?;
+    let mut fields = after.split(' ');
+    out("fstype", fields.next().unwrap_or_default());
+    let options = fields.nth(1).unwrap_or_default();
+    for key in ["lowerdir", "upperdir"] {
+        let value = options
+            .split(',')
+            .find_map(|o| o.strip_prefix(&format!("{key}=")))
+            .unwrap_or_default();
+        out(key, value);
+    }
+    Ok(())
 }
 
 /// What ps shows: every PID in /proc with its command line.

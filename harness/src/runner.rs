@@ -27,6 +27,8 @@ pub struct Target {
     pub agent: PathBuf,
     /// The busybox image root.
     pub rootfs: PathBuf,
+    /// The runtime's image store (`KCELL_ROOT` of every runtime command).
+    pub store: PathBuf,
 }
 
 /// `uname -r`.
@@ -170,6 +172,7 @@ fn execute(
     let ctx = Context {
         rootfs: target.rootfs.clone(),
         agent: target.agent.clone(),
+        store: target.store.clone(),
     };
     let mut fixtures: Vec<Box<dyn Fixture>> = Vec::new();
     for name in &case.fixtures {
@@ -265,11 +268,13 @@ fn start(
     let began = Instant::now();
     let pid_file = work.join(format!("{}.pid", run.name));
     let stats_file = work.join(format!("{}.stats.json", run.name));
-    let rootfs = match run.rootfs {
-        RootChoice::Image => target.rootfs.clone(),
-        RootChoice::Host => PathBuf::from("/"),
+    let rootfs = match (&run.image, run.rootfs) {
+        (Some(image), _) => PathBuf::from(substitute(image, vars)),
+        (None, RootChoice::Image) => target.rootfs.clone(),
+        (None, RootChoice::Host) => PathBuf::from("/"),
     };
     let mut cmd = Command::new(&target.runtime);
+    cmd.env("KCELL_ROOT", &target.store);
     if run.kcell.is_empty() {
         let id = vars
             .iter()

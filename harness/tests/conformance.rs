@@ -136,6 +136,8 @@ fn run_on_host(
         .arg(&target.runtime)
         .arg("--rootfs")
         .arg(&target.rootfs)
+        .arg("--store")
+        .arg(&target.store)
         .arg(&case.file)
         .output()
         .map_err(|e| Failed::from(format!("spawning the agent: {e}")))?;

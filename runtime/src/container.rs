@@ -157,6 +157,8 @@ pub fn run_recorded(
         start_time: None,
         runtime_pid: std::process::id() as i32,
         phase: crate::state::Phase::Creating,
+        image: spec.overlay.as_ref().map(|o| o.image.clone()),
+        overlay_dir: spec.overlay.as_ref().map(|o| o.dir.clone()),
     };
     // The record exists before anything it names is made.
     state.create(&record)?;
@@ -170,8 +172,18 @@ pub fn run_recorded(
         },
         started,
     );
+    if let Some(overlay) = &spec.overlay {
+        // The upper layer is the container's own: it goes with it.
+        remove_overlay_dir(&overlay.dir);
+    }
     state.remove(&spec.id)?;
     result
+}
+
+/// Removes a container's overlay directory (upper, work, merged); the
+/// mount itself lived in the container's mount namespace and is gone.
+pub fn remove_overlay_dir(dir: &Path) {
+    let _ = fs::remove_dir_all(dir);
 }
 
 fn run_inner(
@@ -182,6 +194,9 @@ fn run_inner(
     let mut clock = PhaseClock::new();
     let caller = (Uid::effective(), Gid::effective());
     let user_map = effective_user_mapping(spec, caller);
+    if let Some(overlay) = &spec.overlay {
+        hand_upper_to_container_root(overlay, &user_map)?;
+    }
     let cgroup = crate::cgroup::ContainerCgroup::create_for(spec)?;
     clock.mark("validate+cgroup");
 
@@ -212,6 +227,23 @@ fn run_inner(
         host_pid,
         timings: clock.phases,
     })
+}
+
+/// In a mapped user namespace the overlay's upper and work directories
+/// must belong to the container's root, as the host sees it.
+fn hand_upper_to_container_root(
+    overlay: &crate::spec::OverlayRoot,
+    user_map: &crate::spec::UserMapping,
+) -> Result<(), RunError> {
+    let (Some(uid), Some(gid)) = (user_map.uids.outside_of(0), user_map.gids.outside_of(0)) else {
+        return Ok(());
+    };
+    for sub in ["upper", "work"] {
+        let path = overlay.dir.join(sub);
+        nix::unistd::chown(&path, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+            .sys("chown", format!("{} to {uid}:{gid}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn effective_user_mapping(
@@ -666,6 +698,14 @@ fn init_prepare(
     }
     let wd = &spec.workdir;
     nix::unistd::chdir(wd.as_path()).sys("chdir", wd.display())?;
+    if let Some((uid, gid)) = spec.process_user {
+        let gid = nix::unistd::Gid::from_raw(gid);
+        // setgroups is denied in a user namespace an unprivileged caller mapped.
+        let _ = nix::unistd::setgroups(&[gid]);
+        nix::unistd::setresgid(gid, gid, gid).sys("setresgid", gid)?;
+        let uid = nix::unistd::Uid::from_raw(uid);
+        nix::unistd::setresuid(uid, uid, uid).sys("setresuid", uid)?;
+    }
     // A session of its own: the container is not part of the caller's terminal job.
     let _ = nix::unistd::setsid();
     Ok(())

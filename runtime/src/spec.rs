@@ -127,6 +127,19 @@ impl TmpfsMount {
     }
 }
 
+/// An overlay root made of image layers (`kcell run IMAGE`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OverlayRoot {
+    /// The image as the user named it.
+    pub image: String,
+    /// Its ID.
+    pub image_id: String,
+    /// Layer directories, top first (overlay's lowerdir order).
+    pub lower: Vec<PathBuf>,
+    /// The container's directory with upper/, work/ and merged/ (the root).
+    pub dir: PathBuf,
+}
+
 /// Offsets of the time namespace, in seconds (time_namespaces(7)).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TimeOffsets {
@@ -176,6 +189,10 @@ pub struct ContainerSpec {
     pub resources: Resources,
     /// Where to write the cgroup's final counters (JSON) before it is removed.
     pub stats_file: Option<PathBuf>,
+    /// The image layers `rootfs` is mounted from, if it is an image's.
+    pub overlay: Option<OverlayRoot>,
+    /// uid and gid the command runs as inside (default 0:0).
+    pub process_user: Option<(u32, u32)>,
 }
 
 /// A fresh 12-hex-digit container ID (48 random bits, as Docker's short IDs).
@@ -228,6 +245,8 @@ impl ContainerSpec {
             pid_file: None,
             resources: Resources::default(),
             stats_file: None,
+            overlay: None,
+            process_user: None,
         }
     }
 

@@ -60,6 +60,12 @@ pub struct Record {
     pub runtime_pid: i32,
     /// Creating or running.
     pub phase: Phase,
+    /// The image it runs from, as named (None for a directory root).
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Its overlay directory in the image store, removed with it.
+    #[serde(default)]
+    pub overlay_dir: Option<PathBuf>,
 }
 
 /// A process's start time in clock ticks since boot, from /proc/PID/stat;
@@ -236,6 +242,8 @@ mod tests {
             start_time: None,
             runtime_pid: std::process::id() as i32,
             phase: Phase::Creating,
+            image: None,
+            overlay_dir: None,
         }
     }
 

@@ -8,7 +8,7 @@ use kcell_harness::runner::Target;
 use std::path::{Path, PathBuf};
 
 const USAGE: &str = "usage:
-  kcell-agent run --runtime PATH --rootfs DIR [--target NAME] [--only ID,..] CASES...
+  kcell-agent run --runtime PATH --rootfs DIR [--store DIR] [--target NAME] [--only ID,..] CASES...
       CASES are case files or directories of them; one framed verdict line per case on stdout
   kcell-agent prepare-host DIR      build the busybox image and the runtime under DIR
   kcell-agent vm --manifest vm/kernels.toml --cases cases [--only ID,..] TARGET
@@ -74,6 +74,9 @@ fn run(args: &[String]) -> i32 {
         runtime: PathBuf::new(),
         agent: PathBuf::new(),
         rootfs: PathBuf::new(),
+        store: kcell::image::store::Store::default_location()
+            .root()
+            .to_path_buf(),
     };
     let mut only: Option<Vec<String>> = None;
     let mut inputs = Vec::new();
@@ -83,6 +86,7 @@ fn run(args: &[String]) -> i32 {
         match a.as_str() {
             "--runtime" => target.runtime = value().into(),
             "--rootfs" => target.rootfs = value().into(),
+            "--store" => target.store = value().into(),
             "--target" => target.name = value(),
             "--only" => only = Some(value().split(',').map(String::from).collect()),
             other => inputs.push(PathBuf::from(other)),

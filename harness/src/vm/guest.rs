@@ -328,6 +328,7 @@ pub fn init_main() -> ! {
         runtime: guest_paths::RUNTIME.into(),
         agent: guest_paths::RUNTIME.into(),
         rootfs: guest_paths::ROOTFS.into(),
+        store: "/var/lib/kcell".into(),
     };
     let mut out = std::fs::OpenOptions::new().write(true).open("/dev/ttyS1");
     let cases = crate::case::case_files(Path::new(guest_paths::CASES));

@@ -642,7 +642,8 @@ mod tests {
         let a_tar = tmp.path().join("a.tar");
         let b_tar = tmp.path().join("b.tar");
         let a =
-            super::super::pack::pack(std::slice::from_ref(&base), "a:1", &config("A=1"), &a_tar).expect("pack");
+            super::super::pack::pack(std::slice::from_ref(&base), "a:1", &config("A=1"), &a_tar)
+                .expect("pack");
         let b =
             super::super::pack::pack(&[base, extra], "b", &config("B=1"), &b_tar).expect("pack");
         assert_eq!(
@@ -727,6 +728,41 @@ mod tests {
         assert_eq!(
             fs::read_dir(store.root().join("tmp")).expect("tmp").count(),
             0
+        );
+    }
+
+    #[test]
+    fn docker_save_tarballs_import_with_their_repo_tags() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let rootfs = image_dir(tmp.path(), &[("etc/motd", "hi")]);
+        let layer = super::super::pack::layer_tar(&rootfs).expect("tar");
+        let diff_id = layer::sha256_of(&layer[..]).expect("hash");
+        // The layout `docker save` writes: manifest.json, <id>.json, <id>/layer.tar.
+        let save = tmp.path().join("save");
+        fs::create_dir_all(save.join("0123")).expect("mkdir");
+        fs::write(save.join("0123/layer.tar"), &layer).expect("write");
+        let config = format!(
+            r#"{{"created":"2024-01-01T00:00:00Z","config":{{"Env":["X=1"],"Cmd":null}},"rootfs":{{"type":"layers","diff_ids":["{diff_id}"]}}}}"#
+        );
+        fs::write(save.join("cfg.json"), &config).expect("write");
+        fs::write(
+            save.join("manifest.json"),
+            r#"[{"Config":"cfg.json","RepoTags":["docker.io/library/app:1"],"Layers":["0123/layer.tar"]}]"#,
+        )
+        .expect("write");
+        let tarball = tmp.path().join("app.tar");
+        fs::write(&tarball, super::super::pack::layer_tar(&save).expect("tar")).expect("write");
+
+        let store = Store::at(tmp.path().join("store"));
+        let image = store.import(&tarball).expect("import").remove(0);
+        assert_eq!(image.tags, ["app:1"]);
+        assert_eq!(image.config.env, ["X=1"]);
+        assert!(image.config.cmd.is_empty());
+        assert_eq!(store.resolve("app:1").expect("by tag").id, image.id);
+        let dir = store.layer_dir(&diff_id).expect("dir");
+        assert_eq!(
+            fs::read_to_string(dir.join("etc/motd")).expect("read"),
+            "hi"
         );
     }
 

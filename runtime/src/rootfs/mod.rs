@@ -80,7 +80,12 @@ pub fn enter(spec: &ContainerSpec, user_ns: UserNs) -> Result<(), RootfsError> {
     )
     .sys("mount --make-rprivate", "/")?;
     let root = fs::canonicalize(&spec.rootfs).sys("realpath", spec.rootfs.display())?;
-    bind(&root, &root, true)?;
+    match &spec.overlay {
+        // Mounted in the container's own mount namespace, the overlay goes
+        // with it: nothing to unmount on the host, even after a SIGKILL.
+        Some(overlay) => mount_overlay(&root, overlay)?,
+        None => bind(&root, &root, true)?,
+    }
     mount_specials(&root, spec, user_ns)?;
     for m in &spec.mounts {
         bind_volume(&root, m)?;
@@ -104,6 +109,33 @@ pub fn enter(spec: &ContainerSpec, user_ns: UserNs) -> Result<(), RootfsError> {
         make_readonly(Path::new(path))?;
     }
     Ok(())
+}
+
+/// The image layers (read-only, shared by every container of the image)
+/// under the container's own upper directory.
+fn mount_overlay(root: &Path, overlay: &crate::spec::OverlayRoot) -> Result<(), SysError> {
+    let lower: Vec<String> = overlay
+        .lower
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        overlay.dir.join("upper").display(),
+        overlay.dir.join("work").display()
+    );
+    mount(
+        Some("kcell-overlay"),
+        root,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(options.as_str()),
+    )
+    .sys(
+        "mount overlay",
+        format!("on {} ({options})", root.display()),
+    )
 }
 
 fn bind(source: &Path, target: &Path, recursive: bool) -> Result<(), SysError> {

@@ -1,4 +1,5 @@
-//! The command line: `kcell run`, `kcell freeze|thaw|stats`, `kcell rootfs busybox`.
+//! The command line: `kcell run`, `ps`, `exec`, `stop`, `rm`, `gc`,
+//! `freeze|thaw|stats`, `rootfs busybox`, and the image commands of [`image`].
 //! Exit status: the container command's, 125 for the runtime's own errors,
 //! 126/127 when the command cannot be executed / found.
 
@@ -6,6 +7,7 @@ use crate::cgroup::resources::{self, CpuMax, DeviceRate, DeviceRule, Resources};
 use crate::cgroup::{ContainerCgroup, PARENT};
 use crate::container;
 use crate::idmap::{IdMap, IdMapping};
+use crate::image::store::Store;
 use crate::namespace::{Namespace, NamespaceSet};
 use crate::spec::{BindMount, ContainerSpec, TimeOffsets, TmpfsMount, UserMapping};
 use crate::state::StateDir;
@@ -19,14 +21,36 @@ pub const EXIT_RUNTIME_ERROR: i32 = 125;
 #[derive(Parser, Debug)]
 #[command(name = "kcell", version, about = "A small container runtime")]
 struct Cli {
+    /// The image store (layers, images, containers' upper directories).
+    /// Default: $KCELL_ROOT, else /var/lib/kcell (root) or ~/.local/share/kcell.
+    #[arg(long, global = true, value_name = "DIR")]
+    root: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
+mod image;
+
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run CMD as PID 1 of a new container rooted at ROOTFS and exit with its status.
+    /// Run CMD as PID 1 of a new container from IMAGE (or rooted at the
+    /// directory ROOTFS) and exit with its status.
     Run(Box<RunArgs>),
+    /// List images: repository:tag, ID, size, created.
+    Images,
+    /// Remove images (a tag of an image with several tags: only the tag),
+    /// and the layers no other image or container uses.
+    Rmi {
+        /// Also while containers use it (its layers stay until they end).
+        #[arg(short, long)]
+        force: bool,
+        /// NAME[:TAG] or (short) ID.
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Import, pack and inspect images.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
     /// Freeze every process of a running container (v1 freezer.state, v2 cgroup.freeze).
     Freeze {
         /// The container's name (its `--name`).
@@ -70,7 +94,8 @@ enum Command {
         /// The container.
         id: String,
     },
-    /// Remove what dead containers left behind (records, cgroups) after a runtime was killed.
+    /// Remove what dead containers left behind (records, cgroups, overlay
+    /// directories, unused layers) after a runtime was killed.
     Gc,
     /// Print a running container's cgroup counters as JSON.
     Stats {
@@ -189,9 +214,13 @@ struct RunArgs {
     /// Environment KEY=VALUE (repeatable).
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
-    /// Working directory inside.
+    /// Working directory inside (default: the image's, else /).
     #[arg(short = 'w', long)]
     workdir: Option<PathBuf>,
+    /// UID[:GID] (or a name of the image's /etc/passwd) the command runs as
+    /// (default: the image's User, else 0).
+    #[arg(short = 'u', long)]
+    user: Option<String>,
     /// Write the host PID of the container's first process here.
     #[arg(long)]
     pid_file: Option<PathBuf>,
@@ -231,7 +260,9 @@ struct RunArgs {
     /// Print the wall time of each start-up phase to stderr.
     #[arg(long)]
     timings: bool,
-    /// The directory that becomes the container's root (/ without a mnt namespace).
+    /// An image (NAME[:TAG] or ID, see `kcell images`), or a directory that
+    /// becomes the root as it is (/ without a mnt namespace).
+    #[arg(value_name = "IMAGE|ROOTFS")]
     rootfs: PathBuf,
     /// The command and its arguments.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -261,11 +292,36 @@ enum CliError {
     Running(String),
     #[error("{0}")]
     Detach(String),
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
+    #[error("'{0}' is neither a directory nor an image in {1} (kcell images lists them; kcell image import adds one)")]
+    NoRoot(String, PathBuf),
 }
 
 impl RunArgs {
-    fn into_spec(self) -> Result<ContainerSpec, CliError> {
-        let mut spec = ContainerSpec::new(self.rootfs, self.command);
+    /// The spec, and the image when the root is one (its config applied).
+    fn into_spec(
+        self,
+        store: &Store,
+    ) -> Result<(ContainerSpec, Option<crate::image::ImageRecord>), CliError> {
+        let image = if self.rootfs.is_dir() {
+            None
+        } else {
+            let reference = self.rootfs.to_string_lossy().to_string();
+            match store.resolve(&reference) {
+                Ok(img) => Some(img),
+                Err(crate::image::ImageError::NotFound(_)) => {
+                    return Err(CliError::NoRoot(reference, store.root().to_path_buf()))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let command = match &image {
+            Some(img) => img.config.argv(&self.command),
+            None => self.command,
+        };
+        let root_arg = self.rootfs.to_string_lossy().to_string();
+        let mut spec = ContainerSpec::new(self.rootfs, command);
         if let Some(name) = self.name {
             crate::spec::validate_id(&name)?;
             spec.id = name;
@@ -315,8 +371,43 @@ impl RunArgs {
         spec.mounts = self.volumes;
         spec.tmpfs = self.tmpfs;
         spec.env = self.env;
+        let user = self.user;
+        let explicit_workdir = self.workdir.is_some();
         if let Some(wd) = self.workdir {
             spec.workdir = wd;
+        }
+        if let Some(img) = &image {
+            // The image's settings, under what the command line says.
+            spec.env = img.config.env.iter().chain(&spec.env).cloned().collect();
+            if !explicit_workdir && !img.config.working_dir.is_empty() {
+                spec.workdir = img.config.working_dir.clone().into();
+            }
+            let dir = store.container_dir(&spec.id);
+            spec.rootfs = dir.join("merged");
+            spec.overlay = Some(crate::spec::OverlayRoot {
+                image: root_arg.clone(),
+                image_id: img.id.clone(),
+                lower: img
+                    .layers
+                    .iter()
+                    .rev()
+                    .filter_map(|l| store.layer_dir(l))
+                    .collect(),
+                dir,
+            });
+        }
+        let user = user.or_else(|| {
+            image
+                .as_ref()
+                .map(|i| i.config.user.clone())
+                .filter(|u| !u.is_empty())
+        });
+        if let Some(user) = user {
+            let layers = spec
+                .overlay
+                .as_ref()
+                .map_or_else(|| vec![spec.rootfs.clone()], |o| o.lower.clone());
+            spec.process_user = Some(image::resolve_user(&user, &layers)?);
         }
         spec.pid_file = self.pid_file;
         spec.stats_file = self.stats_file;
@@ -331,7 +422,7 @@ impl RunArgs {
             write_bps: self.device_write_bps,
             device_deny: self.device_deny,
         };
-        Ok(spec)
+        Ok((spec, image))
     }
 }
 
@@ -343,17 +434,31 @@ fn cgroup_by_name(name: &str) -> Result<ContainerCgroup, CliError> {
 }
 
 fn execute(cli: Cli) -> Result<i32, CliError> {
+    let store = cli.root.map_or_else(Store::default_location, Store::at);
     match cli.command {
         Command::Run(args) => {
             let (timings, detach) = (args.timings, args.detach);
-            let spec = args.into_spec()?;
             let state = StateDir::default_location();
             // What a killed runtime left is cleaned before anything new is made.
-            gc(&state);
+            gc(&state, &store);
+            let (spec, image) = args.into_spec(&store)?;
+            if let Some(image) = &image {
+                if state.read(&spec.id).is_ok() {
+                    return Err(crate::state::StateError::Exists(spec.id).into());
+                }
+                // Under the store's lock: rmi cannot take the layers from here on.
+                store.prepare_container(&spec.id, image)?;
+            }
             if detach {
+                // The background runtime removes the overlay directory when
+                // the container ends; on an error before the start, so does it.
                 return run_detached(&spec, &state);
             }
-            let outcome = container::run_recorded(&spec, Some(&state), &mut |_| {})?;
+            let result = container::run_recorded(&spec, Some(&state), &mut |_| {});
+            if let Some(overlay) = &spec.overlay {
+                container::remove_overlay_dir(&overlay.dir);
+            }
+            let outcome = result?;
             if timings {
                 for (phase, d) in &outcome.timings {
                     eprintln!("kcell: timing {phase}: {:.3} ms", d.as_secs_f64() * 1000.0);
@@ -365,7 +470,7 @@ fn execute(cli: Cli) -> Result<i32, CliError> {
             let state = StateDir::default_location();
             println!(
                 "{:<14} {:<24} {:<24} {:<10} {:<8} PID",
-                "ID", "ROOT", "COMMAND", "CREATED", "STATUS"
+                "ID", "IMAGE", "COMMAND", "CREATED", "STATUS"
             );
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -392,7 +497,12 @@ fn execute(cli: Cli) -> Result<i32, CliError> {
                 println!(
                     "{:<14} {:<24} {:<24} {:<10} {:<8} {}",
                     rec.id,
-                    clip(rec.rootfs.display().to_string(), 24),
+                    clip(
+                        rec.image
+                            .clone()
+                            .unwrap_or_else(|| rec.rootfs.display().to_string()),
+                        24
+                    ),
                     clip(rec.command.join(" "), 24),
                     created,
                     status,
@@ -420,10 +530,14 @@ fn execute(cli: Cli) -> Result<i32, CliError> {
                 stop(&state, &id, std::time::Duration::ZERO)?;
             }
             clean(&state, &id);
+            gc(&state, &store);
             Ok(0)
         }
+        Command::Images => image::list(&store),
+        Command::Rmi { force, images } => image::remove(&store, &images, force),
+        Command::Image(cmd) => image::execute(&store, cmd),
         Command::Gc => {
-            for id in gc(&StateDir::default_location()) {
+            for id in gc(&StateDir::default_location(), &store) {
                 println!("{id}");
             }
             Ok(0)
@@ -478,21 +592,32 @@ fn stop(state: &StateDir, id: &str, grace: std::time::Duration) -> Result<(), Cl
     Ok(())
 }
 
-/// Removes what a container left: its cgroup (killing what remains in it) and its record.
+/// Removes what a container left: its cgroup (killing what remains in it),
+/// its overlay directory and its record.
 fn clean(state: &StateDir, id: &str) {
     if let Ok(cg) = cgroup_by_name(id) {
         let _ = cg.remove();
     }
+    if let Some(dir) = state.read(id).ok().and_then(|r| r.overlay_dir) {
+        container::remove_overlay_dir(&dir);
+    }
     let _ = state.remove(id);
 }
 
-/// Cleans every container whose runtime is gone; returns their IDs.
-fn gc(state: &StateDir) -> Vec<String> {
+/// Cleans every container whose runtime is gone, then the image store's
+/// directories of containers without a record and layers nothing uses;
+/// returns the container IDs.
+fn gc(state: &StateDir, store: &Store) -> Vec<String> {
     let mut removed = Vec::new();
     for rec in state.list() {
         if rec.orphaned() && !rec.is_running() {
             clean(state, &rec.id);
             removed.push(rec.id);
+        }
+    }
+    for id in store.gc(&|id| state.read(id).is_ok()) {
+        if !removed.contains(&id) {
+            removed.push(id);
         }
     }
     removed
@@ -523,6 +648,9 @@ fn run_detached(spec: &ContainerSpec, state: &StateDir) -> Result<i32, CliError>
             let result = container::run_recorded(spec, Some(state), &mut |_| {
                 let _ = w.write_all(b"started\n");
             });
+            if let Some(overlay) = &spec.overlay {
+                container::remove_overlay_dir(&overlay.dir);
+            }
             let code = match result {
                 Ok(o) => o.exit.code(),
                 Err(e) => {
