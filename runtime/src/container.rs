@@ -141,6 +141,13 @@ pub fn run_recorded(
     spec.validate()?;
     spec.namespaces.check_supported()?;
     let Some(state) = state else {
+        if !spec.dns.is_empty() {
+            let path = std::env::temp_dir().join(format!("kcell-resolv-{}.conf", spec.id));
+            let result = with_resolv_conf(spec, &path)
+                .and_then(|spec| run_inner(&spec, &mut |_| {}, started));
+            let _ = fs::remove_file(&path);
+            return result;
+        }
         return run_inner(spec, &mut |_| {}, started);
     };
     let mut record = crate::state::Record {
@@ -162,6 +169,21 @@ pub fn run_recorded(
     };
     // The record exists before anything it names is made.
     state.create(&record)?;
+    let with_dns;
+    let spec = if spec.dns.is_empty() {
+        spec
+    } else {
+        match with_resolv_conf(spec, &state.resolv_conf(&spec.id)) {
+            Ok(s) => {
+                with_dns = s;
+                &with_dns
+            }
+            Err(e) => {
+                state.remove(&spec.id)?;
+                return Err(e);
+            }
+        }
+    };
     let result = run_inner(
         spec,
         &mut |pid| {
@@ -180,6 +202,24 @@ pub fn run_recorded(
     result
 }
 
+/// The spec with its own /etc/resolv.conf (the `dns` nameservers) written
+/// to `path` and bound read-only over the image's file.
+fn with_resolv_conf(spec: &ContainerSpec, path: &Path) -> Result<ContainerSpec, RunError> {
+    let text: String = spec
+        .dns
+        .iter()
+        .map(|ip| format!("nameserver {ip}\n"))
+        .collect();
+    fs::write(path, text).sys("write", path.display())?;
+    let mut spec = spec.clone();
+    spec.mounts.push(crate::spec::BindMount {
+        source: path.to_path_buf(),
+        target: "/etc/resolv.conf".into(),
+        readonly: true,
+    });
+    Ok(spec)
+}
+
 /// Removes a container's overlay directory (upper, work, merged); the
 /// mount itself lived in the container's mount namespace and is gone.
 pub fn remove_overlay_dir(dir: &Path) {
@@ -196,6 +236,12 @@ fn run_inner(
     let user_map = effective_user_mapping(spec, caller);
     if let Some(overlay) = &spec.overlay {
         hand_upper_to_container_root(overlay, &user_map)?;
+    }
+    if let Some(netns) = &spec.net_join {
+        // This runtime process joins, so every process it makes is there.
+        let file = fs::File::open(netns).sys("open", netns.display())?;
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .sys("setns net", netns.display())?;
     }
     let cgroup = crate::cgroup::ContainerCgroup::create_for(spec)?;
     clock.mark("validate+cgroup");

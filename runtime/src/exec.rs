@@ -114,7 +114,14 @@ pub fn exec(
     {
         cgroup.add_process(std::process::id() as i32)?;
     }
-    join_namespaces(pid, &rec.namespaces)?;
+    // A container that shares another's network namespace (--net
+    // container:ID) has none of its own, yet exec must land in it too.
+    let mut set = rec.namespaces.clone();
+    let same_net = |a: String, b: &str| std::fs::read_link(a).ok() == std::fs::read_link(b).ok();
+    if !same_net(format!("/proc/{pid}/ns/net"), "/proc/self/ns/net") {
+        set.insert(Namespace::Net);
+    }
+    join_namespaces(pid, &set)?;
     let mut env = rec.env.clone();
     for e in extra_env {
         let key = e.split('=').next().unwrap_or_default();

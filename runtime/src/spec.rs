@@ -193,6 +193,10 @@ pub struct ContainerSpec {
     pub overlay: Option<OverlayRoot>,
     /// uid and gid the command runs as inside (default 0:0).
     pub process_user: Option<(u32, u32)>,
+    /// A network namespace to join instead of making one (`--net container:ID`).
+    pub net_join: Option<PathBuf>,
+    /// Nameservers of the container's own /etc/resolv.conf (none: the image's file).
+    pub dns: Vec<std::net::IpAddr>,
 }
 
 /// A fresh 12-hex-digit container ID (48 random bits, as Docker's short IDs).
@@ -247,6 +251,8 @@ impl ContainerSpec {
             stats_file: None,
             overlay: None,
             process_user: None,
+            net_join: None,
+            dns: Vec::new(),
         }
     }
 

@@ -134,6 +134,12 @@ impl StateDir {
         self.root.join("containers")
     }
 
+    /// The container's own resolv.conf (`--dns`), next to its record and
+    /// removed with it.
+    pub fn resolv_conf(&self, id: &str) -> PathBuf {
+        self.dir().join(format!("{id}.resolv.conf"))
+    }
+
     fn path(&self, id: &str) -> Result<PathBuf, SysError> {
         Ok(self.dir().join(format!("{id}.json")))
     }
@@ -209,6 +215,7 @@ impl StateDir {
     /// Removes a record (no error when it is already gone).
     pub fn remove(&self, id: &str) -> Result<(), StateError> {
         let path = self.path(id)?;
+        let _ = fs::remove_file(self.resolv_conf(id));
         match fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(SysError::from_io("remove", path.display(), e).into())

@@ -162,16 +162,28 @@ fn parse_net(s: &str) -> Result<NetMode, String> {
     match s {
         "none" => Ok(NetMode::None),
         "host" => Ok(NetMode::Host),
+        other if other.starts_with("container:") => {
+            let id = &other["container:".len()..];
+            crate::spec::validate_id(id).map_err(|e| e.to_string())?;
+            Ok(NetMode::Container(id.to_string()))
+        }
         other => Err(format!(
             "network mode '{other}' is not allowed: none (loopback only) or host"
         )),
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum NetMode {
     None,
     Host,
+    /// The network namespace of another running container.
+    Container(String),
+}
+
+fn parse_dns(s: &str) -> Result<std::net::IpAddr, String> {
+    s.parse()
+        .map_err(|_| format!("nameserver '{s}' is not an IPv4 or IPv6 address"))
 }
 
 #[derive(clap::Args, Debug)]
@@ -205,6 +217,10 @@ struct RunArgs {
     /// Network: none (own namespace, loopback up) or host.
     #[arg(long, default_value = "none", value_parser = parse_net)]
     net: NetMode,
+    /// A nameserver for the container's own /etc/resolv.conf (repeatable;
+    /// bind-mounted read-only, the image's file is left alone).
+    #[arg(long, value_name = "IP", value_parser = parse_dns)]
+    dns: Vec<std::net::IpAddr>,
     /// Bind mount SRC:DST[:ro] (repeatable).
     #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:ro]", value_parser = parse_volume)]
     volumes: Vec<BindMount>,
@@ -294,6 +310,8 @@ enum CliError {
     Detach(String),
     #[error(transparent)]
     Image(#[from] crate::image::ImageError),
+    #[error("container '{0}' is not running: --net container:{0} needs its network namespace")]
+    NotRunning(String),
     #[error("'{0}' is neither a directory nor an image in {1} (kcell images lists them; kcell image import adds one)")]
     NoRoot(String, PathBuf),
 }
@@ -336,9 +354,20 @@ impl RunArgs {
                 removed.insert(ns);
             }
         }
-        if self.net == NetMode::Host {
-            spec.namespaces.remove(Namespace::Net);
+        match &self.net {
+            NetMode::None => {}
+            NetMode::Host => spec.namespaces.remove(Namespace::Net),
+            NetMode::Container(id) => {
+                let target = StateDir::default_location().read(id)?;
+                let pid = target
+                    .pid
+                    .filter(|_| target.is_running())
+                    .ok_or_else(|| CliError::NotRunning(id.clone()))?;
+                spec.namespaces.remove(Namespace::Net);
+                spec.net_join = Some(format!("/proc/{pid}/ns/net").into());
+            }
         }
+        spec.dns = self.dns;
         // Flags that only make sense with a namespace bring it along, unless
         // the user removed it explicitly (then validate() names the conflict).
         let mut imply = |wanted: bool, ns: Namespace| {
