@@ -194,10 +194,6 @@ pub fn run_recorded(
         },
         started,
     );
-    if let Some(overlay) = &spec.overlay {
-        // The upper layer is the container's own: it goes with it.
-        remove_overlay_dir(&overlay.dir);
-    }
     state.remove(&spec.id)?;
     result
 }

@@ -416,12 +416,7 @@ impl RunArgs {
             spec.overlay = Some(crate::spec::OverlayRoot {
                 image: root_arg.clone(),
                 image_id: img.id.clone(),
-                lower: img
-                    .layers
-                    .iter()
-                    .rev()
-                    .filter_map(|l| store.layer_dir(l))
-                    .collect(),
+                lower: store.lower_dirs(img),
                 dir,
             });
         }
@@ -483,11 +478,7 @@ fn execute(cli: Cli) -> Result<i32, CliError> {
                 // the container ends; on an error before the start, so does it.
                 return run_detached(&spec, &state);
             }
-            let result = container::run_recorded(&spec, Some(&state), &mut |_| {});
-            if let Some(overlay) = &spec.overlay {
-                container::remove_overlay_dir(&overlay.dir);
-            }
-            let outcome = result?;
+            let outcome = run_and_release(&spec, &state, &mut |_| {})?;
             if timings {
                 for (phase, d) in &outcome.timings {
                     eprintln!("kcell: timing {phase}: {:.3} ms", d.as_secs_f64() * 1000.0);
@@ -652,6 +643,20 @@ fn gc(state: &StateDir, store: &Store) -> Vec<String> {
     removed
 }
 
+/// Runs a container whose overlay directory (if any) this CLI claimed with
+/// `prepare_container`, and removes that directory however the run ends.
+fn run_and_release(
+    spec: &ContainerSpec,
+    state: &StateDir,
+    started: &mut dyn FnMut(i32),
+) -> Result<container::Outcome, container::RunError> {
+    let result = container::run_recorded(spec, Some(state), started);
+    if let Some(overlay) = &spec.overlay {
+        container::remove_overlay_dir(&overlay.dir);
+    }
+    result
+}
+
 /// `run -d`: the runtime forks into the background (its own session, stdio
 /// on /dev/null), the foreground prints the ID once the command runs.
 fn run_detached(spec: &ContainerSpec, state: &StateDir) -> Result<i32, CliError> {
@@ -674,12 +679,9 @@ fn run_detached(spec: &ContainerSpec, state: &StateDir) -> Result<i32, CliError>
                 }
             }
             let mut w = std::fs::File::from(w);
-            let result = container::run_recorded(spec, Some(state), &mut |_| {
+            let result = run_and_release(spec, state, &mut |_| {
                 let _ = w.write_all(b"started\n");
             });
-            if let Some(overlay) = &spec.overlay {
-                container::remove_overlay_dir(&overlay.dir);
-            }
             let code = match result {
                 Ok(o) => o.exit.code(),
                 Err(e) => {

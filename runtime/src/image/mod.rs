@@ -133,6 +133,21 @@ impl ImageRecord {
     }
 }
 
+/// `sha256:<hex>` of `bytes`, the form every digest of an image takes.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{:x}", sha2::Sha256::digest(bytes))
+}
+
+/// This machine's architecture as OCI names it (`amd64`, `arm64`, ...).
+pub fn oci_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
 /// The hex part of `sha256:<hex>`, checked to be 64 hex digits (it names files).
 pub fn digest_hex(digest: &str) -> Option<&str> {
     let hex = digest.strip_prefix("sha256:")?;

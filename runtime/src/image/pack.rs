@@ -4,10 +4,9 @@
 //! same directory twice gives the same layer digest, and images built on the
 //! same base share it in the store.
 
-use super::{normalize_name, ImageError, RunConfig};
+use super::{normalize_name, oci_arch, sha256_digest as digest, ImageError, RunConfig};
 use crate::sys::{SysContext, SysError};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -18,10 +17,6 @@ pub struct Packed {
     pub image_id: String,
     /// Each layer's diff_id, bottom first.
     pub layers: Vec<String>,
-}
-
-fn digest(bytes: &[u8]) -> String {
-    format!("sha256:{:x}", Sha256::digest(bytes))
 }
 
 /// Every path under `dir`, sorted, parents before children.
@@ -82,13 +77,8 @@ pub fn pack(
         diff_ids.push(d.clone());
         blobs.push((d, tar));
     }
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    };
     let config_json = serde_json::to_vec(&json!({
-        "architecture": arch,
+        "architecture": oci_arch(),
         "os": "linux",
         "created": "1970-01-01T00:00:00Z",
         "config": config,

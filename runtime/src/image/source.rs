@@ -181,11 +181,7 @@ fn is_index(d: &Descriptor) -> bool {
 }
 
 fn this_platform(p: &Option<Platform>) -> bool {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    };
+    let arch = super::oci_arch();
     p.as_ref().is_none_or(|p| {
         (p.os.is_empty() || p.os == "linux")
             && (p.architecture.is_empty() || p.architecture == arch)

@@ -223,10 +223,7 @@ impl Store {
             source::verify(&src.config, d, "image config")?;
         }
         let config_bytes = fs::read(&src.config).sys("read", src.config.display())?;
-        let id = format!(
-            "sha256:{:x}",
-            <sha2::Sha256 as sha2::Digest>::digest(&config_bytes)
-        );
+        let id = super::sha256_digest(&config_bytes);
         let config: ConfigFile = serde_json::from_slice(&config_bytes)
             .map_err(|e| ImageError::NotAnImage(src.config.display().to_string(), e.to_string()))?;
         let diff_ids = config.rootfs.diff_ids;
@@ -410,6 +407,16 @@ impl Store {
         removed
     }
 
+    /// The layer directories of `image` in overlay's lowerdir order (top first).
+    pub fn lower_dirs(&self, image: &ImageRecord) -> Vec<PathBuf> {
+        image
+            .layers
+            .iter()
+            .rev()
+            .filter_map(|l| self.layer_dir(l))
+            .collect()
+    }
+
     /// The directory of container `id`'s overlay root.
     pub fn container_dir(&self, id: &str) -> PathBuf {
         self.root.join("containers").join(id)
@@ -427,12 +434,7 @@ impl Store {
         let _lock = self.lock()?;
         // The image may have gone between resolve and here.
         let image = self.resolve(&image.id)?;
-        let lower: Vec<PathBuf> = image
-            .layers
-            .iter()
-            .rev()
-            .filter_map(|l| self.layer_dir(l))
-            .collect();
+        let lower = self.lower_dirs(&image);
         if let Some(missing) = lower.iter().find(|l| !l.is_dir()) {
             return Err(SysError::from_io(
                 "stat layer",
