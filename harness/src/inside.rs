@@ -11,6 +11,8 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+mod net;
+
 /// Printed by held commands once they are ready to be observed.
 pub const READY: &str = "KCELL_READY";
 
@@ -79,6 +81,11 @@ pub fn main(args: &[String]) -> i32 {
         ["write", path] => write_file(path),
         ["fsinfo", path] => fsinfo(path),
         ["netns-persist", dir] => netns_persist(dir),
+        ["addrs"] => net::addrs(),
+        ["ping", target] => net::ping(target),
+        ["tcp-connect", host, port] => net::tcp_connect(host, port, None),
+        ["tcp-connect", host, port, seconds] => net::tcp_connect(host, port, Some(seconds)),
+        ["tcp-serve", port] => net::tcp_serve(port),
         _ => Err(format!("kcell-probe: unknown subcommand {args:?}")),
     };
     let _ = std::io::stdout().flush();

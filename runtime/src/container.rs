@@ -64,6 +64,9 @@ pub enum RunError {
     /// An error of the state directory.
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+    /// An error of container networking (bridge, veth, lease, NAT).
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
 }
 
 impl RunError {
@@ -141,14 +144,19 @@ pub fn run_recorded(
     spec.validate()?;
     spec.namespaces.check_supported()?;
     let Some(state) = state else {
+        if spec.network.is_some() {
+            return Err(RunError::Setup(
+                "--net bridge needs a state directory for its address lease".into(),
+            ));
+        }
         if !spec.dns.is_empty() {
             let path = std::env::temp_dir().join(format!("kcell-resolv-{}.conf", spec.id));
             let result = with_resolv_conf(spec, &path)
-                .and_then(|spec| run_inner(&spec, &mut |_| {}, started));
+                .and_then(|spec| run_inner(&spec, &mut |_| Ok(()), started));
             let _ = fs::remove_file(&path);
             return result;
         }
-        return run_inner(spec, &mut |_| {}, started);
+        return run_inner(spec, &mut |_| Ok(()), started);
     };
     let mut record = crate::state::Record {
         id: spec.id.clone(),
@@ -166,36 +174,99 @@ pub fn run_recorded(
         phase: crate::state::Phase::Creating,
         image: spec.overlay.as_ref().map(|o| o.image.clone()),
         overlay_dir: spec.overlay.as_ref().map(|o| o.dir.clone()),
+        lease: None,
+        host_links: Vec::new(),
+        netns_file: None,
     };
     // The record exists before anything it names is made.
     state.create(&record)?;
-    let with_dns;
-    let spec = if spec.dns.is_empty() {
-        spec
-    } else {
-        match with_resolv_conf(spec, &state.resolv_conf(&spec.id)) {
-            Ok(s) => {
-                with_dns = s;
-                &with_dns
-            }
-            Err(e) => {
-                state.remove(&spec.id)?;
-                return Err(e);
-            }
-        }
-    };
-    let result = run_inner(
-        spec,
-        &mut |pid| {
-            record.pid = Some(pid);
-            record.start_time = crate::state::start_time(pid);
-            record.phase = crate::state::Phase::Running;
-            let _ = state.write(&record);
-        },
-        started,
-    );
+    let result = prepare_network(spec, state, &mut record).and_then(|()| {
+        let with_dns;
+        let spec = if spec.dns.is_empty() {
+            spec
+        } else {
+            with_dns = with_resolv_conf(spec, &state.resolv_conf(&spec.id))?;
+            &with_dns
+        };
+        let lease = record.lease.clone();
+        run_inner(
+            spec,
+            &mut |pid| {
+                record.pid = Some(pid);
+                record.start_time = crate::state::start_time(pid);
+                record.phase = crate::state::Phase::Running;
+                // Kept network namespaces are for root (a bind mount on the host).
+                if spec.namespaces.contains(Namespace::Net) && Uid::effective().is_root() {
+                    record.netns_file = Some(state.netns_file(&spec.id));
+                }
+                state.write(&record)?;
+                connect_network(pid, &record, lease.as_ref())
+            },
+            started,
+        )
+    });
+    release(state, &record);
     state.remove(&spec.id)?;
     result
+}
+
+/// Leases the container's bridge address (making the bridge when it is the
+/// first) and records it with the host-side link name, before either exists.
+fn prepare_network(
+    spec: &ContainerSpec,
+    state: &crate::state::StateDir,
+    record: &mut crate::state::Record,
+) -> Result<(), RunError> {
+    let Some(req) = &spec.network else {
+        return Ok(());
+    };
+    record.host_links = vec![crate::net::network::host_link_name(&spec.id, 0)];
+    state.write(record)?;
+    record.lease = Some(state.networks().acquire(req, &spec.id)?);
+    state.write(record)?;
+    Ok(())
+}
+
+/// Before the container's first process may run: its network namespace
+/// bind-mounted under the state directory, and its veth on the bridge.
+fn connect_network(
+    pid: i32,
+    record: &crate::state::Record,
+    lease: Option<&crate::net::network::Lease>,
+) -> Result<(), RunError> {
+    let ns_path = format!("/proc/{pid}/ns/net");
+    if let Some(file) = &record.netns_file {
+        fs::File::create(file).sys("create", file.display())?;
+        nix::mount::mount(
+            Some(ns_path.as_str()),
+            file,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .sys("mount --bind", format!("{ns_path} on {}", file.display()))?;
+    }
+    if let (Some(lease), Some(host_link)) = (lease, record.host_links.first()) {
+        let netns = fs::File::open(&ns_path).sys("open", &ns_path)?;
+        crate::net::network::plumb(lease, host_link, std::os::fd::AsFd::as_fd(&netns))?;
+    }
+    Ok(())
+}
+
+/// Releases what a container's record names besides its cgroup and overlay
+/// directory: the kept network namespace, its host-side links and its
+/// address lease (the last lease of a bridge takes the bridge and its NAT
+/// table along). Each step tolerates what is already gone, so it is also
+/// the replay after a killed runtime.
+pub fn release(state: &crate::state::StateDir, record: &crate::state::Record) {
+    if let Some(file) = &record.netns_file {
+        let _ = nix::mount::umount2(file, nix::mount::MntFlags::MNT_DETACH);
+        let _ = fs::remove_file(file);
+    }
+    let _ = crate::net::network::delete_links(&record.host_links);
+    if let Some(lease) = &record.lease {
+        let _ = state.networks().release(&lease.bridge, &record.id);
+    }
 }
 
 /// The spec with its own /etc/resolv.conf (the `dns` nameservers) written
@@ -224,7 +295,7 @@ pub fn remove_overlay_dir(dir: &Path) {
 
 fn run_inner(
     spec: &ContainerSpec,
-    placed: &mut dyn FnMut(i32),
+    placed: &mut dyn FnMut(i32) -> Result<(), RunError>,
     started: &mut dyn FnMut(i32),
 ) -> Result<Outcome, RunError> {
     let mut clock = PhaseClock::new();
@@ -309,7 +380,7 @@ fn launch(
     user_map: &crate::spec::UserMapping,
     cgroup: Option<&crate::cgroup::ContainerCgroup>,
     clock: &mut PhaseClock,
-    placed: &mut dyn FnMut(i32),
+    placed: &mut dyn FnMut(i32) -> Result<(), RunError>,
     started: &mut dyn FnMut(i32),
 ) -> Result<(ExitKind, i32), RunError> {
     let pipe =
@@ -373,20 +444,28 @@ fn launch(
     report.take(&line);
     let mut gate_w = fs::File::from(gate_w);
     if let Some(pid) = report.pid {
-        match cgroup.map_or(Ok(()), |cg| cg.add_process(pid)) {
+        clock.mark("namespaces");
+        let ready = cgroup
+            .map_or(Ok(()), |cg| cg.add_process(pid))
+            .map_err(RunError::from)
+            .and_then(|()| {
+                clock.mark("cgroup placement");
+                if let Some(path) = &spec.pid_file {
+                    fs::write(path, format!("{pid}\n")).sys("write", path.display())?;
+                }
+                // The record, the kept netns and the network, before any user code.
+                placed(pid)
+            });
+        match ready {
             Ok(()) => {
                 let _ = gate_w.write_all(b"x");
             }
             // The gate stays shut: the first process exits without running anything.
-            Err(e) => report.error = Some(e.into()),
+            Err(e) => report.error = Some(e),
         }
-        if let Some(path) = &spec.pid_file {
-            fs::write(path, format!("{pid}\n")).sys("write", path.display())?;
-        }
-        placed(pid);
     }
     drop(gate_w);
-    clock.mark("namespaces+cgroup placement");
+    clock.mark("network");
 
     // 3. EOF when the command execs, or the first process's error.
     let mut rest = String::new();

@@ -13,6 +13,7 @@ pub mod exec;
 pub mod idmap;
 pub mod image;
 pub mod namespace;
+pub mod net;
 pub mod netdev;
 pub mod rootfs;
 pub mod spec;

@@ -51,6 +51,9 @@ pub enum SpecError {
     /// An environment entry without '='.
     #[error("environment entry '{0}' is malformed: expected KEY=VALUE")]
     MalformedEnv(String),
+    /// A bridge network is plugged into the container's own network namespace.
+    #[error("--net bridge needs the net namespace, which the namespace set leaves out")]
+    BridgeWithoutNet,
 }
 
 /// A bind mount from the host into the container (`-v SRC:DST[:ro]`).
@@ -197,6 +200,8 @@ pub struct ContainerSpec {
     pub net_join: Option<PathBuf>,
     /// Nameservers of the container's own /etc/resolv.conf (none: the image's file).
     pub dns: Vec<std::net::IpAddr>,
+    /// A bridge to connect the container's network namespace to (`--net bridge`).
+    pub network: Option<crate::net::network::BridgeRequest>,
 }
 
 /// A fresh 12-hex-digit container ID (48 random bits, as Docker's short IDs).
@@ -253,6 +258,7 @@ impl ContainerSpec {
             process_user: None,
             net_join: None,
             dns: Vec::new(),
+            network: None,
         }
     }
 
@@ -299,6 +305,9 @@ impl ContainerSpec {
         }
         if let Some(bad) = self.env.iter().find(|e| !e.contains('=')) {
             return Err(SpecError::MalformedEnv(bad.clone()));
+        }
+        if self.network.is_some() && !self.namespaces.contains(Namespace::Net) {
+            return Err(SpecError::BridgeWithoutNet);
         }
         Ok(())
     }

@@ -66,6 +66,16 @@ pub struct Record {
     /// Its overlay directory in the image store, removed with it.
     #[serde(default)]
     pub overlay_dir: Option<PathBuf>,
+    /// Its address on a bridge (`--net bridge`), released with it.
+    #[serde(default)]
+    pub lease: Option<crate::net::network::Lease>,
+    /// Host-side links made for it (its veth ends), deleted with it.
+    #[serde(default)]
+    pub host_links: Vec<String>,
+    /// The bind mount that keeps its network namespace (`exec` and
+    /// `net attach` join through it), unmounted with it.
+    #[serde(default)]
+    pub netns_file: Option<PathBuf>,
 }
 
 /// A process's start time in clock ticks since boot, from /proc/PID/stat;
@@ -140,6 +150,16 @@ impl StateDir {
         self.dir().join(format!("{id}.resolv.conf"))
     }
 
+    /// Where the container's network namespace is bind-mounted while it lives.
+    pub fn netns_file(&self, id: &str) -> PathBuf {
+        self.dir().join(format!("{id}.netns"))
+    }
+
+    /// The bridge networks' lease files.
+    pub fn networks(&self) -> crate::net::network::Networks {
+        crate::net::network::Networks::at(self.root.join("net"))
+    }
+
     fn path(&self, id: &str) -> Result<PathBuf, SysError> {
         Ok(self.dir().join(format!("{id}.json")))
     }
@@ -212,10 +232,37 @@ impl StateDir {
         recs
     }
 
+    /// Removes the temporary files of record writers that were killed
+    /// between create and rename (`<id>.tmp-<pid>` of a dead pid); the
+    /// records themselves were never touched. Returns how many went.
+    pub fn remove_stale_temporaries(&self) -> usize {
+        let Ok(entries) = fs::read_dir(self.dir()) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let Some((_, pid)) = name.rsplit_once(".tmp-") else {
+                continue;
+            };
+            let dead = pid
+                .parse::<u32>()
+                .is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+            if dead && fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        if removed > 0 && fs::remove_dir(self.dir()).is_ok() {
+            let _ = fs::remove_dir(&self.root);
+        }
+        removed
+    }
+
     /// Removes a record (no error when it is already gone).
     pub fn remove(&self, id: &str) -> Result<(), StateError> {
         let path = self.path(id)?;
         let _ = fs::remove_file(self.resolv_conf(id));
+        let _ = fs::remove_file(self.netns_file(id));
         match fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(SysError::from_io("remove", path.display(), e).into())
@@ -251,6 +298,9 @@ mod tests {
             phase: Phase::Creating,
             image: None,
             overlay_dir: None,
+            lease: None,
+            host_links: vec![],
+            netns_file: None,
         }
     }
 
@@ -271,6 +321,21 @@ mod tests {
         state.remove("web").expect("remove");
         assert!(matches!(state.read("web"), Err(StateError::NotFound(_))));
         assert!(matches!(state.read("../etc"), Err(StateError::NotFound(_))));
+    }
+
+    #[test]
+    fn temporaries_of_killed_writers_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::at(dir.path().join("state"));
+        state.create(&record("a")).unwrap();
+        let containers = dir.path().join("state/containers");
+        // pid_max is at most 2^22: this pid is never alive.
+        fs::write(containers.join("a.tmp-99999999"), "{").unwrap();
+        let live = containers.join(format!("a.tmp-{}", std::process::id()));
+        fs::write(&live, "{").unwrap();
+        assert_eq!(state.remove_stale_temporaries(), 1);
+        assert!(live.exists(), "a live writer's file stays");
+        assert_eq!(state.read("a").unwrap().id, "a");
     }
 
     #[test]

@@ -105,6 +105,27 @@ enum Command {
     /// Build root filesystems.
     #[command(subcommand)]
     Rootfs(RootfsCommand),
+    /// Container networks.
+    #[command(subcommand)]
+    Net(NetCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum NetCommand {
+    /// Add a further interface to a running container: a veth pair with
+    /// NAME (default eth1) and ADDR/PREFIX inside, the host end up and attached to nothing.
+    Attach {
+        /// The container.
+        id: String,
+        /// The address inside, with its prefix (e.g. 10.90.0.5/24).
+        #[arg(long, value_name = "ADDR/PREFIX", value_parser = parse_ip_net)]
+        ip: crate::net::Ipv4Net,
+        /// The interface's name inside.
+        #[arg(long, default_value = "eth1")]
+        name: String,
+    },
+    /// List bridge address leases: bridge, address, container.
+    Leases,
 }
 
 #[derive(Subcommand, Debug)]
@@ -167,14 +188,32 @@ fn parse_net(s: &str) -> Result<NetMode, String> {
             crate::spec::validate_id(id).map_err(|e| e.to_string())?;
             Ok(NetMode::Container(id.to_string()))
         }
+        "bridge" => Ok(NetMode::Bridge),
         other => Err(format!(
-            "network mode '{other}' is not allowed: none (loopback only) or host"
+            "network mode '{other}' is not allowed: bridge, none (loopback only), host or container:ID"
         )),
     }
+}
+fn parse_subnet(s: &str) -> Result<crate::net::Ipv4Net, String> {
+    crate::net::Ipv4Net::parse_subnet(s).map_err(|e| e.to_string())
+}
+fn parse_ip_net(s: &str) -> Result<crate::net::Ipv4Net, String> {
+    s.parse::<crate::net::Ipv4Net>().map_err(|e| e.to_string())
+}
+fn parse_ip(s: &str) -> Result<std::net::Ipv4Addr, String> {
+    s.parse()
+        .map_err(|_| format!("address '{s}' is not an IPv4 address such as 10.89.0.5"))
+}
+fn parse_bridge(s: &str) -> Result<String, String> {
+    crate::net::validate_ifname(s, "bridge")
+        .map(|()| s.to_string())
+        .map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum NetMode {
+    /// An own namespace with eth0 on a bridge, NAT beyond it.
+    Bridge,
     None,
     Host,
     /// The network namespace of another running container.
@@ -214,9 +253,24 @@ struct RunArgs {
     /// Seconds added to CLOCK_MONOTONIC (implies the time namespace).
     #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
     monotonic_offset: Option<i64>,
-    /// Network: none (own namespace, loopback up) or host.
-    #[arg(long, default_value = "none", value_parser = parse_net)]
-    net: NetMode,
+    /// Network: bridge (eth0 on a bridge with NAT; the default for an
+    /// image), none (own namespace, loopback up; the default for a
+    /// directory root), host, or container:ID (another container's).
+    #[arg(long, value_parser = parse_net)]
+    net: Option<NetMode>,
+    /// The bridge of --net bridge.
+    #[arg(long, default_value = crate::net::network::DEFAULT_BRIDGE, value_parser = parse_bridge)]
+    bridge: String,
+    /// The bridge's subnet when this container makes it (default: the first
+    /// 10.89.N.0/24 no host route overlaps); must match while it is in use.
+    #[arg(long, value_name = "CIDR", value_parser = parse_subnet)]
+    subnet: Option<crate::net::Ipv4Net>,
+    /// A fixed address on the bridge (default: the lowest free one).
+    #[arg(long, value_name = "ADDR", value_parser = parse_ip)]
+    ip: Option<std::net::Ipv4Addr>,
+    /// No MASQUERADE for the bridge's subnet (it reaches only the host and the bridge).
+    #[arg(long)]
+    no_nat: bool,
     /// A nameserver for the container's own /etc/resolv.conf (repeatable;
     /// bind-mounted read-only, the image's file is left alone).
     #[arg(long, value_name = "IP", value_parser = parse_dns)]
@@ -314,6 +368,10 @@ enum CliError {
     NotRunning(String),
     #[error("'{0}' is neither a directory nor an image in {1} (kcell images lists them; kcell image import adds one)")]
     NoRoot(String, PathBuf),
+    #[error("--subnet, --ip and --no-nat are for --net bridge")]
+    BridgeOnly,
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
 }
 
 impl RunArgs {
@@ -354,7 +412,23 @@ impl RunArgs {
                 removed.insert(ns);
             }
         }
-        match &self.net {
+        let net = self.net.clone().unwrap_or(if image.is_some() {
+            NetMode::Bridge
+        } else {
+            NetMode::None
+        });
+        if net != NetMode::Bridge && (self.subnet.is_some() || self.ip.is_some() || self.no_nat) {
+            return Err(CliError::BridgeOnly);
+        }
+        match &net {
+            NetMode::Bridge => {
+                spec.network = Some(crate::net::network::BridgeRequest {
+                    bridge: self.bridge.clone(),
+                    subnet: self.subnet,
+                    ip: self.ip,
+                    nat: !self.no_nat,
+                });
+            }
             NetMode::None => {}
             NetMode::Host => spec.namespaces.remove(Namespace::Net),
             NetMode::Container(id) => {
@@ -575,6 +649,17 @@ fn execute(cli: Cli) -> Result<i32, CliError> {
             println!("{}", serde_json::to_string(&stats).unwrap_or_default());
             Ok(0)
         }
+        Command::Net(NetCommand::Attach { id, ip, name }) => {
+            net_attach(&StateDir::default_location(), &id, ip, &name)?;
+            Ok(0)
+        }
+        Command::Net(NetCommand::Leases) => {
+            println!("{:<16} {:<16} CONTAINER", "BRIDGE", "ADDRESS");
+            for (bridge, ip, id) in StateDir::default_location().networks().leases() {
+                println!("{bridge:<16} {:<16} {id}", ip.to_string());
+            }
+            Ok(0)
+        }
         Command::Rootfs(RootfsCommand::Busybox { dir }) => {
             let cache = std::env::temp_dir().join("kcell-busybox-cache");
             let busybox = crate::rootfs::busybox::locate(&cache)?;
@@ -613,15 +698,64 @@ fn stop(state: &StateDir, id: &str, grace: std::time::Duration) -> Result<(), Cl
 }
 
 /// Removes what a container left: its cgroup (killing what remains in it),
-/// its overlay directory and its record.
+/// its network (kept namespace, links, lease), its overlay directory and its record.
 fn clean(state: &StateDir, id: &str) {
     if let Ok(cg) = cgroup_by_name(id) {
         let _ = cg.remove();
     }
-    if let Some(dir) = state.read(id).ok().and_then(|r| r.overlay_dir) {
-        container::remove_overlay_dir(&dir);
+    if let Ok(rec) = state.read(id) {
+        container::release(state, &rec);
+        if let Some(dir) = &rec.overlay_dir {
+            container::remove_overlay_dir(dir);
+        }
     }
     let _ = state.remove(id);
+}
+
+/// `kcell net attach`: a further interface in a running container's network
+/// namespace; its host end is recorded first, so it goes with the container.
+fn net_attach(
+    state: &StateDir,
+    id: &str,
+    ip: crate::net::Ipv4Net,
+    name: &str,
+) -> Result<(), CliError> {
+    crate::net::validate_ifname(name, "interface name")?;
+    let mut rec = state.read(id)?;
+    let pid = rec
+        .pid
+        .filter(|_| rec.is_running())
+        .ok_or_else(|| CliError::NotRunning(id.to_string()))?;
+    if !rec.namespaces.contains(Namespace::Net) {
+        return Err(crate::net::NetError::Invalid(format!(
+            "container '{id}' has no network namespace of its own (--net host or container:ID)"
+        ))
+        .into());
+    }
+    let ns_path = rec
+        .netns_file
+        .clone()
+        .unwrap_or_else(|| format!("/proc/{pid}/ns/net").into());
+    let netns = std::fs::File::open(&ns_path).map_err(|e| {
+        crate::net::NetError::from(crate::sys::SysError::from_io("open", ns_path.display(), e))
+    })?;
+    let host_link = (1..10)
+        .map(|n| crate::net::network::host_link_name(id, n))
+        .find(|l| !rec.host_links.contains(l))
+        .ok_or_else(|| {
+            crate::net::NetError::Invalid(format!(
+                "container '{id}' has 9 attached interfaces already"
+            ))
+        })?;
+    rec.host_links.push(host_link.clone());
+    state.write(&rec)?;
+    let attached =
+        crate::net::network::attach(std::os::fd::AsFd::as_fd(&netns), &host_link, name, ip);
+    if attached.is_err() {
+        rec.host_links.retain(|l| *l != host_link);
+        let _ = state.write(&rec);
+    }
+    attached.map_err(Into::into)
 }
 
 /// Cleans every container whose runtime is gone, then the image store's
@@ -629,12 +763,15 @@ fn clean(state: &StateDir, id: &str) {
 /// returns the container IDs.
 fn gc(state: &StateDir, store: &Store) -> Vec<String> {
     let mut removed = Vec::new();
+    state.remove_stale_temporaries();
     for rec in state.list() {
         if rec.orphaned() && !rec.is_running() {
             clean(state, &rec.id);
             removed.push(rec.id);
         }
     }
+    // Leases whose container has no record (killed between lease and record).
+    state.networks().sweep(&|id| state.read(id).is_ok());
     for id in store.gc(&|id| state.read(id).is_ok()) {
         if !removed.contains(&id) {
             removed.push(id);
