@@ -205,6 +205,9 @@ pub fn run_recorded(
             started,
         )
     });
+    // The record on disk may name more than this process made (`net
+    // attach` adds links to a running container).
+    let record = state.read(&spec.id).unwrap_or(record);
     release(state, &record);
     state.remove(&spec.id)?;
     result
