@@ -11,7 +11,8 @@
 //! Environment: KCELL_TARGETS picks targets ("host", "all", or a comma list of
 //! targets or kernel IDs; default: host and the manifest's default kernels),
 //! KCELL_KERNEL/KCELL_MODULES add a kernel of your own, KCELL_CACHE moves the
-//! cache, KCELL_KEEP keeps each guest's console log.
+//! cache, KCELL_KEEP keeps each guest's console log, KCELL_CASES picks cases
+//! by ID (a comma list, e.g. CG-CPU-1,CG-BLKIO-1: libtest's filter takes one).
 
 use kcell_harness::case::{load_dir, Case};
 use kcell_harness::runner::Target;
@@ -278,10 +279,27 @@ fn main() -> ExitCode {
     let verdicts: Arc<Mutex<Vec<Verdict>>> = Arc::new(Mutex::new(Vec::new()));
     let is_root = nix::unistd::geteuid().is_root();
     let loaded = load_dir(&cases_dir());
+    let picked: Option<Vec<String>> = std::env::var("KCELL_CASES")
+        .ok()
+        .map(|s| s.split(',').map(|id| id.trim().to_string()).collect());
     let cases: Vec<Case> = loaded
         .iter()
         .filter_map(|c| c.as_ref().ok().cloned())
+        .filter(|c| picked.as_ref().is_none_or(|ids| ids.contains(&c.id)))
         .collect();
+    if let Some(ids) = &picked {
+        let unknown: Vec<&String> = ids
+            .iter()
+            .filter(|id| !cases.iter().any(|c| &c.id == *id))
+            .collect();
+        if !unknown.is_empty() {
+            eprintln!(
+                "KCELL_CASES names no case {unknown:?}: the IDs are the file names under {}",
+                cases_dir().display()
+            );
+            return ExitCode::FAILURE;
+        }
+    }
     let mut trials = Vec::new();
     let mut skipped = Vec::new();
 

@@ -15,7 +15,10 @@ fn containers_started_at_once_get_distinct_addresses_and_reach_each_other() {
         return;
     }
     let kcell = env!("CARGO_BIN_EXE_kcell");
-    let dir = tempfile::Builder::new().prefix("kcell-bridge-test").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("kcell-bridge-test")
+        .tempdir()
+        .unwrap();
     let root = dir.path().join("root");
     let state = dir.path().join("state");
     let built = Command::new(kcell)
@@ -38,7 +41,9 @@ fn containers_started_at_once_get_distinct_addresses_and_reach_each_other() {
         .map(|_| {
             Command::new(kcell)
                 .env("KCELL_STATE", &state)
-                .args(["run", "--net", "bridge", "--bridge", &bridge, "--subnet", subnet])
+                .args([
+                    "run", "--net", "bridge", "--bridge", &bridge, "--subnet", subnet,
+                ])
                 .arg(&root)
                 .args(["sh", "-c", &script])
                 .stdout(Stdio::piped())
@@ -62,17 +67,32 @@ fn containers_started_at_once_get_distinct_addresses_and_reach_each_other() {
         .collect();
     let addrs: BTreeSet<String> = outputs
         .iter()
-        .filter_map(|o| o.lines().find_map(|l| l.strip_prefix("addr ")).map(str::to_string))
+        .filter_map(|o| {
+            o.lines()
+                .find_map(|l| l.strip_prefix("addr "))
+                .map(str::to_string)
+        })
         .collect();
-    let expected: BTreeSet<String> = (2..=CONTAINERS + 1).map(|n| format!("10.234.77.{n}/24")).collect();
-    assert_eq!(addrs, expected, "each container its own address: {outputs:#?}");
+    let expected: BTreeSet<String> = (2..=CONTAINERS + 1)
+        .map(|n| format!("10.234.77.{n}/24"))
+        .collect();
+    assert_eq!(
+        addrs, expected,
+        "each container its own address: {outputs:#?}"
+    );
     for out in &outputs {
-        assert!(!out.contains(" fail"), "every container reaches every other: {out}");
+        assert!(
+            !out.contains(" fail"),
+            "every container reaches every other: {out}"
+        );
     }
     // Nothing is left: no bridge, no lease file, no state.
     let link = Command::new("ip").args(["link", "show", &bridge]).output();
     if let Ok(link) = link {
         assert!(!link.status.success(), "bridge {bridge} is still there");
     }
-    assert!(!state.join("net").exists(), "the lease directory is still there");
+    assert!(
+        !state.join("net").exists(),
+        "the lease directory is still there"
+    );
 }

@@ -183,6 +183,29 @@ pub fn exists(sock: &mut Socket, table: &str) -> Result<bool, SysError> {
     }
 }
 
+/// The names of the nf_tables tables of family ip (`nft list tables ip`).
+pub fn tables(sock: &mut Socket) -> Result<Vec<String>, SysError> {
+    const NLM_F_DUMP: u16 = 0x300;
+    let m = msg(
+        NFT_MSG_GETTABLE,
+        NLM_F_DUMP,
+        "nf_tables GETTABLE dump".into(),
+    );
+    let replies = sock.query(&m)?;
+    Ok(replies
+        .iter()
+        .filter(|r| r.kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE)
+        .filter_map(|r| {
+            super::netlink::attributes(&r.payload, 4)
+                .into_iter()
+                .find(|(k, _)| *k == NFTA_TABLE_NAME)
+                .map(|(_, v)| {
+                    String::from_utf8_lossy(v.split(|b| *b == 0).next().unwrap_or(&[])).to_string()
+                })
+        })
+        .collect())
+}
+
 /// Deletes table `table` with its chain and rule; false when it was gone.
 pub fn remove(sock: &mut Socket, table: &str) -> Result<bool, SysError> {
     let mut m = msg(
