@@ -11,6 +11,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+mod confine;
 mod net;
 
 /// Printed by held commands once they are ready to be observed.
@@ -86,6 +87,13 @@ pub fn main(args: &[String]) -> i32 {
         ["tcp-connect", host, port] => net::tcp_connect(host, port, None),
         ["tcp-connect", host, port, seconds] => net::tcp_connect(host, port, Some(seconds)),
         ["tcp-serve", port] => net::tcp_serve(port),
+        ["caps"] => confine::caps(),
+        ["syscalls"] => confine::syscalls(),
+        ["try-write", key, path] => confine::try_write(key, path),
+        ["try-read", key, path] => confine::try_read(key, path),
+        ["try-mount", dir] => confine::try_mount(dir),
+        ["try-kill", pid] => confine::try_kill(pid),
+        ["abstract-connect", name] => confine::abstract_connect(name),
         _ => Err(format!("kcell-probe: unknown subcommand {args:?}")),
     };
     let _ = std::io::stdout().flush();

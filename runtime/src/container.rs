@@ -177,10 +177,13 @@ pub fn run_recorded(
         lease: None,
         host_links: Vec::new(),
         netns_file: None,
+        confinement: spec.confinement,
     };
     // The record exists before anything it names is made.
     state.create(&record)?;
+    crate::fault::point("after-record");
     let result = prepare_network(spec, state, &mut record).and_then(|()| {
+        crate::fault::point("after-lease");
         let with_dns;
         let spec = if spec.dns.is_empty() {
             spec
@@ -200,7 +203,10 @@ pub fn run_recorded(
                     record.netns_file = Some(state.netns_file(&spec.id));
                 }
                 state.write(&record)?;
-                connect_network(pid, &record, lease.as_ref())
+                crate::fault::point("after-clone");
+                connect_network(pid, &record, lease.as_ref())?;
+                crate::fault::point("after-veth");
+                Ok(())
             },
             started,
         )
@@ -315,6 +321,7 @@ fn run_inner(
     }
     let cgroup = crate::cgroup::ContainerCgroup::create_for(spec)?;
     clock.mark("validate+cgroup");
+    crate::fault::point("after-cgroup");
 
     let result = launch(
         spec,
@@ -475,6 +482,7 @@ fn launch(
     let _ = reader.read_to_string(&mut rest);
     rest.lines().for_each(|line| report.take(line));
     clock.mark("container setup until exec");
+    crate::fault::point("running");
     if let (Some(pid), None) = (report.pid, &report.error) {
         started(pid);
     }
@@ -822,6 +830,9 @@ fn init_prepare(
     }
     let wd = &spec.workdir;
     nix::unistd::chdir(wd.as_path()).sys("chdir", wd.display())?;
+    // Capabilities before the user switch: a non-root user then keeps the
+    // bounding set but no effective or permitted capability, as in Docker.
+    crate::caps::confine(spec.confinement.capabilities)?;
     if let Some((uid, gid)) = spec.process_user {
         let gid = nix::unistd::Gid::from_raw(gid);
         // setgroups is denied in a user namespace an unprivileged caller mapped.
@@ -832,6 +843,10 @@ fn init_prepare(
     }
     // A session of its own: the container is not part of the caller's terminal job.
     let _ = nix::unistd::setsid();
+    if spec.confinement.seccomp {
+        // Last: from here on the filter applies (exec included).
+        crate::seccomp::install(&crate::seccomp::program())?;
+    }
     Ok(())
 }
 

@@ -139,6 +139,11 @@ pub fn exec(
                 let _ = nix::unistd::setresuid(root_u, root_u, root_u);
             }
             let _ = nix::unistd::chdir("/");
+            // The same limits as the container's first process.
+            if let Err(e) = rec.confinement.apply() {
+                eprintln!("kcell: {e}");
+                std::process::exit(125);
+            }
             let (code, message) = exec_in_container(command, &env);
             eprintln!("kcell: {message}");
             std::process::exit(code)

@@ -6,16 +6,19 @@
 //! can run the very same code as a multi-call binary.
 #![deny(missing_docs)]
 
+pub mod caps;
 pub mod cgroup;
 pub mod cli;
 pub mod container;
 pub mod exec;
+pub mod fault;
 pub mod idmap;
 pub mod image;
 pub mod namespace;
 pub mod net;
 pub mod netdev;
 pub mod rootfs;
+pub mod seccomp;
 pub mod spec;
 pub mod state;
 pub mod sys;

@@ -202,6 +202,38 @@ pub struct ContainerSpec {
     pub dns: Vec<std::net::IpAddr>,
     /// A bridge to connect the container's network namespace to (`--net bridge`).
     pub network: Option<crate::net::network::BridgeRequest>,
+    /// What the process may do: capabilities, no_new_privs, seccomp.
+    pub confinement: Confinement,
+}
+
+/// The limits on what the container's processes may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Confinement {
+    /// Bounding = effective = permitted set (Docker's default set unless changed).
+    pub capabilities: crate::caps::CapSet,
+    /// Whether the default seccomp profile is installed (`--seccomp=unconfined`: no).
+    pub seccomp: bool,
+}
+
+impl Default for Confinement {
+    fn default() -> Self {
+        Confinement {
+            capabilities: crate::caps::CapSet::default(),
+            seccomp: true,
+        }
+    }
+}
+
+impl Confinement {
+    /// Applies it to the calling process, last before exec: capabilities and
+    /// no_new_privs, then the seccomp filter (which no_new_privs allows).
+    pub fn apply(&self) -> Result<(), crate::sys::SysError> {
+        crate::caps::confine(self.capabilities)?;
+        if self.seccomp {
+            crate::seccomp::install(&crate::seccomp::program())?;
+        }
+        Ok(())
+    }
 }
 
 /// A fresh 12-hex-digit container ID (48 random bits, as Docker's short IDs).
@@ -259,6 +291,7 @@ impl ContainerSpec {
             net_join: None,
             dns: Vec::new(),
             network: None,
+            confinement: Confinement::default(),
         }
     }
 

@@ -76,6 +76,9 @@ pub struct Record {
     /// `net attach` join through it), unmounted with it.
     #[serde(default)]
     pub netns_file: Option<PathBuf>,
+    /// Its capabilities and seccomp profile, which `exec` applies too.
+    #[serde(default)]
+    pub confinement: crate::spec::Confinement,
 }
 
 /// A process's start time in clock ticks since boot, from /proc/PID/stat;
@@ -301,6 +304,7 @@ mod tests {
             lease: None,
             host_links: vec![],
             netns_file: None,
+            confinement: Default::default(),
         }
     }
 

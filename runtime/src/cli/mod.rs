@@ -204,6 +204,17 @@ fn parse_ip(s: &str) -> Result<std::net::Ipv4Addr, String> {
     s.parse()
         .map_err(|_| format!("address '{s}' is not an IPv4 address such as 10.89.0.5"))
 }
+fn parse_cap(s: &str) -> Result<crate::caps::CapSet, String> {
+    crate::caps::parse(s)
+}
+/// The seccomp profiles `--seccomp` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SeccompProfile {
+    /// Deny what Docker's default profile denies.
+    Default,
+    /// No filter.
+    Unconfined,
+}
 fn parse_bridge(s: &str) -> Result<String, String> {
     crate::net::validate_ifname(s, "bridge")
         .map(|()| s.to_string())
@@ -271,6 +282,16 @@ struct RunArgs {
     /// No MASQUERADE for the bridge's subnet (it reaches only the host and the bridge).
     #[arg(long)]
     no_nat: bool,
+    /// Add a capability to Docker's default set: a name such as SYS_ADMIN, or ALL (repeatable).
+    #[arg(long = "cap-add", value_name = "CAP", value_parser = parse_cap)]
+    cap_add: Vec<crate::caps::CapSet>,
+    /// Remove a capability from the set, or ALL (repeatable; drops apply before adds).
+    #[arg(long = "cap-drop", value_name = "CAP", value_parser = parse_cap)]
+    cap_drop: Vec<crate::caps::CapSet>,
+    /// The seccomp profile: default (denies keyctl, bpf, perf_event_open,
+    /// kexec, module loading, open_by_handle_at, ...) or unconfined.
+    #[arg(long, value_name = "PROFILE", value_enum, default_value_t = SeccompProfile::Default)]
+    seccomp: SeccompProfile,
     /// A nameserver for the container's own /etc/resolv.conf (repeatable;
     /// bind-mounted read-only, the image's file is left alone).
     #[arg(long, value_name = "IP", value_parser = parse_dns)]
@@ -442,6 +463,17 @@ impl RunArgs {
             }
         }
         spec.dns = self.dns;
+        let mut caps = crate::caps::CapSet::default();
+        for drop in &self.cap_drop {
+            caps.0 &= !drop.0;
+        }
+        for add in &self.cap_add {
+            caps.0 |= add.0;
+        }
+        spec.confinement = crate::spec::Confinement {
+            capabilities: caps,
+            seccomp: self.seccomp == SeccompProfile::Default,
+        };
         // Flags that only make sense with a namespace bring it along, unless
         // the user removed it explicitly (then validate() names the conflict).
         let mut imply = |wanted: bool, ns: Namespace| {
@@ -546,6 +578,7 @@ fn execute(cli: Cli) -> Result<i32, CliError> {
                 }
                 // Under the store's lock: rmi cannot take the layers from here on.
                 store.prepare_container(&spec.id, image)?;
+                crate::fault::point("after-overlay");
             }
             if detach {
                 // The background runtime removes the overlay directory when

@@ -1,0 +1,246 @@
+//! Capabilities of the container's process: the bounding, effective and
+//! permitted sets are Docker's default set (changed by `--cap-add` /
+//! `--cap-drop`), the inheritable and ambient sets empty, and no_new_privs
+//! set, so nothing the command execs can gain more (capabilities(7)).
+
+use crate::sys::{SysContext, SysError};
+use nix::errno::Errno;
+use std::fmt;
+
+/// Capability names in kernel order (CAP_CHOWN = 0 ... CAP_CHECKPOINT_RESTORE = 40).
+pub const NAMES: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// Docker's default capability set.
+pub const DOCKER_DEFAULT: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FSETID",
+    "FOWNER",
+    "MKNOD",
+    "NET_RAW",
+    "SETGID",
+    "SETUID",
+    "SETFCAP",
+    "SETPCAP",
+    "NET_BIND_SERVICE",
+    "SYS_CHROOT",
+    "KILL",
+    "AUDIT_WRITE",
+];
+
+/// A set of capabilities as the kernel's bit mask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CapSet(pub u64);
+
+impl Default for CapSet {
+    fn default() -> Self {
+        let mut set = CapSet(0);
+        for name in DOCKER_DEFAULT {
+            if let Some(n) = index(name) {
+                set.0 |= 1 << n;
+            }
+        }
+        set
+    }
+}
+
+/// The number of a capability name ("SYS_ADMIN", "cap_sys_admin").
+pub fn index(name: &str) -> Option<u32> {
+    let upper = name.to_ascii_uppercase();
+    let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
+    NAMES.iter().position(|n| *n == bare).map(|i| i as u32)
+}
+
+/// Parses `--cap-add` / `--cap-drop` values: a name, or ALL.
+pub fn parse(name: &str) -> Result<CapSet, String> {
+    if name.eq_ignore_ascii_case("ALL") {
+        return Ok(CapSet((1u64 << NAMES.len()) - 1));
+    }
+    index(name).map(|n| CapSet(1 << n)).ok_or_else(|| {
+        format!(
+            "capability '{name}' is unknown: allowed are ALL or one of {}",
+            NAMES.join(", ")
+        )
+    })
+}
+
+impl CapSet {
+    /// Whether capability `n` is in the set.
+    pub fn has(&self, n: u32) -> bool {
+        n < 64 && self.0 & (1 << n) != 0
+    }
+}
+
+impl fmt::Display for CapSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = NAMES
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.has(*i as u32))
+            .map(|(_, n)| *n)
+            .collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+/// The highest capability the running kernel knows.
+fn last_cap() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Confines the calling process to `set`: drops the rest from the bounding
+/// set, sets effective = permitted = `set`, clears inheritable and ambient,
+/// and sets no_new_privs. Call it last before exec (and before seccomp).
+pub fn confine(set: CapSet) -> Result<(), SysError> {
+    for cap in 0..=last_cap() {
+        if !set.has(cap) {
+            // SAFETY: prctl with integer arguments.
+            let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+            // EINVAL: a capability this kernel does not have.
+            if rc != 0 && Errno::last() != Errno::EINVAL {
+                return Err(SysError {
+                    call: "prctl PR_CAPBSET_DROP",
+                    subject: NAMES.get(cap as usize).unwrap_or(&"?").to_string(),
+                    errno: Errno::last(),
+                });
+            }
+        }
+    }
+    // SAFETY: prctl with integer arguments.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    Errno::result(rc).sys("prctl PR_CAP_AMBIENT_CLEAR_ALL", "ambient set")?;
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    // What this process holds bounds what it can keep: ALL means all of it
+    // (a runtime that itself runs without some capability cannot grant it).
+    let mut held = [CapData::default(); 2];
+    // SAFETY: header and two data words, as capget(2) fills for version 3.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &mut header as *mut CapHeader,
+            held.as_mut_ptr(),
+        )
+    };
+    Errno::result(rc).sys("capget", "the runtime's own sets")?;
+    let permitted = u64::from(held[0].permitted) | (u64::from(held[1].permitted) << 32);
+    let set = CapSet(set.0 & permitted);
+    let mut data = [CapData::default(); 2];
+    for (i, d) in data.iter_mut().enumerate() {
+        let word = (set.0 >> (32 * i)) as u32;
+        d.effective = word;
+        d.permitted = word;
+    }
+    // SAFETY: header and two data words, as capset(2) takes for version 3.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            &mut header as *mut CapHeader,
+            data.as_ptr(),
+        )
+    };
+    Errno::result(rc).sys("capset", format!("effective=permitted={set}"))?;
+    // SAFETY: prctl with integer arguments.
+    let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    Errno::result(rc).sys("prctl PR_SET_NO_NEW_PRIVS", "1")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_is_dockers_fourteen() {
+        let set = CapSet::default();
+        assert_eq!(set.0.count_ones(), 14);
+        assert!(set.has(index("NET_RAW").unwrap()));
+        assert!(!set.has(index("SYS_ADMIN").unwrap()));
+        assert_eq!(NAMES.len(), 41);
+        assert_eq!(index("CHECKPOINT_RESTORE"), Some(40));
+        assert_eq!(index("cap_mknod"), Some(27));
+    }
+
+    #[test]
+    fn names_and_all_parse_and_unknown_ones_are_named() {
+        assert_eq!(parse("sys_admin").unwrap(), CapSet(1 << 21));
+        assert_eq!(parse("ALL").unwrap().0.count_ones(), 41);
+        let err = parse("SYS_FLY").unwrap_err();
+        assert!(
+            err.contains("SYS_FLY") && err.contains("SYS_ADMIN"),
+            "{err}"
+        );
+        assert_eq!(CapSet(1 | 1 << 21).to_string(), "CHOWN,SYS_ADMIN");
+    }
+}

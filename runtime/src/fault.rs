@@ -1,0 +1,29 @@
+//! Fault injection for crash-safety tests: with `KCELL_FAULT=<step>` in its
+//! environment the runtime kills itself with SIGKILL when it reaches that
+//! step of `run`, as a `kill -9` at the worst moment would. What it made so
+//! far must then be found and removed by the next `kcell run` or `kcell gc`.
+
+/// The steps of `kcell run`, in order.
+pub const STEPS: &[&str] = &[
+    // The image's overlay directory is claimed in the store.
+    "after-overlay",
+    // The container's record is written.
+    "after-record",
+    // The bridge address is leased (the bridge and its NAT table made).
+    "after-lease",
+    // The container's cgroup is made.
+    "after-cgroup",
+    // The namespaces and the first process exist, the cgroup holds it.
+    "after-clone",
+    // The netns bind mount and the veth pair are made, before the gate opens.
+    "after-veth",
+    // The root's mounts are done and the command exec'd: the container runs.
+    "running",
+];
+
+/// Kills the runtime here when `KCELL_FAULT` names `step`.
+pub fn point(step: &str) {
+    if std::env::var_os("KCELL_FAULT").is_some_and(|v| v == step) {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
