@@ -265,8 +265,8 @@ struct RunArgs {
     #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
     monotonic_offset: Option<i64>,
     /// Network: bridge (eth0 on a bridge with NAT; the default for an
-    /// image), none (own namespace, loopback up; the default for a
-    /// directory root), host, or container:ID (another container's).
+    /// image run by root), none (own namespace, loopback up; the default
+    /// otherwise), host, or container:ID (another container's).
     #[arg(long, value_parser = parse_net)]
     net: Option<NetMode>,
     /// The bridge of --net bridge.
@@ -433,7 +433,10 @@ impl RunArgs {
                 removed.insert(ns);
             }
         }
-        let net = self.net.clone().unwrap_or(if image.is_some() {
+        // An image gets a bridge by default, as with Docker; a directory
+        // root, or a caller who cannot make links (not root), gets none.
+        let root = nix::unistd::geteuid().is_root();
+        let net = self.net.clone().unwrap_or(if image.is_some() && root {
             NetMode::Bridge
         } else {
             NetMode::None

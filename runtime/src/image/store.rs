@@ -602,15 +602,19 @@ impl TempDir {
         ))
     }
 
-    /// Keeps the directory (it was renamed into place).
-    fn forget(self) {
-        std::mem::forget(self);
+    /// Keeps the directory (it was renamed into place). Taking the path
+    /// leaves Drop nothing to remove; `mem::forget` would leak the PathBuf
+    /// (found by the image_import fuzz target's leak sanitizer).
+    fn forget(mut self) {
+        std::mem::take(&mut self.0);
     }
 }
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
+        if !self.0.as_os_str().is_empty() {
+            let _ = fs::remove_dir_all(&self.0);
+        }
     }
 }
 
