@@ -204,6 +204,9 @@ pub struct ContainerSpec {
     pub network: Option<crate::net::network::BridgeRequest>,
     /// What the process may do: capabilities, no_new_privs, seccomp.
     pub confinement: Confinement,
+    /// Whether the container gets a cgroup of its own (root only; `--no-cgroup`:
+    /// it stays in the caller's, without limits, freeze or stats).
+    pub cgroup: bool,
 }
 
 /// The limits on what the container's processes may do.
@@ -292,6 +295,7 @@ impl ContainerSpec {
             dns: Vec::new(),
             network: None,
             confinement: Confinement::default(),
+            cgroup: true,
         }
     }
 

@@ -28,6 +28,9 @@ pub enum CgroupError {
     /// Limits were asked for by a caller that cannot write cgroups.
     #[error("cgroup limits need root: this runtime runs as uid {0}")]
     NeedsRoot(u32),
+    /// Limits were asked for together with --no-cgroup.
+    #[error("--no-cgroup leaves the container without a cgroup: limits (--cpus, --memory, ...) need one")]
+    LimitsWithoutCgroup,
     /// Limits were asked for and no cgroup filesystem is mounted.
     #[error(
         "cgroup limits asked for, but no cgroup filesystem is mounted (see /proc/self/mountinfo)"
@@ -84,6 +87,13 @@ impl ContainerCgroup {
             if !Path::new(&format!("/sys/dev/block/{}:{}", r.major, r.minor)).exists() {
                 return Err(ResourceError::UnknownDevice(r.major, r.minor).into());
             }
+        }
+        if !spec.cgroup {
+            return if res.is_empty() {
+                Ok(None)
+            } else {
+                Err(CgroupError::LimitsWithoutCgroup)
+            };
         }
         let uid = nix::unistd::geteuid();
         if !uid.is_root() {

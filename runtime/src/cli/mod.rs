@@ -342,6 +342,11 @@ struct RunArgs {
     /// Deny a device: 'TYPE MAJ:MIN ACCESS', e.g. 'c 1:3 rwm' (cgroup v1).
     #[arg(long, value_name = "RULE", value_parser = parse_rule)]
     device_deny: Vec<DeviceRule>,
+    /// No cgroup of its own: the container stays in the caller's (no limits,
+    /// freeze or stats; what bwrap does). Saves the cgroup's creation and the
+    /// migration into it, which on cgroup v1 waits for an RCU grace period.
+    #[arg(long)]
+    no_cgroup: bool,
     /// Write the cgroup's final counters (JSON: cpu, memory, oom_kill, pids, io) here.
     #[arg(long)]
     stats_file: Option<PathBuf>,
@@ -543,6 +548,7 @@ impl RunArgs {
             spec.process_user = Some(image::resolve_user(&user, &layers)?);
         }
         spec.pid_file = self.pid_file;
+        spec.cgroup = !self.no_cgroup;
         spec.stats_file = self.stats_file;
         spec.resources = Resources {
             cpu_max: self.cpus,
