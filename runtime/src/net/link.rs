@@ -219,9 +219,7 @@ pub fn names(sock: &mut Socket) -> Result<Vec<String>, SysError> {
             netlink::attributes(&r.payload, 16)
                 .into_iter()
                 .find(|(k, _)| *k == IFLA_IFNAME)
-                .map(|(_, v)| {
-                    String::from_utf8_lossy(v.split(|b| *b == 0).next().unwrap_or(&[])).to_string()
-                })
+                .map(|(_, v)| super::netlink::c_string(v))
         })
         .collect())
 }

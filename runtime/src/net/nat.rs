@@ -199,9 +199,7 @@ pub fn tables(sock: &mut Socket) -> Result<Vec<String>, SysError> {
             super::netlink::attributes(&r.payload, 4)
                 .into_iter()
                 .find(|(k, _)| *k == NFTA_TABLE_NAME)
-                .map(|(_, v)| {
-                    String::from_utf8_lossy(v.split(|b| *b == 0).next().unwrap_or(&[])).to_string()
-                })
+                .map(|(_, v)| super::netlink::c_string(v))
         })
         .collect())
 }

@@ -336,6 +336,12 @@ fn parse(mut buf: &[u8]) -> Vec<Reply> {
     out
 }
 
+/// A string attribute's payload without its NUL terminator.
+pub fn c_string(payload: &[u8]) -> String {
+    let text = payload.split(|b| *b == 0).next().unwrap_or(&[]);
+    String::from_utf8_lossy(text).to_string()
+}
+
 /// The attributes of a payload after a family header of `skip` bytes, as
 /// (type without flags, payload).
 pub fn attributes(payload: &[u8], skip: usize) -> Vec<(u16, &[u8])> {
