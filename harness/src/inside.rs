@@ -93,6 +93,7 @@ pub fn main(args: &[String]) -> i32 {
         ["try-read", key, path] => confine::try_read(key, path),
         ["try-mount", dir] => confine::try_mount(dir),
         ["try-kill", pid] => confine::try_kill(pid),
+        ["try-unshare-user"] => confine::try_unshare_user(),
         ["abstract-connect", name] => confine::abstract_connect(name),
         _ => Err(format!("kcell-probe: unknown subcommand {args:?}")),
     };

@@ -845,7 +845,7 @@ fn init_prepare(
     let _ = nix::unistd::setsid();
     if spec.confinement.seccomp {
         // Last: from here on the filter applies (exec included).
-        crate::seccomp::install(&crate::seccomp::program())?;
+        crate::seccomp::install(&crate::seccomp::program(spec.confinement.deny_userns))?;
     }
     Ok(())
 }

@@ -61,6 +61,7 @@ pub const DENIED: &[(&str, &[(&str, i64)])] = &[
 const BPF_LD_W_ABS: u16 = 0x20;
 const BPF_JEQ_K: u16 = 0x15;
 const BPF_JGE_K: u16 = 0x35;
+const BPF_JSET_K: u16 = 0x45;
 const BPF_RET_K: u16 = 0x06;
 const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
@@ -83,7 +84,10 @@ fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
 
 /// The filter program: a foreign architecture is killed (its numbers mean
 /// other calls), x32 calls and the denied ones get EPERM, the rest pass.
-pub fn program() -> Vec<libc::sock_filter> {
+/// With `deny_userns`, creating a user namespace is refused too: unshare
+/// and clone with CLONE_NEWUSER get EPERM, and clone3 (whose flags sit in
+/// memory a filter cannot read) gets ENOSYS, so libc falls back to clone.
+pub fn program(deny_userns: bool) -> Vec<libc::sock_filter> {
     let denied: Vec<u32> = DENIED
         .iter()
         .flat_map(|(_, calls)| calls.iter().map(|(_, nr)| *nr as u32))
@@ -99,6 +103,21 @@ pub fn program() -> Vec<libc::sock_filter> {
         jump(BPF_JGE_K, X32_SYSCALL_BIT, 0, 1),
         stmt(BPF_RET_K, eperm),
     ];
+    if deny_userns {
+        p.extend([
+            jump(BPF_JEQ_K, libc::SYS_clone3 as u32, 0, 1),
+            stmt(BPF_RET_K, SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
+            // unshare(flags) or clone(flags, ...): look at the flags ...
+            jump(BPF_JEQ_K, libc::SYS_unshare as u32, 1, 0),
+            jump(BPF_JEQ_K, libc::SYS_clone as u32, 0, 3),
+            // ... the low word of seccomp_data.args[0].
+            stmt(BPF_LD_W_ABS, 16),
+            jump(BPF_JSET_K, libc::CLONE_NEWUSER as u32, 0, 1),
+            stmt(BPF_RET_K, eperm),
+            // The number again, for the checks below.
+            stmt(BPF_LD_W_ABS, 0),
+        ]);
+    }
     for nr in denied {
         p.push(jump(BPF_JEQ_K, nr, 0, 1));
         p.push(stmt(BPF_RET_K, eperm));
@@ -136,16 +155,17 @@ mod tests {
 
     #[test]
     fn every_denied_call_has_its_test_and_return() {
-        let p = program();
+        let p = program(false);
         let calls: usize = DENIED.iter().map(|(_, c)| c.len()).sum();
         assert_eq!(p.len(), 6 + 2 * calls + 1);
+        assert_eq!(program(true).len(), p.len() + 8);
         assert_eq!(p.last().map(|i| i.k), Some(SECCOMP_RET_ALLOW));
         assert!(p.len() < 4096, "BPF_MAXINSNS");
     }
 
     #[test]
     fn a_denied_call_gets_eperm_in_a_child() {
-        let filter = program();
+        let filter = program(true);
         // SAFETY: the child only makes system calls and exits.
         match unsafe { nix::unistd::fork() }.unwrap() {
             nix::unistd::ForkResult::Child => {
@@ -154,6 +174,9 @@ mod tests {
                 let ok = install(&filter).is_ok()
                     // SAFETY: keyctl(KEYCTL_GET_KEYRING_ID) with integer arguments.
                     && unsafe { libc::syscall(libc::SYS_keyctl, 0, -3, 0) } == -1
+                    && Errno::last() == Errno::EPERM
+                    // SAFETY: unshare with a flag word; refused by the filter.
+                    && unsafe { libc::unshare(libc::CLONE_NEWUSER) } == -1
                     && Errno::last() == Errno::EPERM
                     && nix::unistd::getpid().as_raw() > 0;
                 // SAFETY: _exit in a forked child.

@@ -216,6 +216,9 @@ pub struct Confinement {
     pub capabilities: crate::caps::CapSet,
     /// Whether the default seccomp profile is installed (`--seccomp=unconfined`: no).
     pub seccomp: bool,
+    /// Whether the filter also refuses new user namespaces (`--deny-userns`).
+    #[serde(default)]
+    pub deny_userns: bool,
 }
 
 impl Default for Confinement {
@@ -223,6 +226,7 @@ impl Default for Confinement {
         Confinement {
             capabilities: crate::caps::CapSet::default(),
             seccomp: true,
+            deny_userns: false,
         }
     }
 }
@@ -233,7 +237,7 @@ impl Confinement {
     pub fn apply(&self) -> Result<(), crate::sys::SysError> {
         crate::caps::confine(self.capabilities)?;
         if self.seccomp {
-            crate::seccomp::install(&crate::seccomp::program())?;
+            crate::seccomp::install(&crate::seccomp::program(self.deny_userns))?;
         }
         Ok(())
     }

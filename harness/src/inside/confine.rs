@@ -137,6 +137,32 @@ pub fn try_mount(dir: &str) -> Res {
     Ok(())
 }
 
+/// unshare(CLONE_NEWUSER) in a child (the probe itself stays put).
+pub fn try_unshare_user() -> Res {
+    // SAFETY: the probe is single-threaded; the child only unshares and exits.
+    match unsafe { nix::unistd::fork() }.map_err(|e| e.to_string())? {
+        nix::unistd::ForkResult::Child => {
+            let code = match nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER) {
+                Ok(()) => 0,
+                Err(e) => e as i32,
+            };
+            // SAFETY: _exit in a forked child.
+            unsafe { libc::_exit(code) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            let answer = match nix::sys::wait::waitpid(child, None).map_err(|e| e.to_string())? {
+                nix::sys::wait::WaitStatus::Exited(_, 0) => "ok".to_string(),
+                nix::sys::wait::WaitStatus::Exited(_, errno) => {
+                    format!("{:?}", Errno::from_raw(errno))
+                }
+                other => format!("{other:?}"),
+            };
+            out("unshare_user", answer);
+            Ok(())
+        }
+    }
+}
+
 /// kill(pid, 0): whether this process can see and signal `pid`.
 pub fn try_kill(pid: &str) -> Res {
     let pid: i32 = pid

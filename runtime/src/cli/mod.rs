@@ -292,6 +292,10 @@ struct RunArgs {
     /// kexec, module loading, open_by_handle_at, ...) or unconfined.
     #[arg(long, value_name = "PROFILE", value_enum, default_value_t = SeccompProfile::Default)]
     seccomp: SeccompProfile,
+    /// Refuse new user namespaces inside (unshare/clone with CLONE_NEWUSER:
+    /// EPERM; clone3: ENOSYS), on top of the seccomp profile.
+    #[arg(long)]
+    deny_userns: bool,
     /// A nameserver for the container's own /etc/resolv.conf (repeatable;
     /// bind-mounted read-only, the image's file is left alone).
     #[arg(long, value_name = "IP", value_parser = parse_dns)]
@@ -396,6 +400,8 @@ enum CliError {
     NoRoot(String, PathBuf),
     #[error("--subnet, --ip and --no-nat are for --net bridge")]
     BridgeOnly,
+    #[error("--deny-userns is a seccomp rule: it cannot go with --seccomp unconfined")]
+    DenyUsernsUnconfined,
     #[error(transparent)]
     Net(#[from] crate::net::NetError),
 }
@@ -481,7 +487,11 @@ impl RunArgs {
         spec.confinement = crate::spec::Confinement {
             capabilities: caps,
             seccomp: self.seccomp == SeccompProfile::Default,
+            deny_userns: self.deny_userns,
         };
+        if self.deny_userns && self.seccomp == SeccompProfile::Unconfined {
+            return Err(CliError::DenyUsernsUnconfined);
+        }
         // Flags that only make sense with a namespace bring it along, unless
         // the user removed it explicitly (then validate() names the conflict).
         let mut imply = |wanted: bool, ns: Namespace| {
