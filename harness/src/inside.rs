@@ -94,6 +94,8 @@ pub fn main(args: &[String]) -> i32 {
         ["try-mount", dir] => confine::try_mount(dir),
         ["try-kill", pid] => confine::try_kill(pid),
         ["try-unshare-user"] => confine::try_unshare_user(),
+        ["cgroup-raise"] => confine::cgroup_raise(false),
+        ["cgroup-raise", "--remount"] => confine::cgroup_raise(true),
         ["abstract-connect", name] => confine::abstract_connect(name),
         _ => Err(format!("kcell-probe: unknown subcommand {args:?}")),
     };

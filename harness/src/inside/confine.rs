@@ -163,6 +163,43 @@ pub fn try_unshare_user() -> Res {
     }
 }
 
+/// Tries to raise the container's own pids.max to "max" through the
+/// cgroupfs at /sys/fs/cgroup (v2: pids.max there; v1: pids/pids.max),
+/// first remounting it read-write when `remount` (needs CAP_SYS_ADMIN).
+pub fn cgroup_raise(remount: bool) -> Res {
+    use nix::mount::{mount, MsFlags};
+    let candidates = ["/sys/fs/cgroup/pids.max", "/sys/fs/cgroup/pids/pids.max"];
+    let Some(file) = candidates.iter().find(|p| std::path::Path::new(p).exists()) else {
+        out("pids_max", "missing");
+        return Ok(());
+    };
+    out(
+        "pids_max",
+        std::fs::read_to_string(file).unwrap_or_default().trim(),
+    );
+    if remount {
+        let dir = std::path::Path::new(file)
+            .parent()
+            .unwrap_or(std::path::Path::new("/"));
+        let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND;
+        let r = mount(None::<&str>, dir, None::<&str>, flags, None::<&str>);
+        out(
+            "remount_rw",
+            r.map_or_else(|e| format!("{e:?}"), |()| "ok".into()),
+        );
+    }
+    let result = std::fs::write(file, "max");
+    out(
+        "raise",
+        result.map_or_else(|e| io_errno(&e), |()| "ok".into()),
+    );
+    out(
+        "pids_max_after",
+        std::fs::read_to_string(file).unwrap_or_default().trim(),
+    );
+    Ok(())
+}
+
 /// kill(pid, 0): whether this process can see and signal `pid`.
 pub fn try_kill(pid: &str) -> Res {
     let pid: i32 = pid

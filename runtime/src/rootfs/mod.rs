@@ -208,6 +208,13 @@ fn mount_specials(root: &Path, spec: &ContainerSpec, user_ns: UserNs) -> Result<
         }
         bind(Path::new("/sys"), &sys_dir, true)?;
         remount_readonly(&sys_dir)?;
+    } else if !in_user_ns
+        && spec.cgroup
+        && spec
+            .namespaces
+            .contains(crate::namespace::Namespace::Cgroup)
+    {
+        mount_own_cgroup(&sys_dir.join("fs/cgroup"), &spec.id)?;
     }
 
     let dev = root.join("dev");
@@ -315,6 +322,46 @@ fn bind_volume(root: &Path, m: &BindMount) -> Result<(), SysError> {
         remount_readonly(&target)?;
     }
     Ok(())
+}
+
+/// The container's own cgroup, read-only at /sys/fs/cgroup: with its cgroup
+/// namespace it sees its limits and counters as the root of the tree, and
+/// cannot raise them (EROFS), as Docker's default read-only cgroupfs. v2:
+/// the directory itself; v1: a read-only tmpfs with one directory per
+/// hierarchy, named as on the host.
+fn mount_own_cgroup(target: &Path, id: &str) -> Result<(), SysError> {
+    let Some(cg) = crate::cgroup::ContainerCgroup::of_container(id) else {
+        return Ok(());
+    };
+    if !target.is_dir() {
+        return Ok(());
+    }
+    if cg.version == crate::cgroup::layout::Version::V2 {
+        if let Some((_, dir)) = cg.dirs.first() {
+            bind(dir, target, false)?;
+            remount_readonly(target)?;
+        }
+        return Ok(());
+    }
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount_fs("tmpfs", target, flags, Some("mode=755"))?;
+    let mut done: Vec<&Path> = Vec::new();
+    for (_, dir) in &cg.dirs {
+        // Co-mounted controllers (cpu,cpuacct) share one directory.
+        let hierarchy = dir.ancestors().nth(2).and_then(Path::file_name);
+        let (Some(name), false) = (hierarchy, done.contains(&dir.as_path())) else {
+            continue;
+        };
+        if !dir.is_dir() {
+            continue;
+        }
+        let inside = target.join(name);
+        ensure_dir(&inside, 0o555)?;
+        bind(dir, &inside, false)?;
+        remount_readonly(&inside)?;
+        done.push(dir);
+    }
+    remount_readonly(target)
 }
 
 /// Remounts a bind mount read-only, keeping the flags the kernel locked on it
