@@ -843,10 +843,8 @@ fn init_prepare(
     }
     // A session of its own: the container is not part of the caller's terminal job.
     let _ = nix::unistd::setsid();
-    if spec.confinement.seccomp {
-        // Last: from here on the filter applies (exec included).
-        crate::seccomp::install(&crate::seccomp::program(spec.confinement.deny_userns))?;
-    }
+    // Last: from here on the filter applies (exec included).
+    spec.confinement.install_filter()?;
     Ok(())
 }
 

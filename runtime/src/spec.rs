@@ -236,6 +236,12 @@ impl Confinement {
     /// no_new_privs, then the seccomp filter (which no_new_privs allows).
     pub fn apply(&self) -> Result<(), crate::sys::SysError> {
         crate::caps::confine(self.capabilities)?;
+        self.install_filter()
+    }
+
+    /// The seccomp filter alone, when asked for (the container's first
+    /// process sets its capabilities earlier, before switching user).
+    pub fn install_filter(&self) -> Result<(), crate::sys::SysError> {
         if self.seccomp {
             crate::seccomp::install(&crate::seccomp::program(self.deny_userns))?;
         }

@@ -204,10 +204,9 @@ pub fn add_default_route(sock: &mut Socket, index: u32, gateway: Ipv4Addr) -> Re
 
 /// The names of the links in the socket's namespace (`ip link` names).
 pub fn names(sock: &mut Socket) -> Result<Vec<String>, SysError> {
-    const NLM_F_DUMP: u16 = 0x300;
     let m = Message::new(
         RTM_GETLINK,
-        NLM_F_DUMP,
+        super::netlink::NLM_F_DUMP,
         &ifinfomsg(0, 0, 0),
         "RTM_GETLINK dump",
     );

@@ -173,6 +173,21 @@ fn parse_routes(text: &str) -> Vec<HostRoute> {
         .collect()
 }
 
+/// The first of `candidates` that no host route overlaps, routes through
+/// `ignore` (a bridge's own) left out; None when every one is routed.
+pub fn unrouted(
+    candidates: impl IntoIterator<Item = Ipv4Net>,
+    ignore: Option<&str>,
+) -> Result<Option<Ipv4Net>, SysError> {
+    let routes: Vec<HostRoute> = host_routes()?
+        .into_iter()
+        .filter(|r| Some(r.device.as_str()) != ignore)
+        .collect();
+    Ok(candidates
+        .into_iter()
+        .find(|net| routes.iter().all(|r| !r.dest.overlaps(net))))
+}
+
 /// Runs `f` on a thread that has joined the network namespace `netns`:
 /// sockets it opens (netlink included) belong to that namespace. A network
 /// namespace is per thread, so the runtime's own thread stays where it is.

@@ -185,10 +185,9 @@ pub fn exists(sock: &mut Socket, table: &str) -> Result<bool, SysError> {
 
 /// The names of the nf_tables tables of family ip (`nft list tables ip`).
 pub fn tables(sock: &mut Socket) -> Result<Vec<String>, SysError> {
-    const NLM_F_DUMP: u16 = 0x300;
     let m = msg(
         NFT_MSG_GETTABLE,
-        NLM_F_DUMP,
+        super::netlink::NLM_F_DUMP,
         "nf_tables GETTABLE dump".into(),
     );
     let replies = sock.query(&m)?;

@@ -26,6 +26,8 @@ pub const NLM_F_EXCL: u16 = 0x200;
 pub const NLM_F_CREATE: u16 = 0x400;
 /// Append (rules).
 pub const NLM_F_APPEND: u16 = 0x800;
+/// Every object of the kind (NLM_F_ROOT | NLM_F_MATCH), ending in NLMSG_DONE.
+pub const NLM_F_DUMP: u16 = 0x300;
 
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;

@@ -297,6 +297,10 @@ impl Networks {
 
     /// Every lease, as (bridge, address, container ID).
     pub fn leases(&self) -> Vec<(String, Ipv4Addr, String)> {
+        // Looking makes nothing: no directory, no lease.
+        if !self.dir.exists() {
+            return Vec::new();
+        }
         let Ok(locked) = self.lock() else {
             return Vec::new();
         };
@@ -335,30 +339,27 @@ fn check_address(subnet: Ipv4Net, gateway: Ipv4Addr, ip: Ipv4Addr) -> Result<(),
 /// overlaps it, else the first of 10.89.0.0/24 .. 10.89.255.0/24 that none does.
 fn free_subnet(bridge: &str, want: Option<Ipv4Net>) -> Result<Ipv4Net, NetError> {
     // A route through the bridge itself is its own (a leftover being reused).
-    let routes: Vec<_> = super::host_routes()?
-        .into_iter()
-        .filter(|r| r.device != bridge)
-        .collect();
-    let clash = |net: &Ipv4Net| routes.iter().find(|r| r.dest.overlaps(net));
-    match want {
-        Some(net) => match clash(&net) {
-            Some(r) => Err(NetError::Invalid(format!(
-                "subnet {net} overlaps the host route {} dev {}: choose another --subnet",
-                r.dest, r.device
-            ))),
-            None => Ok(net),
-        },
-        None => (0..=255u8)
-            .map(|third| Ipv4Net {
-                addr: Ipv4Addr::new(10, 89, third, 0),
-                prefix: 24,
-            })
-            .find(|net| clash(net).is_none())
-            .ok_or_else(|| {
-                NetError::Invalid(
-                    "every subnet of 10.89.0.0/16 overlaps a host route: give --subnet".into(),
-                )
-            }),
+    let Some(net) = want else {
+        let candidates = (0..=255u8).map(|third| Ipv4Net {
+            addr: Ipv4Addr::new(10, 89, third, 0),
+            prefix: 24,
+        });
+        return super::unrouted(candidates, Some(bridge))?.ok_or_else(|| {
+            NetError::Invalid(
+                "every subnet of 10.89.0.0/16 overlaps a host route: give --subnet".into(),
+            )
+        });
+    };
+    let routes = super::host_routes()?;
+    match routes
+        .iter()
+        .find(|r| r.device != bridge && r.dest.overlaps(&net))
+    {
+        Some(r) => Err(NetError::Invalid(format!(
+            "subnet {net} overlaps the host route {} dev {}: choose another --subnet",
+            r.dest, r.device
+        ))),
+        None => Ok(net),
     }
 }
 
@@ -399,7 +400,7 @@ fn bring_up(bridge: &str, subnet: Ipv4Net, gateway: Ipv4Addr, nat: bool) -> Resu
 }
 
 /// Removes the NAT table and the bridge; either may already be gone.
-fn tear_down(bridge: &str) -> Result<(), NetError> {
+pub fn tear_down(bridge: &str) -> Result<(), NetError> {
     let mut first_error = None;
     match Socket::netfilter().and_then(|mut nf| nat::remove(&mut nf, bridge)) {
         // No nf_tables at all: there is no table to remove.
