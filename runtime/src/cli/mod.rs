@@ -816,8 +816,15 @@ fn net_attach(
 fn gc(state: &StateDir, store: &Store) -> Vec<String> {
     let mut removed = Vec::new();
     state.remove_stale_temporaries();
-    for rec in state.list() {
-        if rec.orphaned() && !rec.is_running() {
+    for rec in state.list().into_iter().filter(|r| r.orphaned()) {
+        // Its runtime is gone, so PDEATHSIG is already taking the container
+        // down (monitor, then PID 1 and its namespace): a `gc` right after
+        // the kill must not find it still exiting and leave it behind.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while rec.is_running() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        if !rec.is_running() {
             clean(state, &rec.id);
             removed.push(rec.id);
         }
