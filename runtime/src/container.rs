@@ -288,11 +288,11 @@ fn with_resolv_conf(spec: &ContainerSpec, path: &Path) -> Result<ContainerSpec, 
         .collect();
     fs::write(path, text).sys("write", path.display())?;
     let mut spec = spec.clone();
-    spec.mounts.push(crate::spec::BindMount {
-        source: path.to_path_buf(),
-        target: "/etc/resolv.conf".into(),
-        readonly: true,
-    });
+    spec.mounts.push(crate::spec::Mount::bind(
+        path,
+        Path::new("/etc/resolv.conf"),
+        true,
+    ));
     Ok(spec)
 }
 

@@ -521,8 +521,14 @@ impl RunArgs {
             boottime: self.boottime_offset.unwrap_or(0),
             monotonic: self.monotonic_offset.unwrap_or(0),
         };
-        spec.mounts = self.volumes;
-        spec.tmpfs = self.tmpfs;
+        let extra = self
+            .volumes
+            .iter()
+            .map(BindMount::to_mount)
+            .chain(self.tmpfs.iter().map(TmpfsMount::to_mount))
+            .collect();
+        spec.cgroup = !self.no_cgroup;
+        spec.set_mounts(extra);
         spec.env = self.env;
         let user = self.user;
         let explicit_workdir = self.workdir.is_some();
@@ -558,7 +564,6 @@ impl RunArgs {
             spec.process_user = Some(image::resolve_user(&user, &layers)?);
         }
         spec.pid_file = self.pid_file;
-        spec.cgroup = !self.no_cgroup;
         spec.stats_file = self.stats_file;
         spec.resources = Resources {
             cpu_max: self.cpus,

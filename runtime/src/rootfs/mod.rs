@@ -1,48 +1,27 @@
-//! The container's root: a private mount tree, the special filesystems a
-//! process expects, bind mounts, then pivot_root (never chroot: the old root
-//! must be unmounted so `..` and double-chroot cannot reach the host), and
-//! finally runc's masked and read-only paths.
+//! The container's root: a private mount tree, the container's mounts in
+//! order (kcell's standard ones, or an OCI config's), its device nodes,
+//! then pivot_root (never chroot: the old root must be unmounted so `..`
+//! and double-chroot cannot reach the host), and finally the masked and
+//! read-only paths.
 //!
+//! Every destination is resolved inside the root by [`inroot`] and mounted
+//! on through its descriptor: a hostile root's symlinks lead nowhere.
 //! Everything here runs in the container's first process, inside its new
 //! mount (and maybe user) namespace, before exec.
 
 pub mod busybox;
+pub mod inroot;
 
-use crate::spec::{BindMount, ContainerSpec};
+use crate::spec::{ContainerSpec, Mount};
 use crate::sys::{SysContext, SysError};
+use inroot::{InRoot, Kind, Need, PathError, Resolved};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use std::fs;
-use std::os::unix::fs::{symlink, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
-/// Paths runc masks by default: files get /dev/null bound over them,
-/// directories an empty read-only tmpfs.
-pub const MASKED_PATHS: &[&str] = &[
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/proc/scsi",
-    "/sys/firmware",
-    "/sys/devices/virtual/powercap",
-];
-
-/// Paths runc makes read-only by default.
-pub const READONLY_PATHS: &[&str] = &[
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-];
-
-/// Device nodes of the container's /dev, bound from the host's (a bind works
-/// in a user namespace, where mknod does not).
-pub const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+pub use crate::spec::mount::{MASKED_PATHS, READONLY_PATHS};
 
 /// Errors while building the container's root.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +29,9 @@ pub enum RootfsError {
     /// A mount, pivot_root or other call failed.
     #[error(transparent)]
     Sys(#[from] SysError),
+    /// A destination that does not resolve inside the root.
+    #[error(transparent)]
+    Path(#[from] PathError),
 }
 
 /// The user namespace the root is built in: it decides what may be created.
@@ -59,8 +41,7 @@ pub enum UserNs {
     None,
     /// A user namespace whose uid 0 is mapped.
     Mapped,
-    /// A user namespace with no mapping: no inode can be created (EOVERFLOW),
-    /// so /dev is the host's, bound in, with fresh pts and shm over it.
+    /// A user namespace with no mapping: no inode can be created (EOVERFLOW).
     Unmapped,
 }
 
@@ -84,29 +65,38 @@ pub fn enter(spec: &ContainerSpec, user_ns: UserNs) -> Result<(), RootfsError> {
         // Mounted in the container's own mount namespace, the overlay goes
         // with it: nothing to unmount on the host, even after a SIGKILL.
         Some(overlay) => mount_overlay(&root, overlay)?,
-        None => bind(&root, &root, true)?,
+        None => mount(
+            Some(&root),
+            &root,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .sys("mount --rbind", format!("{} on itself", root.display()))?,
     }
-    mount_specials(&root, spec, user_ns)?;
+    // Opened after the root's own mount, so what is mounted below lands on it.
+    let inside = InRoot::open(&root)?;
     for m in &spec.mounts {
-        bind_volume(&root, m)?;
+        apply(&inside, m, spec, user_ns)?;
     }
-    for t in &spec.tmpfs {
-        let target = under(&root, &t.target);
-        ensure_dir(&target, 0o755)?;
-        let options = (!t.options.is_empty()).then_some(t.options.as_str());
-        mount_fs(
-            "tmpfs",
-            &target,
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            options,
-        )?;
+    let dev_from_host = spec
+        .mounts
+        .iter()
+        .any(|m| m.destination == Path::new("/dev") && m.is_bind());
+    if !dev_from_host {
+        make_devices(&inside, spec, user_ns)?;
     }
+    inside.ensure(&spec.workdir, Need::Dir(0o755))?;
     pivot_into(&root)?;
-    for path in MASKED_PATHS {
-        mask(Path::new(path))?;
+    let inside = InRoot::open(Path::new("/"))?;
+    for path in &spec.masked_paths {
+        mask(&inside, path)?;
     }
-    for path in READONLY_PATHS {
-        make_readonly(Path::new(path))?;
+    for path in &spec.readonly_paths {
+        make_readonly(&inside, path)?;
+    }
+    if spec.readonly_root {
+        remount_readonly("/")?;
     }
     Ok(())
 }
@@ -138,213 +128,216 @@ fn mount_overlay(root: &Path, overlay: &crate::spec::OverlayRoot) -> Result<(), 
     )
 }
 
-fn bind(source: &Path, target: &Path, recursive: bool) -> Result<(), SysError> {
-    let flags = MsFlags::MS_BIND
-        | if recursive {
-            MsFlags::MS_REC
-        } else {
-            MsFlags::empty()
-        };
-    mount(Some(source), target, None::<&str>, flags, None::<&str>).sys(
-        "mount --bind",
-        format!("{} on {}", source.display(), target.display()),
+/// Mounts `source` (a host path, or a filesystem's name) on `target`.
+fn mount_on(
+    source: &Path,
+    target: &Resolved,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: &str,
+) -> Result<(), SysError> {
+    let data = (!data.is_empty()).then_some(data);
+    mount(Some(source), target.fd_path().as_str(), fstype, flags, data).sys(
+        "mount",
+        format!(
+            "{} {} on {}{}",
+            fstype.unwrap_or("--bind"),
+            source.display(),
+            target.dest.display(),
+            data.map(|d| format!(" ({d})")).unwrap_or_default()
+        ),
     )
 }
 
-fn mount_fs(
-    fstype: &str,
-    target: &Path,
-    flags: MsFlags,
-    data: Option<&str>,
-) -> Result<(), SysError> {
-    mount(Some(fstype), target, Some(fstype), flags, data)
-        .sys("mount", format!("{fstype} on {}", target.display()))
-}
-
-fn ensure_dir(path: &Path, mode: u32) -> Result<(), SysError> {
-    if !path.is_dir() {
-        fs::create_dir_all(path).sys("mkdir", path.display())?;
-        fs::set_permissions(path, fs::Permissions::from_mode(mode)).sys("chmod", path.display())?;
+/// One mount of the container's list, on its destination resolved inside the root.
+fn apply(
+    inside: &InRoot,
+    m: &Mount,
+    spec: &ContainerSpec,
+    user_ns: UserNs,
+) -> Result<(), RootfsError> {
+    let flags = m.ms_flags();
+    match m.fstype.as_str() {
+        "bind" => {
+            let source = m.source.as_deref().unwrap_or(Path::new(""));
+            let need = if source.is_dir() {
+                Need::Dir(0o755)
+            } else {
+                Need::File
+            };
+            let target = inside.ensure(&m.destination, need)?;
+            mount_on(
+                source,
+                &target,
+                None,
+                MsFlags::MS_BIND | (flags & MsFlags::MS_REC),
+                "",
+            )?;
+            // A bind takes its other flags only on a remount of the new mount.
+            let rest = flags - MsFlags::MS_BIND - MsFlags::MS_REC;
+            if !rest.is_empty() {
+                let top = inside.ensure(&m.destination, Need::Existing)?;
+                remount_bind(&top.fd_path(), rest, &m.destination)?;
+            }
+        }
+        "cgroup" | "cgroup2" => mount_own_cgroup(inside, m, spec)?,
+        fstype => {
+            let target = inside.ensure(&m.destination, Need::Dir(0o755))?;
+            let source = m.source.as_deref().unwrap_or(Path::new(fstype));
+            let made = mount_on(source, &target, Some(fstype), flags, &m.data);
+            match made {
+                // A user namespace without its own network namespace may not
+                // mount sysfs (EPERM); runc binds the host's instead. Read-only either way.
+                Err(e)
+                    if fstype == "sysfs"
+                        && user_ns != UserNs::None
+                        && e.errno == nix::errno::Errno::EPERM =>
+                {
+                    mount_on(
+                        Path::new("/sys"),
+                        &target,
+                        None,
+                        MsFlags::MS_BIND | MsFlags::MS_REC,
+                        "",
+                    )?;
+                    let top = inside.ensure(&m.destination, Need::Existing)?;
+                    remount_bind(&top.fd_path(), MsFlags::MS_RDONLY, &m.destination)?;
+                }
+                other => other?,
+            }
+        }
+    }
+    if m.propagation != 0 {
+        let top = inside.ensure(&m.destination, Need::Existing)?;
+        mount(
+            None::<&str>,
+            top.fd_path().as_str(),
+            None::<&str>,
+            MsFlags::from_bits_truncate(m.propagation),
+            None::<&str>,
+        )
+        .sys("mount --make-*", m.destination.display())?;
     }
     Ok(())
 }
 
-fn ensure_file(path: &Path) -> Result<(), SysError> {
-    if !path.exists() {
-        if let Some(parent) = path.parent() {
-            ensure_dir(parent, 0o755)?;
-        }
-        fs::File::create(path).sys("create", path.display())?;
-    }
-    Ok(())
-}
-
-/// The path of `inside` (an absolute container path) under the host-side `root`.
-fn under(root: &Path, inside: &Path) -> PathBuf {
-    root.join(inside.strip_prefix("/").unwrap_or(inside))
-}
-
-fn mount_specials(root: &Path, spec: &ContainerSpec, user_ns: UserNs) -> Result<(), SysError> {
-    let in_user_ns = user_ns != UserNs::None;
-    let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-
-    let proc_dir = root.join("proc");
-    ensure_dir(&proc_dir, 0o555)?;
-    mount_fs("proc", &proc_dir, nosuid_nodev_noexec, None)?;
-
-    let sys_dir = root.join("sys");
-    ensure_dir(&sys_dir, 0o555)?;
-    let sysfs = mount_fs(
-        "sysfs",
-        &sys_dir,
-        nosuid_nodev_noexec | MsFlags::MS_RDONLY,
-        None,
-    );
-    if let Err(err) = sysfs {
-        // A user namespace without its own network namespace may not mount
-        // sysfs (EPERM); runc binds the host's instead. Read-only either way.
-        if !(in_user_ns && err.errno == nix::errno::Errno::EPERM) {
-            return Err(err);
-        }
-        bind(Path::new("/sys"), &sys_dir, true)?;
-        remount_readonly(&sys_dir)?;
-    } else if !in_user_ns
-        && spec.cgroup
-        && spec
-            .namespaces
-            .contains(crate::namespace::Namespace::Cgroup)
-    {
-        mount_own_cgroup(&sys_dir.join("fs/cgroup"), &spec.id)?;
-    }
-
-    let dev = root.join("dev");
-    ensure_dir(&dev, 0o755)?;
-    if user_ns == UserNs::Unmapped {
-        bind(Path::new("/dev"), &dev, true)?;
-        // Fresh pts and shm over the host's, where the host has them (an
-        // unmapped user cannot create the mount points).
-        if dev.join("pts").is_dir() {
-            mount_fs(
-                "devpts",
-                &dev.join("pts"),
-                MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-                Some("newinstance,ptmxmode=0666,mode=0620"),
-            )?;
-        }
-        if dev.join("shm").is_dir() {
-            mount_fs(
-                "tmpfs",
-                &dev.join("shm"),
-                nosuid_nodev_noexec,
-                Some("mode=1777,size=65536k"),
-            )?;
-        }
-        let tmp = root.join("tmp");
-        return mount_fs(
-            "tmpfs",
-            &tmp,
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some("mode=1777"),
-        );
-    }
-    mount_fs(
-        "tmpfs",
-        &dev,
-        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
-        Some("mode=755,size=65536k"),
-    )?;
-    for name in DEVICES {
-        let host = Path::new("/dev").join(name);
-        if !host.exists() {
+/// The container's device nodes in /dev, and its standard /dev symlinks.
+/// Without a user namespace they are made with mknod (as runc does); in
+/// one, mknod is refused, so the host's nodes are bound in.
+fn make_devices(inside: &InRoot, spec: &ContainerSpec, user_ns: UserNs) -> Result<(), RootfsError> {
+    for d in &spec.devices {
+        let host = Path::new("/dev").join(d.path.strip_prefix("/dev").unwrap_or(&d.path));
+        if user_ns != UserNs::None {
+            if user_ns == UserNs::Unmapped || !host.exists() {
+                continue;
+            }
+            let node = inside.ensure(&d.path, Need::File)?;
+            mount_on(&host, &node, None, MsFlags::MS_BIND, "")?;
             continue;
         }
-        let node = dev.join(name);
-        ensure_file(&node)?;
-        bind(&host, &node, false)?;
+        let parent = d.path.parent().unwrap_or(Path::new("/dev"));
+        let name = d.path.file_name().unwrap_or_default();
+        let dir = inside.ensure(parent, Need::Dir(0o755))?;
+        let kind = match d.kind {
+            'b' => nix::sys::stat::SFlag::S_IFBLK,
+            'p' => nix::sys::stat::SFlag::S_IFIFO,
+            _ => nix::sys::stat::SFlag::S_IFCHR,
+        };
+        let made = nix::sys::stat::mknodat(
+            Some(dir.fd().as_raw_fd()),
+            name,
+            kind,
+            nix::sys::stat::Mode::from_bits_truncate(d.mode),
+            nix::sys::stat::makedev(d.major, d.minor),
+        );
+        match made {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => {
+                return Err(SysError {
+                    call: "mknod",
+                    subject: format!("{} ({} {}:{})", d.path.display(), d.kind, d.major, d.minor),
+                    errno: e,
+                }
+                .into())
+            }
+        }
+        // mknod's mode went through the umask; owner as the config says.
+        let node = inside.ensure(&d.path, Need::File)?;
+        fs::set_permissions(node.fd_path(), fs::Permissions::from_mode(d.mode))
+            .sys("chmod", d.path.display())?;
+        nix::unistd::fchownat(
+            Some(dir.fd().as_raw_fd()),
+            name,
+            Some(nix::unistd::Uid::from_raw(d.uid)),
+            Some(nix::unistd::Gid::from_raw(d.gid)),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .sys("chown", d.path.display())?;
     }
-    let pts = dev.join("pts");
-    ensure_dir(&pts, 0o755)?;
-    // gid=5 (tty) is only mappable without a user namespace.
-    let pts_opts = if in_user_ns {
-        "newinstance,ptmxmode=0666,mode=0620"
-    } else {
-        "newinstance,ptmxmode=0666,mode=0620,gid=5"
-    };
-    mount_fs(
-        "devpts",
-        &pts,
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some(pts_opts),
-    )?;
-    let shm = dev.join("shm");
-    ensure_dir(&shm, 0o1777)?;
-    mount_fs(
-        "tmpfs",
-        &shm,
-        nosuid_nodev_noexec,
-        Some("mode=1777,size=65536k"),
-    )?;
+    let dev = inside.ensure(Path::new("/dev"), Need::Dir(0o755))?;
     for (link, target) in [
-        ("ptmx", "pts/ptmx"),
         ("fd", "/proc/self/fd"),
         ("stdin", "/proc/self/fd/0"),
         ("stdout", "/proc/self/fd/1"),
         ("stderr", "/proc/self/fd/2"),
     ] {
-        symlink(target, dev.join(link)).sys("symlink", dev.join(link).display())?;
+        symlink_if_missing(inside, &dev, link, target)?;
     }
-
-    let tmp = root.join("tmp");
-    ensure_dir(&tmp, 0o1777)?;
-    mount_fs(
-        "tmpfs",
-        &tmp,
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=1777"),
-    )?;
-
-    let workdir = under(root, &spec.workdir);
-    if !workdir.is_dir() {
-        ensure_dir(&workdir, 0o755)?;
+    if spec
+        .mounts
+        .iter()
+        .any(|m| m.destination == Path::new("/dev/pts"))
+    {
+        symlink_if_missing(inside, &dev, "ptmx", "pts/ptmx")?;
     }
     Ok(())
 }
 
-fn bind_volume(root: &Path, m: &BindMount) -> Result<(), SysError> {
-    let target = under(root, &m.target);
-    if m.source.is_dir() {
-        ensure_dir(&target, 0o755)?;
-    } else {
-        ensure_file(&target)?;
+fn symlink_if_missing(
+    inside: &InRoot,
+    dir: &Resolved,
+    name: &str,
+    target: &str,
+) -> Result<(), RootfsError> {
+    match inside.symlink_in(dir, name, target) {
+        Ok(()) => Ok(()),
+        // Already there (a device of the config, or the image's own /dev).
+        Err(e) if e.why.contains("EEXIST") => Ok(()),
+        Err(e) => Err(e.into()),
     }
-    bind(&m.source, &target, true)?;
-    if m.readonly {
-        remount_readonly(&target)?;
-    }
-    Ok(())
 }
 
-/// The container's own cgroup, read-only at /sys/fs/cgroup: with its cgroup
-/// namespace it sees its limits and counters as the root of the tree, and
-/// cannot raise them (EROFS), as Docker's default read-only cgroupfs. v2:
-/// the directory itself; v1: a read-only tmpfs with one directory per
-/// hierarchy, named as on the host.
-fn mount_own_cgroup(target: &Path, id: &str) -> Result<(), SysError> {
-    let Some(cg) = crate::cgroup::ContainerCgroup::of_container(id) else {
+/// The container's own cgroup, read-only at the mount's destination: with
+/// its cgroup namespace it sees its limits and counters as the root of the
+/// tree, and cannot raise them (EROFS), as Docker's default read-only
+/// cgroupfs. v2: the directory itself; v1: a read-only tmpfs with one
+/// directory per hierarchy, named as on the host.
+fn mount_own_cgroup(inside: &InRoot, m: &Mount, spec: &ContainerSpec) -> Result<(), RootfsError> {
+    let Some(cg) = crate::cgroup::ContainerCgroup::of_container(&spec.id) else {
         return Ok(());
     };
-    if !target.is_dir() {
+    let Some(target) = inside.existing(&m.destination)? else {
+        return Ok(());
+    };
+    if target.kind != Kind::Dir {
         return Ok(());
     }
     if cg.version == crate::cgroup::layout::Version::V2 {
         if let Some((_, dir)) = cg.dirs.first() {
-            bind(dir, target, false)?;
-            remount_readonly(target)?;
+            mount_on(dir, &target, None, MsFlags::MS_BIND, "")?;
+            let top = inside.ensure(&m.destination, Need::Existing)?;
+            remount_bind(&top.fd_path(), MsFlags::MS_RDONLY, &m.destination)?;
         }
         return Ok(());
     }
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount_fs("tmpfs", target, flags, Some("mode=755"))?;
+    mount_on(
+        Path::new("tmpfs"),
+        &target,
+        Some("tmpfs"),
+        flags,
+        "mode=755",
+    )?;
     let mut done: Vec<&Path> = Vec::new();
     for (_, dir) in &cg.dirs {
         // Co-mounted controllers (cpu,cpuacct) share one directory.
@@ -355,21 +348,25 @@ fn mount_own_cgroup(target: &Path, id: &str) -> Result<(), SysError> {
         if !dir.is_dir() {
             continue;
         }
-        let inside = target.join(name);
-        ensure_dir(&inside, 0o555)?;
-        bind(dir, &inside, false)?;
-        remount_readonly(&inside)?;
+        let dest = m.destination.join(name);
+        let at = inside.ensure(&dest, Need::Dir(0o555))?;
+        mount_on(dir, &at, None, MsFlags::MS_BIND, "")?;
+        let top = inside.ensure(&dest, Need::Existing)?;
+        remount_bind(&top.fd_path(), MsFlags::MS_RDONLY, &dest)?;
         done.push(dir);
     }
-    remount_readonly(target)
+    let top = inside.ensure(&m.destination, Need::Existing)?;
+    remount_bind(&top.fd_path(), MsFlags::MS_RDONLY, &m.destination)?;
+    Ok(())
 }
 
-/// Remounts a bind mount read-only, keeping the flags the kernel locked on it
-/// (in a user namespace, dropping nosuid/nodev/noexec is refused with EPERM).
-fn remount_readonly(target: &Path) -> Result<(), SysError> {
-    let st = nix::sys::statvfs::statvfs(target).sys("statvfs", target.display())?;
+/// Remounts a bind mount with `extra` flags (read-only, nosuid, ...),
+/// keeping the flags the kernel locked on it (in a user namespace, dropping
+/// nosuid/nodev/noexec is refused with EPERM).
+fn remount_bind(target: &str, extra: MsFlags, dest: &Path) -> Result<(), SysError> {
+    let st = nix::sys::statvfs::statvfs(target).sys("statvfs", dest.display())?;
     use nix::sys::statvfs::FsFlags;
-    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra;
     for (have, keep) in [
         (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
         (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
@@ -382,8 +379,14 @@ fn remount_readonly(target: &Path) -> Result<(), SysError> {
             flags |= keep;
         }
     }
-    mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
-        .sys("mount -o remount,bind,ro", target.display())
+    mount(None::<&str>, target, None::<&str>, flags, None::<&str>).sys(
+        "mount -o remount,bind",
+        format!("{} ({extra:?})", dest.display()),
+    )
+}
+
+fn remount_readonly(target: &str) -> Result<(), SysError> {
+    remount_bind(target, MsFlags::MS_RDONLY, Path::new(target))
 }
 
 /// pivot_root(".", ".") puts the old root on top of the new one; detaching it
@@ -395,22 +398,37 @@ fn pivot_into(root: &Path) -> Result<(), SysError> {
     nix::unistd::chdir("/").sys("chdir", "/")
 }
 
-fn mask(path: &Path) -> Result<(), SysError> {
-    match fs::symlink_metadata(path) {
-        Err(_) => Ok(()),
-        Ok(meta) if meta.is_dir() => {
-            mount_fs("tmpfs", path, MsFlags::MS_RDONLY, Some("size=0k,mode=555"))
-        }
-        Ok(_) => bind(Path::new("/dev/null"), path, false),
+fn mask(inside: &InRoot, path: &Path) -> Result<(), RootfsError> {
+    let Some(target) = inside.existing(path)? else {
+        return Ok(());
+    };
+    match target.kind {
+        Kind::Dir => mount_on(
+            Path::new("tmpfs"),
+            &target,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY,
+            "size=0k,mode=555",
+        )?,
+        Kind::Other => mount_on(Path::new("/dev/null"), &target, None, MsFlags::MS_BIND, "")?,
     }
+    Ok(())
 }
 
-fn make_readonly(path: &Path) -> Result<(), SysError> {
-    if !path.exists() {
+fn make_readonly(inside: &InRoot, path: &Path) -> Result<(), RootfsError> {
+    let Some(target) = inside.existing(path)? else {
         return Ok(());
-    }
-    bind(path, path, true)?;
-    remount_readonly(path)
+    };
+    mount_on(
+        Path::new(&target.fd_path()),
+        &target,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        "",
+    )?;
+    let top = inside.ensure(path, Need::Existing)?;
+    remount_bind(&top.fd_path(), MsFlags::MS_RDONLY, path)?;
+    Ok(())
 }
 
 /// Creates the mount point directories a root needs, with the modes a

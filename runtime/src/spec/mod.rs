@@ -1,9 +1,12 @@
 //! What a container is, as data: the root, the command, the namespaces and
 //! their parameters, the mounts. The CLI builds one; [`crate::container`] runs it.
 
+pub mod mount;
+
 use crate::cgroup::resources::Resources;
 use crate::idmap::IdMap;
 use crate::namespace::{Namespace, NamespaceSet};
+pub use mount::{Device, Mount};
 use std::path::{Path, PathBuf};
 
 /// The kernel's limit on a hostname (HOST_NAME_MAX, `__NEW_UTS_LEN`).
@@ -87,6 +90,11 @@ impl BindMount {
             readonly,
         })
     }
+
+    /// As a mount of the container's list.
+    pub fn to_mount(&self) -> Mount {
+        Mount::bind(&self.source, &self.target, self.readonly)
+    }
 }
 
 /// A tmpfs mounted in the container (`--tmpfs DST[:size=..,mode=..]`).
@@ -127,6 +135,18 @@ impl TmpfsMount {
             target: target.into(),
             options: options.to_string(),
         })
+    }
+
+    /// As a mount of the container's list (nosuid, nodev, as Docker's --tmpfs).
+    pub fn to_mount(&self) -> Mount {
+        let mut m = Mount::fs(
+            "tmpfs",
+            "/",
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            &self.options,
+        );
+        m.destination = self.target.clone();
+        m
     }
 }
 
@@ -182,10 +202,16 @@ pub struct ContainerSpec {
     pub user: UserMapping,
     /// Clock offsets (used when `namespaces` holds time).
     pub time: TimeOffsets,
-    /// Host directories and files bound in.
-    pub mounts: Vec<BindMount>,
-    /// tmpfs mounts.
-    pub tmpfs: Vec<TmpfsMount>,
+    /// Every mount of the root, in order (see [`mount::standard_mounts`]).
+    pub mounts: Vec<Mount>,
+    /// Device nodes made in /dev (when /dev is not the host's, bound in).
+    pub devices: Vec<Device>,
+    /// Paths hidden (/dev/null or an empty read-only tmpfs over them).
+    pub masked_paths: Vec<PathBuf>,
+    /// Paths made read-only.
+    pub readonly_paths: Vec<PathBuf>,
+    /// The root itself remounted read-only.
+    pub readonly_root: bool,
     /// Where to write the host PID of the container's first process.
     pub pid_file: Option<PathBuf>,
     /// cgroup limits.
@@ -295,7 +321,10 @@ impl ContainerSpec {
             user: UserMapping::default(),
             time: TimeOffsets::default(),
             mounts: Vec::new(),
-            tmpfs: Vec::new(),
+            devices: mount::default_devices(),
+            masked_paths: mount::MASKED_PATHS.iter().map(PathBuf::from).collect(),
+            readonly_paths: mount::READONLY_PATHS.iter().map(PathBuf::from).collect(),
+            readonly_root: false,
             pid_file: None,
             resources: Resources::default(),
             stats_file: None,
@@ -345,9 +374,11 @@ impl ContainerSpec {
                 return Err(SpecError::MapWithoutUser("gid"));
             }
         }
-        for m in &self.mounts {
-            if !m.source.exists() {
-                return Err(SpecError::MissingVolumeSource(m.source.clone()));
+        for m in self.mounts.iter().filter(|m| m.is_bind()) {
+            match &m.source {
+                Some(src) if src.exists() => {}
+                Some(src) => return Err(SpecError::MissingVolumeSource(src.clone())),
+                None => return Err(SpecError::MissingVolumeSource(PathBuf::new())),
             }
         }
         if let Some(bad) = self.env.iter().find(|e| !e.contains('=')) {
@@ -357,6 +388,33 @@ impl ContainerSpec {
             return Err(SpecError::BridgeWithoutNet);
         }
         Ok(())
+    }
+
+    /// Whether its user namespace leaves uid 0 unmapped (a root caller that
+    /// gave no maps): nothing can be created then (EOVERFLOW).
+    pub fn unmapped_user_ns(&self) -> bool {
+        self.namespaces.contains(Namespace::User)
+            && self.user.uids.is_empty()
+            && nix::unistd::geteuid().is_root()
+    }
+
+    /// Puts kcell's standard mounts first, then `extra` (volumes, tmpfs),
+    /// as the namespaces now chosen need them.
+    pub fn set_mounts(&mut self, extra: Vec<Mount>) {
+        let user_ns = self.namespaces.contains(Namespace::User);
+        let dev = if self.unmapped_user_ns() {
+            mount::DevKind::HostBind
+        } else {
+            mount::DevKind::Tmpfs
+        };
+        let own_cgroup = !user_ns && self.cgroup && self.namespaces.contains(Namespace::Cgroup);
+        let mut mounts = if self.namespaces.contains(Namespace::Mnt) {
+            mount::standard_mounts(dev, user_ns, own_cgroup)
+        } else {
+            Vec::new()
+        };
+        mounts.extend(extra);
+        self.mounts = mounts;
     }
 
     /// The environment the command starts with: PATH, HOME, HOSTNAME, then `env`.
