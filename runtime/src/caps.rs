@@ -1,7 +1,8 @@
-//! Capabilities of the container's process: the bounding, effective and
-//! permitted sets are Docker's default set (changed by `--cap-add` /
-//! `--cap-drop`), the inheritable and ambient sets empty, and no_new_privs
-//! set, so nothing the command execs can gain more (capabilities(7)).
+//! Capabilities of the container's process: the five sets of its
+//! [`crate::spec::Capabilities`] (kcell's default: Docker's set in bounding,
+//! effective and permitted, changed by `--cap-add` / `--cap-drop`; the
+//! inheritable and ambient sets empty), then no_new_privs, so nothing the
+//! command execs can gain more (capabilities(7)).
 
 use crate::sys::{SysContext, SysError};
 use nix::errno::Errno;
@@ -149,12 +150,28 @@ struct CapData {
 
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
-/// Confines the calling process to `set`: drops the rest from the bounding
-/// set, sets effective = permitted = `set`, clears inheritable and ambient,
-/// and sets no_new_privs. Call it last before exec (and before seccomp).
-pub fn confine(set: CapSet) -> Result<(), SysError> {
+fn capget() -> Result<[CapData; 2], SysError> {
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut held = [CapData::default(); 2];
+    // SAFETY: header and two data words, as capget(2) fills for version 3.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &mut header as *mut CapHeader,
+            held.as_mut_ptr(),
+        )
+    };
+    Errno::result(rc).sys("capget", "the runtime's own sets")?;
+    Ok(held)
+}
+
+/// Drops from the bounding set every capability `keep` lacks (needs CAP_SETPCAP).
+pub fn drop_bounding(keep: CapSet) -> Result<(), SysError> {
     for cap in 0..=last_cap() {
-        if !set.has(cap) {
+        if !keep.has(cap) {
             // SAFETY: prctl with integer arguments.
             let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
             // EINVAL: a capability this kernel does not have.
@@ -167,6 +184,44 @@ pub fn confine(set: CapSet) -> Result<(), SysError> {
             }
         }
     }
+    Ok(())
+}
+
+/// Sets the effective, permitted and inheritable sets of `caps`, then the
+/// ambient one. What this process does not hold itself it cannot grant
+/// (ALL means all of what the runtime has: a runtime that runs without some
+/// capability cannot give it), so each set is bounded by what it holds.
+pub fn apply(caps: &crate::spec::Capabilities) -> Result<(), SysError> {
+    let held = capget()?;
+    let permitted = u64::from(held[0].permitted) | (u64::from(held[1].permitted) << 32);
+    let bound = |s: CapSet| CapSet(s.0 & permitted);
+    let (e, p, i) = (
+        bound(caps.effective),
+        bound(caps.permitted),
+        bound(caps.inheritable),
+    );
+    let mut data = [CapData::default(); 2];
+    for (w, d) in data.iter_mut().enumerate() {
+        d.effective = (e.0 >> (32 * w)) as u32;
+        d.permitted = (p.0 >> (32 * w)) as u32;
+        d.inheritable = (i.0 >> (32 * w)) as u32;
+    }
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    // SAFETY: header and two data words, as capset(2) takes for version 3.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            &mut header as *mut CapHeader,
+            data.as_ptr(),
+        )
+    };
+    Errno::result(rc).sys(
+        "capset",
+        format!("effective={e} permitted={p} inheritable={i}"),
+    )?;
     // SAFETY: prctl with integer arguments.
     let rc = unsafe {
         libc::prctl(
@@ -178,43 +233,43 @@ pub fn confine(set: CapSet) -> Result<(), SysError> {
         )
     };
     Errno::result(rc).sys("prctl PR_CAP_AMBIENT_CLEAR_ALL", "ambient set")?;
-    let mut header = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    // What this process holds bounds what it can keep: ALL means all of it
-    // (a runtime that itself runs without some capability cannot grant it).
-    let mut held = [CapData::default(); 2];
-    // SAFETY: header and two data words, as capget(2) fills for version 3.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_capget,
-            &mut header as *mut CapHeader,
-            held.as_mut_ptr(),
-        )
-    };
-    Errno::result(rc).sys("capget", "the runtime's own sets")?;
-    let permitted = u64::from(held[0].permitted) | (u64::from(held[1].permitted) << 32);
-    let set = CapSet(set.0 & permitted);
-    let mut data = [CapData::default(); 2];
-    for (i, d) in data.iter_mut().enumerate() {
-        let word = (set.0 >> (32 * i)) as u32;
-        d.effective = word;
-        d.permitted = word;
+    for cap in 0..=last_cap() {
+        if caps.ambient.has(cap) && p.has(cap) && i.has(cap) {
+            // SAFETY: prctl with integer arguments.
+            let rc = unsafe {
+                libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                    cap as libc::c_ulong,
+                    0,
+                    0,
+                )
+            };
+            Errno::result(rc).sys(
+                "prctl PR_CAP_AMBIENT_RAISE",
+                NAMES.get(cap as usize).unwrap_or(&"?"),
+            )?;
+        }
     }
-    // SAFETY: header and two data words, as capset(2) takes for version 3.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_capset,
-            &mut header as *mut CapHeader,
-            data.as_ptr(),
-        )
-    };
-    Errno::result(rc).sys("capset", format!("effective=permitted={set}"))?;
+    Ok(())
+}
+
+/// PR_SET_KEEPCAPS: whether the permitted set survives a switch from uid 0.
+pub fn keep_caps(keep: bool) -> Result<(), SysError> {
+    // SAFETY: prctl with integer arguments.
+    let rc = unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, libc::c_ulong::from(keep), 0, 0, 0) };
+    Errno::result(rc)
+        .map(|_| ())
+        .sys("prctl PR_SET_KEEPCAPS", keep)
+}
+
+/// PR_SET_NO_NEW_PRIVS: nothing exec'd can gain privileges.
+pub fn no_new_privs() -> Result<(), SysError> {
     // SAFETY: prctl with integer arguments.
     let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-    Errno::result(rc).sys("prctl PR_SET_NO_NEW_PRIVS", "1")?;
-    Ok(())
+    Errno::result(rc)
+        .map(|_| ())
+        .sys("prctl PR_SET_NO_NEW_PRIVS", "1")
 }
 
 #[cfg(test)]

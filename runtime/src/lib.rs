@@ -9,14 +9,14 @@
 pub mod caps;
 pub mod cgroup;
 pub mod cli;
-pub mod container;
-pub mod exec;
 pub mod fault;
 pub mod idmap;
 pub mod image;
+pub mod lifecycle;
 pub mod namespace;
 pub mod net;
 pub mod netdev;
+pub mod oci;
 pub mod rootfs;
 pub mod seccomp;
 pub mod spec;

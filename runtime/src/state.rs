@@ -27,39 +27,90 @@ pub enum StateError {
     Exists(String),
 }
 
-/// Where a container is in its life.
+/// How far a container's creation and start went (what the record says;
+/// [`Record::status`] adds what the kernel says).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     /// Resources are being made.
     Creating,
-    /// The first process runs.
+    /// The first process waits for `start` at the exec FIFO.
+    Created,
+    /// `start` let it run.
     Running,
 }
 
-/// What the runtime knows of a container.
+/// A container's status, as the OCI state reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Being created.
+    Creating,
+    /// Created, waiting for start.
+    Created,
+    /// Its first process runs.
+    Running,
+    /// Its cgroup is frozen.
+    Paused,
+    /// Its first process is gone.
+    Stopped,
+}
+
+impl Status {
+    /// The OCI name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Creating => "creating",
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Stopped => "stopped",
+        }
+    }
+}
+
+/// What the runtime knows of a container, and everything it holds (its
+/// ledger): released in one place, [`crate::lifecycle::ledger::release`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Record {
     /// The container's ID (its --name, or 12 hex digits).
     pub id: String,
-    /// The root it runs in (a directory, later an image).
+    /// The root it runs in.
     pub rootfs: PathBuf,
-    /// Its command.
-    pub command: Vec<String>,
-    /// Its environment (for exec).
-    pub env: Vec<String>,
-    /// Its namespaces (for exec to join).
+    /// The bundle it was created from (OCI).
+    #[serde(default)]
+    pub bundle: Option<PathBuf>,
+    /// The config's annotations.
+    #[serde(default)]
+    pub annotations: std::collections::BTreeMap<String, String>,
+    /// Its first process as configured (exec takes its defaults from it).
+    pub process: crate::spec::Process,
+    /// The namespaces made for it.
     pub namespaces: NamespaceSet,
-    /// Seconds since the epoch when it was created.
-    pub created: u64,
-    /// Host PID of the first process, once it runs.
+    /// Nanoseconds since the epoch when it was created.
+    pub created_ns: u128,
+    /// Host PID of the first process, once it exists.
     pub pid: Option<i32>,
     /// That process's start time (proc(5) field 22), against PID reuse.
     pub start_time: Option<u64>,
-    /// Host PID of the runtime process that waits for it.
-    pub runtime_pid: i32,
-    /// Creating or running.
+    /// Host PID of the process that creates it and, for `kcell run`, waits
+    /// for it and releases it when it ends.
+    pub owner_pid: i32,
+    /// Whether the owner stays for the container's whole life (`kcell
+    /// run`): when it is gone, `kcell gc` may release the container. An
+    /// OCI container outlives its creator and waits for `delete`.
+    pub owned: bool,
+    /// Creating, created or running.
     pub phase: Phase,
+    /// Its hooks (poststart runs at start, poststop at delete).
+    #[serde(default)]
+    pub hooks: crate::spec::Hooks,
+    /// Its cgroup's path in every hierarchy, removed with it.
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
+    /// The FIFO its first process waits on until `start`.
+    #[serde(default)]
+    pub exec_fifo: Option<PathBuf>,
     /// The image it runs from, as named (None for a directory root).
     #[serde(default)]
     pub image: Option<String>,
@@ -76,9 +127,9 @@ pub struct Record {
     /// `net attach` join through it), unmounted with it.
     #[serde(default)]
     pub netns_file: Option<PathBuf>,
-    /// Its capabilities and seccomp profile, which `exec` applies too.
+    /// Its own resolv.conf (`--dns`), removed with it.
     #[serde(default)]
-    pub confinement: crate::spec::Confinement,
+    pub resolv_conf: Option<PathBuf>,
 }
 
 /// A process's start time in clock ticks since boot, from /proc/PID/stat;
@@ -92,6 +143,10 @@ pub fn start_time(pid: i32) -> Option<u64> {
     fields.get(19)?.parse().ok()
 }
 
+fn alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
 impl Record {
     /// Whether the first process still runs (the same process: PID and start time).
     pub fn is_running(&self) -> bool {
@@ -101,18 +156,44 @@ impl Record {
         }
     }
 
-    /// Whether the runtime that owns the record is gone (it was killed).
-    pub fn orphaned(&self) -> bool {
-        !Path::new(&format!("/proc/{}", self.runtime_pid)).exists()
+    /// Whether the process that made it is gone (killed, or an OCI creator
+    /// that is done).
+    pub fn owner_gone(&self) -> bool {
+        !alive(self.owner_pid)
     }
 
-    /// "running", or "exited" for a record whose process is gone.
-    pub fn status(&self) -> &'static str {
+    /// Whether its owner was killed: a `kcell run` gone while its record
+    /// remains, or a creator gone before the container was created.
+    pub fn orphaned(&self) -> bool {
+        self.owner_gone() && (self.owned || self.phase == Phase::Creating)
+    }
+
+    /// The status: the record's phase, checked against the process (gone:
+    /// stopped) and the cgroup (frozen: paused).
+    pub fn status(&self) -> Status {
         match self.phase {
-            Phase::Running if self.is_running() => "running",
-            Phase::Creating if !self.orphaned() => "creating",
-            _ => "exited",
+            Phase::Creating if !self.owner_gone() => Status::Creating,
+            Phase::Creating => Status::Stopped,
+            _ if !self.is_running() => Status::Stopped,
+            _ if self.frozen() => Status::Paused,
+            Phase::Created => Status::Created,
+            Phase::Running => Status::Running,
         }
+    }
+
+    /// Seconds since the epoch when it was created.
+    pub fn created_secs(&self) -> u64 {
+        (self.created_ns / 1_000_000_000) as u64
+    }
+
+    /// Its cgroup, when it has one.
+    pub fn cgroup(&self) -> Option<crate::cgroup::ContainerCgroup> {
+        let path = self.cgroup.as_ref()?;
+        crate::cgroup::Backend::detect().cgroup(path).ok()
+    }
+
+    fn frozen(&self) -> bool {
+        self.cgroup().is_some_and(|c| c.is_frozen())
     }
 }
 
@@ -151,6 +232,22 @@ impl StateDir {
     /// removed with it.
     pub fn resolv_conf(&self, id: &str) -> PathBuf {
         self.dir().join(format!("{id}.resolv.conf"))
+    }
+
+    /// The FIFO the container's first process waits on until `start`.
+    pub fn exec_fifo(&self, id: &str) -> PathBuf {
+        self.dir().join(format!("{id}.fifo"))
+    }
+
+    /// The directory of this state (for messages).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Makes the records' directory (root-only, as runc's state is).
+    pub fn ensure_dir(&self) -> Result<(), StateError> {
+        fs::create_dir_all(self.dir()).sys("mkdir", self.dir().display())?;
+        Ok(())
     }
 
     /// Where the container's network namespace is bind-mounted while it lives.
@@ -231,7 +328,7 @@ impl StateDir {
                     .collect()
             })
             .unwrap_or_default();
-        recs.sort_by_key(|r: &Record| (r.created, r.id.clone()));
+        recs.sort_by_key(|r: &Record| (r.created_ns, r.id.clone()));
         recs
     }
 
@@ -266,6 +363,7 @@ impl StateDir {
         let path = self.path(id)?;
         let _ = fs::remove_file(self.resolv_conf(id));
         let _ = fs::remove_file(self.netns_file(id));
+        let _ = fs::remove_file(self.exec_fifo(id));
         match fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(SysError::from_io("remove", path.display(), e).into())
@@ -291,20 +389,25 @@ mod tests {
         Record {
             id: id.into(),
             rootfs: "/r".into(),
-            command: vec!["sh".into()],
-            env: vec![],
+            bundle: None,
+            annotations: Default::default(),
+            process: crate::spec::Process::new(vec!["sh".into()]),
             namespaces: NamespaceSet::parse_list("uts,pid").expect("valid"),
-            created: 1,
+            created_ns: 1,
             pid: None,
             start_time: None,
-            runtime_pid: std::process::id() as i32,
+            owner_pid: std::process::id() as i32,
+            owned: true,
             phase: Phase::Creating,
+            hooks: Default::default(),
+            cgroup: None,
+            exec_fifo: None,
             image: None,
             overlay_dir: None,
             lease: None,
             host_links: vec![],
             netns_file: None,
-            confinement: Default::default(),
+            resolv_conf: None,
         }
     }
 
@@ -320,7 +423,7 @@ mod tests {
         rec.phase = Phase::Running;
         state.write(&rec).expect("write");
         assert_eq!(state.read("web").expect("read"), rec);
-        assert_eq!(state.read("web").expect("read").status(), "running");
+        assert_eq!(state.read("web").expect("read").status(), Status::Running);
         assert_eq!(state.list().len(), 1);
         state.remove("web").expect("remove");
         assert!(matches!(state.read("web"), Err(StateError::NotFound(_))));
@@ -343,14 +446,19 @@ mod tests {
     }
 
     #[test]
-    fn a_dead_process_reads_as_exited() {
+    fn a_dead_process_reads_as_stopped() {
         let mut rec = record("x");
+        assert_eq!(rec.status(), Status::Creating);
         rec.phase = Phase::Running;
         rec.pid = Some(i32::MAX - 1);
         rec.start_time = Some(1);
-        assert_eq!(rec.status(), "exited");
+        assert_eq!(rec.status(), Status::Stopped);
         rec.phase = Phase::Creating;
-        rec.runtime_pid = i32::MAX - 1;
-        assert_eq!(rec.status(), "exited");
+        rec.owner_pid = i32::MAX - 1;
+        assert_eq!(rec.status(), Status::Stopped);
+        assert!(rec.orphaned());
+        rec.owned = false;
+        rec.phase = Phase::Created;
+        assert!(!rec.orphaned(), "an OCI container outlives its creator");
     }
 }

@@ -40,14 +40,14 @@ pub enum ResourceError {
     #[error("device rate '{0}' is malformed: expected MAJOR:MINOR:RATE, e.g. 7:0:1m")]
     DeviceRate(String),
     /// A device rule that did not parse.
-    #[error("device rule '{0}' is malformed: expected TYPE MAJOR:MINOR ACCESS, e.g. 'c 1:3 rwm' (TYPE a, b or c; ACCESS of r, w, m)")]
-    DeviceRule(String),
+    #[error(transparent)]
+    DeviceRule(#[from] super::devices::RuleError),
     /// A block device that the kernel does not know.
     #[error("unknown block device {0}:{1} (no /sys/dev/block/{0}:{1})")]
     UnknownDevice(u32, u32),
-    /// A resource the chosen version cannot express yet.
-    #[error("{0} is not supported on cgroup v2 yet (it needs a BPF_CGROUP_DEVICE program)")]
-    NotSupportedOnV2(&'static str),
+    /// A blkio weight outside 10..=1000.
+    #[error("blkio weight {0} is not allowed: expected 10 to 1000")]
+    BlkioWeight(u16),
 }
 
 /// Parses a size: bytes, or a number with unit b/k/m/g/t (binary multiples).
@@ -198,26 +198,9 @@ pub fn parse_device_rate(text: &str) -> Result<DeviceRate, ResourceError> {
     })
 }
 
-/// A device cgroup rule as v1's devices.deny takes it: `c 1:3 rwm`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct DeviceRule(pub String);
-
-/// Parses a device rule `TYPE MAJ:MIN ACCESS` (`*` allowed for numbers).
-pub fn parse_device_rule(text: &str) -> Result<DeviceRule, ResourceError> {
-    let bad = || ResourceError::DeviceRule(text.to_string());
-    let parts: Vec<&str> = text.split_whitespace().collect();
-    let [kind, numbers, access] = parts.as_slice() else {
-        return Err(bad());
-    };
-    let number_ok = |s: &str| s == "*" || s.parse::<u32>().is_ok();
-    let ok = matches!(*kind, "a" | "b" | "c")
-        && numbers
-            .split_once(':')
-            .is_some_and(|(a, b)| number_ok(a) && number_ok(b))
-        && !access.is_empty()
-        && access.chars().all(|c| "rwm".contains(c));
-    ok.then(|| DeviceRule(format!("{kind} {numbers} {access}")))
-        .ok_or_else(bad)
+/// Parses a device rule to deny, `TYPE MAJ:MIN ACCESS` (`*` allowed for numbers).
+pub fn parse_device_rule(text: &str) -> Result<super::devices::Rule, ResourceError> {
+    super::devices::Rule::parse(text, false).map_err(Into::into)
 }
 
 /// A container's limits: the one model both backends implement.
@@ -231,6 +214,9 @@ pub struct Resources {
     pub cpuset_cpus: Option<Vec<u32>>,
     /// Memory limit in bytes (`--memory`).
     pub memory: Option<u64>,
+    /// Memory kept from reclaim under pressure, in bytes (v1 soft limit, v2 memory.low).
+    #[serde(default)]
+    pub memory_reservation: Option<u64>,
     /// Swap allowed on top of memory, in bytes (`--swap`; 0 = none).
     pub swap: Option<u64>,
     /// Most tasks (`--pids`).
@@ -239,8 +225,15 @@ pub struct Resources {
     pub read_bps: Vec<DeviceRate>,
     /// Write throttles (`--device-write-bps`).
     pub write_bps: Vec<DeviceRate>,
-    /// Device rules denied (`--device-deny`).
-    pub device_deny: Vec<DeviceRule>,
+    /// Memory nodes the container may use (cpuset.mems, e.g. "0").
+    #[serde(default)]
+    pub cpuset_mems: Option<String>,
+    /// Relative block I/O weight, 10..=1000 (v1 blkio.weight, v2 io.weight).
+    #[serde(default)]
+    pub blkio_weight: Option<u16>,
+    /// Device access rules, in order (`--device-deny`, OCI linux.resources.devices).
+    #[serde(default)]
+    pub devices: Vec<super::devices::Rule>,
 }
 
 /// One write of a value to a controller's file in the container's cgroup.
@@ -278,6 +271,11 @@ impl Resources {
         if self.swap.is_some() && self.memory.is_none() {
             return Err(ResourceError::SwapWithoutMemory);
         }
+        if let Some(w) = self.blkio_weight {
+            if !(10..=1000).contains(&w) {
+                return Err(ResourceError::BlkioWeight(w));
+            }
+        }
         Ok(())
     }
 
@@ -287,20 +285,17 @@ impl Resources {
         if self.cpu_max.is_some() || self.cpu_shares.is_some() {
             c.push("cpu");
         }
-        if self.cpuset_cpus.is_some() {
+        if self.cpuset_cpus.is_some() || self.cpuset_mems.is_some() {
             c.push("cpuset");
         }
-        if self.memory.is_some() {
+        if self.memory.is_some() || self.memory_reservation.is_some() {
             c.push("memory");
         }
         if self.pids.is_some() {
             c.push("pids");
         }
-        if !self.read_bps.is_empty() || !self.write_bps.is_empty() {
+        if !self.read_bps.is_empty() || !self.write_bps.is_empty() || self.blkio_weight.is_some() {
             c.push("blkio");
-        }
-        if !self.device_deny.is_empty() {
-            c.push("devices");
         }
         c
     }
@@ -320,6 +315,12 @@ impl Resources {
                 }
                 if let Some(cpus) = &self.cpuset_cpus {
                     out.push(set("cpuset", "cpuset.cpus", format_cpu_list(cpus)));
+                }
+                if let Some(mems) = &self.cpuset_mems {
+                    out.push(set("cpuset", "cpuset.mems", mems));
+                }
+                if let Some(r) = self.memory_reservation {
+                    out.push(set("memory", "memory.soft_limit_in_bytes", r));
                 }
                 if let Some(m) = self.memory {
                     out.push(set("memory", "memory.limit_in_bytes", m));
@@ -349,8 +350,8 @@ impl Resources {
                         format!("{}:{} {}", r.major, r.minor, r.bytes_per_sec),
                     ));
                 }
-                for rule in &self.device_deny {
-                    out.push(set("devices", "devices.deny", &rule.0));
+                if let Some(w) = self.blkio_weight {
+                    out.push(set("blkio", "blkio.weight", w));
                 }
             }
             Version::V2 => {
@@ -366,6 +367,12 @@ impl Resources {
                 }
                 if let Some(cpus) = &self.cpuset_cpus {
                     out.push(set("cpuset", "cpuset.cpus", format_cpu_list(cpus)));
+                }
+                if let Some(mems) = &self.cpuset_mems {
+                    out.push(set("cpuset", "cpuset.mems", mems));
+                }
+                if let Some(r) = self.memory_reservation {
+                    out.push(set("memory", "memory.low", r));
                 }
                 if let Some(m) = self.memory {
                     out.push(set("memory", "memory.max", m));
@@ -401,13 +408,22 @@ impl Resources {
                         ),
                     ));
                 }
-                if !self.device_deny.is_empty() {
-                    return Err(ResourceError::NotSupportedOnV2("--device-deny"));
+                if let Some(w) = self.blkio_weight {
+                    out.push(set(
+                        "io",
+                        "io.weight",
+                        format!("default {}", blkio_to_io_weight(w)),
+                    ));
                 }
             }
         }
         Ok(out)
     }
+}
+
+/// v1 blkio.weight (10..1000) -> v2 io.weight (1..10000), linearly, as runc converts.
+pub fn blkio_to_io_weight(w: u16) -> u64 {
+    1 + (u64::from(w.clamp(10, 1000)) - 10) * 9999 / 990
 }
 
 /// v1 cfs_quota_us + cfs_period_us -> v2 cpu.max ("max" for -1 = unlimited).
@@ -613,7 +629,7 @@ mod tests {
                 minor: 0,
                 bytes_per_sec: 2 << 20,
             }],
-            device_deny: vec![],
+            ..Default::default()
         }
     }
 
@@ -693,15 +709,23 @@ mod tests {
     }
 
     #[test]
-    fn device_deny_needs_v1_for_now() {
+    fn devices_are_not_files_of_the_table_and_weights_convert() {
         let r = Resources {
-            device_deny: vec![DeviceRule("c 1:3 rwm".into())],
+            devices: vec![parse_device_rule("c 1:3 rwm").expect("rule")],
+            blkio_weight: Some(500),
             ..Default::default()
         };
-        assert!(r.settings(Version::V1).is_ok());
         assert_eq!(
-            r.settings(Version::V2),
-            Err(ResourceError::NotSupportedOnV2("--device-deny"))
+            table(r.settings(Version::V1).expect("v1")),
+            vec![("blkio.weight".into(), "500".into())]
+        );
+        assert_eq!(
+            table(r.settings(Version::V2).expect("v2")),
+            vec![("io.weight".into(), "default 4950".into())]
+        );
+        assert_eq!(
+            (blkio_to_io_weight(10), blkio_to_io_weight(1000)),
+            (1, 10000)
         );
     }
 

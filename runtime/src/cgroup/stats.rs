@@ -73,8 +73,9 @@ impl ContainerCgroup {
     /// Reads every counter this host has.
     pub fn stats(&self) -> Stats {
         let at = |controller: &str, file: &str| self.dir_of(controller).map(|d| d.join(file));
-        match self.version {
-            Version::V1 => {
+        match self.version() {
+            None => Stats::default(),
+            Some(Version::V1) => {
                 let memory = at("memory", "memory.usage_in_bytes").and_then(|p| number(&p));
                 let memsw = at("memory", "memory.memsw.usage_in_bytes").and_then(|p| number(&p));
                 let oom_kill =
@@ -96,7 +97,7 @@ impl ContainerCgroup {
                         .and_then(|p| blkio_sum(&p, "Write")),
                 }
             }
-            Version::V2 => {
+            Some(Version::V2) => {
                 let f = |file: &str| at("unified", file);
                 Stats {
                     cpu_usage_ns: f("cpu.stat")
@@ -120,25 +121,8 @@ impl ContainerCgroup {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::fake;
     use super::*;
-    use std::path::PathBuf;
-
-    fn fake(
-        version: Version,
-        files: &[(&str, &str, &str)],
-    ) -> (tempfile::TempDir, ContainerCgroup) {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let mut dirs: Vec<(Vec<String>, PathBuf)> = Vec::new();
-        for (ctrl, file, text) in files {
-            let dir = tmp.path().join(ctrl);
-            fs::create_dir_all(&dir).expect("mkdir");
-            fs::write(dir.join(file), text).expect("write");
-            if !dirs.iter().any(|(n, _)| n[0] == *ctrl) {
-                dirs.push((vec![ctrl.to_string()], dir));
-            }
-        }
-        (tmp, ContainerCgroup { version, dirs })
-    }
 
     #[test]
     fn v1_counters_from_a_fake_cgroupfs() {

@@ -90,7 +90,7 @@ pub(super) fn list(store: &Store) -> Result<i32, CliError> {
 
 pub(super) fn remove(store: &Store, images: &[String], force: bool) -> Result<i32, CliError> {
     // Containers a killed runtime left must not count as users.
-    super::gc(&crate::state::StateDir::default_location(), store);
+    super::manage::gc(&crate::state::StateDir::default_location(), store);
     for reference in images {
         let removed = store.remove(reference, force)?;
         for tag in &removed.untagged {

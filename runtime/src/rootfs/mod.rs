@@ -32,6 +32,9 @@ pub enum RootfsError {
     /// A destination that does not resolve inside the root.
     #[error(transparent)]
     Path(#[from] PathError),
+    /// A step run between the mounts and pivot_root (hooks) failed.
+    #[error("{0}")]
+    Step(String),
 }
 
 /// The user namespace the root is built in: it decides what may be created.
@@ -45,11 +48,16 @@ pub enum UserNs {
     Unmapped,
 }
 
-/// Builds the container's root for `spec` and moves into it.
-/// With no mnt namespace (`rootfs` is `/`) nothing is touched.
-pub fn enter(spec: &ContainerSpec, user_ns: UserNs) -> Result<(), RootfsError> {
+/// Builds the container's root for `spec` and moves into it, calling
+/// `before_pivot` once the mounts are made (the createContainer hooks run
+/// there). With no mnt namespace (`rootfs` is `/`) nothing is mounted.
+pub fn enter(
+    spec: &ContainerSpec,
+    user_ns: UserNs,
+    before_pivot: &mut dyn FnMut() -> Result<(), RootfsError>,
+) -> Result<(), RootfsError> {
     if !spec.namespaces.contains(crate::namespace::Namespace::Mnt) {
-        return Ok(());
+        return before_pivot();
     }
     // Nothing mounted from here on may propagate back to the host.
     mount(
@@ -86,8 +94,32 @@ pub fn enter(spec: &ContainerSpec, user_ns: UserNs) -> Result<(), RootfsError> {
     if !dev_from_host {
         make_devices(&inside, spec, user_ns)?;
     }
-    inside.ensure(&spec.workdir, Need::Dir(0o755))?;
-    pivot_into(&root)?;
+    inside.ensure(&spec.process.cwd, Need::Dir(0o755))?;
+    before_pivot()?;
+    if spec.no_pivot {
+        move_into(&root)?;
+    } else {
+        pivot_into(&root)?;
+    }
+    if let Some(p) = spec.root_propagation {
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::from_bits_truncate(p),
+            None::<&str>,
+        )
+        .sys("mount --make-* (rootfsPropagation)", "/")?;
+    }
+    Ok(())
+}
+
+/// After the root is entered (and the sysctls are written): the masked
+/// and read-only paths, then the read-only root.
+pub fn seal(spec: &ContainerSpec) -> Result<(), RootfsError> {
+    if !spec.namespaces.contains(crate::namespace::Namespace::Mnt) {
+        return Ok(());
+    }
     let inside = InRoot::open(Path::new("/"))?;
     for path in &spec.masked_paths {
         mask(&inside, path)?;
@@ -313,7 +345,12 @@ fn symlink_if_missing(
 /// cgroupfs. v2: the directory itself; v1: a read-only tmpfs with one
 /// directory per hierarchy, named as on the host.
 fn mount_own_cgroup(inside: &InRoot, m: &Mount, spec: &ContainerSpec) -> Result<(), RootfsError> {
-    let Some(cg) = crate::cgroup::ContainerCgroup::of_container(&spec.id) else {
+    let Some(cg) = spec
+        .cgroup_path
+        .as_ref()
+        .and_then(|p| crate::cgroup::Backend::detect().cgroup(p).ok())
+        .filter(|c| c.exists())
+    else {
         return Ok(());
     };
     let Some(target) = inside.existing(&m.destination)? else {
@@ -322,7 +359,7 @@ fn mount_own_cgroup(inside: &InRoot, m: &Mount, spec: &ContainerSpec) -> Result<
     if target.kind != Kind::Dir {
         return Ok(());
     }
-    if cg.version == crate::cgroup::layout::Version::V2 {
+    if cg.version() == Some(crate::cgroup::layout::Version::V2) {
         if let Some((_, dir)) = cg.dirs.first() {
             mount_on(dir, &target, None, MsFlags::MS_BIND, "")?;
             let top = inside.ensure(&m.destination, Need::Existing)?;
@@ -387,6 +424,16 @@ fn remount_bind(target: &str, extra: MsFlags, dest: &Path) -> Result<(), SysErro
 
 fn remount_readonly(target: &str) -> Result<(), SysError> {
     remount_bind(target, MsFlags::MS_RDONLY, Path::new(target))
+}
+
+/// `--no-pivot`: the root moved over / and chroot'ed into (for a root on a
+/// ramdisk, where pivot_root is refused). The host's tree stays below.
+fn move_into(root: &Path) -> Result<(), SysError> {
+    nix::unistd::chdir(root).sys("chdir", root.display())?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .sys("mount --move", format!("{} to /", root.display()))?;
+    nix::unistd::chroot(".").sys("chroot", root.display())?;
+    nix::unistd::chdir("/").sys("chdir", "/")
 }
 
 /// pivot_root(".", ".") puts the old root on top of the new one; detaching it

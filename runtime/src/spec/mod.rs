@@ -1,12 +1,15 @@
 //! What a container is, as data: the root, the command, the namespaces and
-//! their parameters, the mounts. The CLI builds one; [`crate::container`] runs it.
+//! their parameters, the mounts. kcell's CLI and an OCI config build one;
+//! [`crate::lifecycle`] runs it.
 
 pub mod mount;
+pub mod process;
 
 use crate::cgroup::resources::Resources;
 use crate::idmap::IdMap;
 use crate::namespace::{Namespace, NamespaceSet};
 pub use mount::{Device, Mount};
+pub use process::{Capabilities, Process, Rlimit};
 use std::path::{Path, PathBuf};
 
 /// The kernel's limit on a hostname (HOST_NAME_MAX, `__NEW_UTS_LEN`).
@@ -181,23 +184,62 @@ pub struct UserMapping {
     pub gids: IdMap,
 }
 
+/// One OCI hook: a program run at a step of the lifecycle with the
+/// container's state as JSON on its stdin.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Hook {
+    /// The program (absolute path).
+    pub path: PathBuf,
+    /// Its argv (argv[0] included).
+    pub args: Vec<String>,
+    /// Its environment.
+    pub env: Vec<String>,
+    /// Seconds before it is killed and the step fails.
+    pub timeout: Option<u32>,
+}
+
+/// The hooks of each lifecycle step (runtime-spec config.md "POSIX-platform Hooks").
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Hooks {
+    /// Deprecated: after the namespaces are made, before pivot_root, in the runtime's namespaces.
+    pub prestart: Vec<Hook>,
+    /// As prestart.
+    pub create_runtime: Vec<Hook>,
+    /// In the container's namespaces, before pivot_root.
+    pub create_container: Vec<Hook>,
+    /// In the container, after start, before the program runs.
+    pub start_container: Vec<Hook>,
+    /// After start, by the runtime.
+    pub poststart: Vec<Hook>,
+    /// After delete, by the runtime.
+    pub poststop: Vec<Hook>,
+}
+
+impl Hooks {
+    /// No hook at all.
+    pub fn is_empty(&self) -> bool {
+        *self == Hooks::default()
+    }
+}
+
 /// A container, as data.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ContainerSpec {
-    /// The container's ID: names its cgroup (`kcell/<id>`) and, later, its state.
+    /// The container's ID: names its state and, by default, its cgroup (`/kcell/<id>`).
     pub id: String,
     /// The directory that becomes `/` (pivot_root), or `/` itself without a mnt namespace.
     pub rootfs: PathBuf,
-    /// argv of the container's first process.
-    pub command: Vec<String>,
-    /// KEY=VALUE entries added to the default environment.
-    pub env: Vec<String>,
-    /// Working directory inside.
-    pub workdir: PathBuf,
+    /// The container's first process.
+    pub process: Process,
     /// Hostname for the UTS namespace.
     pub hostname: Option<String>,
+    /// NIS domain name for the UTS namespace.
+    pub domainname: Option<String>,
     /// The namespaces made for the container.
     pub namespaces: NamespaceSet,
+    /// Namespaces joined instead of made (an OCI namespace with a `path`,
+    /// `--net container:ID`): each namespace and its /proc/PID/ns-style file.
+    pub joins: Vec<(Namespace, PathBuf)>,
     /// The user namespace's maps (used when `namespaces` holds user).
     pub user: UserMapping,
     /// Clock offsets (used when `namespaces` holds time).
@@ -212,67 +254,34 @@ pub struct ContainerSpec {
     pub readonly_paths: Vec<PathBuf>,
     /// The root itself remounted read-only.
     pub readonly_root: bool,
-    /// Where to write the host PID of the container's first process.
-    pub pid_file: Option<PathBuf>,
+    /// Propagation of the root's mount (MS_PRIVATE, MS_SLAVE, ... with MS_REC).
+    pub root_propagation: Option<u64>,
+    /// Move the root into place and chroot instead of pivot_root (a root on a ramdisk).
+    pub no_pivot: bool,
+    /// Join a new session keyring (runc's default; `--no-new-keyring`: keep the caller's).
+    pub new_keyring: bool,
+    /// Kernel parameters set in the container's namespaces (/proc/sys).
+    pub sysctl: Vec<(String, String)>,
+    /// personality(2) domain (PER_LINUX or PER_LINUX32).
+    pub personality: Option<u64>,
     /// cgroup limits.
     pub resources: Resources,
-    /// Where to write the cgroup's final counters (JSON) before it is removed.
-    pub stats_file: Option<PathBuf>,
+    /// The cgroup, as a path within every hierarchy (None: no cgroup of its
+    /// own, the container stays in the caller's: `--no-cgroup`, or a caller
+    /// that is not root).
+    pub cgroup_path: Option<PathBuf>,
     /// The image layers `rootfs` is mounted from, if it is an image's.
     pub overlay: Option<OverlayRoot>,
-    /// uid and gid the command runs as inside (default 0:0).
-    pub process_user: Option<(u32, u32)>,
-    /// A network namespace to join instead of making one (`--net container:ID`).
-    pub net_join: Option<PathBuf>,
     /// Nameservers of the container's own /etc/resolv.conf (none: the image's file).
     pub dns: Vec<std::net::IpAddr>,
     /// A bridge to connect the container's network namespace to (`--net bridge`).
     pub network: Option<crate::net::network::BridgeRequest>,
-    /// What the process may do: capabilities, no_new_privs, seccomp.
-    pub confinement: Confinement,
-    /// Whether the container gets a cgroup of its own (root only; `--no-cgroup`:
-    /// it stays in the caller's, without limits, freeze or stats).
-    pub cgroup: bool,
-}
-
-/// The limits on what the container's processes may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Confinement {
-    /// Bounding = effective = permitted set (Docker's default set unless changed).
-    pub capabilities: crate::caps::CapSet,
-    /// Whether the default seccomp profile is installed (`--seccomp=unconfined`: no).
-    pub seccomp: bool,
-    /// Whether the filter also refuses new user namespaces (`--deny-userns`).
-    #[serde(default)]
-    pub deny_userns: bool,
-}
-
-impl Default for Confinement {
-    fn default() -> Self {
-        Confinement {
-            capabilities: crate::caps::CapSet::default(),
-            seccomp: true,
-            deny_userns: false,
-        }
-    }
-}
-
-impl Confinement {
-    /// Applies it to the calling process, last before exec: capabilities and
-    /// no_new_privs, then the seccomp filter (which no_new_privs allows).
-    pub fn apply(&self) -> Result<(), crate::sys::SysError> {
-        crate::caps::confine(self.capabilities)?;
-        self.install_filter()
-    }
-
-    /// The seccomp filter alone, when asked for (the container's first
-    /// process sets its capabilities earlier, before switching user).
-    pub fn install_filter(&self) -> Result<(), crate::sys::SysError> {
-        if self.seccomp {
-            crate::seccomp::install(&crate::seccomp::program(self.deny_userns))?;
-        }
-        Ok(())
-    }
+    /// The OCI hooks.
+    pub hooks: Hooks,
+    /// The bundle it was created from (OCI), for its state.
+    pub bundle: Option<PathBuf>,
+    /// The config's annotations, for its state.
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 /// A fresh 12-hex-digit container ID (48 random bits, as Docker's short IDs).
@@ -310,14 +319,17 @@ pub fn validate_id(id: &str) -> Result<(), SpecError> {
 impl ContainerSpec {
     /// A spec with the default namespaces for this caller and nothing else set.
     pub fn new(rootfs: impl Into<PathBuf>, command: Vec<String>) -> Self {
+        let id = new_id();
+        let is_root = nix::unistd::geteuid().is_root();
         ContainerSpec {
-            id: new_id(),
+            cgroup_path: is_root.then(|| crate::cgroup::default_path(&id)),
+            id,
             rootfs: rootfs.into(),
-            command,
-            env: Vec::new(),
-            workdir: PathBuf::from("/"),
+            process: Process::new(command),
             hostname: None,
-            namespaces: NamespaceSet::default_for(nix::unistd::geteuid().is_root()),
+            domainname: None,
+            namespaces: NamespaceSet::default_for(is_root),
+            joins: Vec::new(),
             user: UserMapping::default(),
             time: TimeOffsets::default(),
             mounts: Vec::new(),
@@ -325,36 +337,42 @@ impl ContainerSpec {
             masked_paths: mount::MASKED_PATHS.iter().map(PathBuf::from).collect(),
             readonly_paths: mount::READONLY_PATHS.iter().map(PathBuf::from).collect(),
             readonly_root: false,
-            pid_file: None,
+            root_propagation: None,
+            no_pivot: false,
+            new_keyring: true,
+            sysctl: Vec::new(),
+            personality: None,
             resources: Resources::default(),
-            stats_file: None,
             overlay: None,
-            process_user: None,
-            net_join: None,
             dns: Vec::new(),
             network: None,
-            confinement: Confinement::default(),
-            cgroup: true,
+            hooks: Hooks::default(),
+            bundle: None,
+            annotations: Default::default(),
         }
     }
 
     /// Checks everything that can be checked before a process is made.
     pub fn validate(&self) -> Result<(), SpecError> {
         validate_id(&self.id)?;
-        if self.command.is_empty() || self.command[0].is_empty() {
+        if self.process.args.is_empty() || self.process.args[0].is_empty() {
             return Err(SpecError::MissingCommand);
         }
         if !self.rootfs.is_dir() {
             return Err(SpecError::MissingRootfs(self.rootfs.clone()));
         }
-        if !self.namespaces.contains(Namespace::Mnt) && self.rootfs != Path::new("/") {
+        let mnt = self.namespaces.contains(Namespace::Mnt)
+            || self.joins.iter().any(|(n, _)| *n == Namespace::Mnt);
+        if !mnt && self.rootfs != Path::new("/") {
             return Err(SpecError::RootWithoutMnt(self.rootfs.clone()));
         }
+        let uts = self.namespaces.contains(Namespace::Uts)
+            || self.joins.iter().any(|(n, _)| *n == Namespace::Uts);
         if let Some(name) = &self.hostname {
             if name.len() > HOSTNAME_MAX {
                 return Err(SpecError::HostnameTooLong(name.clone(), name.len()));
             }
-            if !self.namespaces.contains(Namespace::Uts) {
+            if !uts {
                 return Err(SpecError::HostnameWithoutUts);
             }
         }
@@ -381,7 +399,7 @@ impl ContainerSpec {
                 None => return Err(SpecError::MissingVolumeSource(PathBuf::new())),
             }
         }
-        if let Some(bad) = self.env.iter().find(|e| !e.contains('=')) {
+        if let Some(bad) = self.process.env.iter().find(|e| !e.contains('=')) {
             return Err(SpecError::MalformedEnv(bad.clone()));
         }
         if self.network.is_some() && !self.namespaces.contains(Namespace::Net) {
@@ -407,7 +425,8 @@ impl ContainerSpec {
         } else {
             mount::DevKind::Tmpfs
         };
-        let own_cgroup = !user_ns && self.cgroup && self.namespaces.contains(Namespace::Cgroup);
+        let own_cgroup =
+            !user_ns && self.cgroup_path.is_some() && self.namespaces.contains(Namespace::Cgroup);
         let mut mounts = if self.namespaces.contains(Namespace::Mnt) {
             mount::standard_mounts(dev, user_ns, own_cgroup)
         } else {
@@ -415,23 +434,6 @@ impl ContainerSpec {
         };
         mounts.extend(extra);
         self.mounts = mounts;
-    }
-
-    /// The environment the command starts with: PATH, HOME, HOSTNAME, then `env`.
-    pub fn environment(&self) -> Vec<String> {
-        let mut env = vec![format!("PATH={DEFAULT_PATH}"), "HOME=/root".to_string()];
-        if let Some(h) = &self.hostname {
-            env.push(format!("HOSTNAME={h}"));
-        }
-        if let Ok(term) = std::env::var("TERM") {
-            env.push(format!("TERM={term}"));
-        }
-        for entry in &self.env {
-            let key = entry.split('=').next().unwrap_or_default();
-            env.retain(|e| e.split('=').next() != Some(key));
-            env.push(entry.clone());
-        }
-        env
     }
 }
 
@@ -514,7 +516,7 @@ mod tests {
     #[test]
     fn missing_command_and_root_are_named() {
         let mut s = spec();
-        s.command.clear();
+        s.process.args.clear();
         assert_eq!(s.validate(), Err(SpecError::MissingCommand));
         let mut s = spec();
         s.rootfs = "/nonexistent-kcell".into();
@@ -535,15 +537,5 @@ mod tests {
         assert_eq!(validate_id(id).is_ok(), ok);
         assert!(validate_id(&new_id()).is_ok());
         assert_eq!(new_id().len(), 12);
-    }
-
-    #[test]
-    fn env_overrides_defaults() {
-        let mut s = spec();
-        s.env = vec!["PATH=/x".into(), "A=1".into()];
-        let env = s.environment();
-        assert!(env.contains(&"PATH=/x".to_string()));
-        assert!(!env.iter().any(|e| e.starts_with("PATH=/usr")));
-        assert!(env.contains(&"A=1".to_string()));
     }
 }

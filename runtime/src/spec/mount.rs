@@ -67,6 +67,17 @@ const PROPAGATION_OPTIONS: &[(&str, MsFlags)] = &[
     ("runbindable", MsFlags::MS_UNBINDABLE.union(MsFlags::MS_REC)),
 ];
 
+/// Every option name kcell takes (features.md mountOptions).
+pub fn option_names() -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = FLAG_OPTIONS
+        .iter()
+        .map(|(n, _, _)| *n)
+        .chain(PROPAGATION_OPTIONS.iter().map(|(n, _)| *n))
+        .collect();
+    v.sort_unstable();
+    v
+}
+
 /// Options that would change what the mount means and that kcell does not
 /// implement: refused by name rather than passed on or ignored.
 const REFUSED_OPTIONS: &[&str] = &["idmap", "ridmap", "tmpcopyup", "rro", "rrw"];
