@@ -25,11 +25,12 @@ pub struct CheckReport {
     pub why: Option<String>,
 }
 
-/// A value as a number, when it is one (numbers, or text that parses).
+/// A value as a number, when it is one (numbers, or text that is a
+/// plain finite number).
 pub fn as_number(v: &Value) -> Option<f64> {
     match v {
         Value::Number(n) => n.as_f64(),
-        Value::String(s) => s.trim().parse().ok(),
+        Value::String(s) => crate::observation::typed(s.trim()).as_f64(),
         Value::Bool(_) | Value::Null | Value::Array(_) | Value::Object(_) => None,
     }
 }
@@ -76,9 +77,24 @@ fn describe(op: &Operand, resolved: &Value) -> String {
     }
 }
 
+/// Equality as the check's types say: two numbers numerically, anything
+/// with text as text (an ID is compared as the text it is).
 fn equal(a: &Value, b: &Value) -> bool {
-    match (as_number(a), as_number(b)) {
-        (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
+    match (a, b) {
+        (Value::Number(_), Value::Number(_)) => match (as_number(a), as_number(b)) {
+            (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
+            _ => false,
+        },
+        (Value::String(s), Value::Number(_)) | (Value::Number(_), Value::String(s)) => {
+            // A literal "137" in a case against an observed 137.
+            match (
+                crate::observation::typed(s.trim()).as_f64(),
+                as_number(if matches!(a, Value::Number(_)) { a } else { b }),
+            ) {
+                (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
+                _ => as_text(a) == as_text(b),
+            }
+        }
         _ => as_text(a) == as_text(b),
     }
 }
@@ -164,6 +180,9 @@ mod tests {
         o.insert("b.rate", json!("1048576"));
         o.insert("c.rate", json!(10_000_000));
         o.insert("a.up", json!(true));
+        // A container ID that a float parser reads as 427 x 10^6706803.
+        o.insert("a.id", json!("427e06706803"));
+        o.insert("a.seen", json!("427e06706803"));
         o
     }
 
@@ -195,6 +214,8 @@ mod tests {
     #[case("that = \"a.missing\"\nequals = 1", false)]
     #[case("that = \"a.share\"\nequals = { of = \"a.missing\" }", false)]
     #[case("that = \"a.hostname\"\nat_least = 1", false)]
+    #[case("that = \"a.seen\"\nequals = { of = \"a.id\" }", true)]
+    #[case("that = \"a.seen\"\nequals = \"427e06706804\"", false)]
     fn checks(#[case] text: &str, #[case] ok: bool) {
         let report = check(&expect(text), &obs());
         assert_eq!(report.ok, ok, "{report:?}");

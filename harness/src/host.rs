@@ -2,7 +2,7 @@
 //! means building the busybox image (with the probe helper inside) and a
 //! `kcell` entry point, both from the agent binary under test.
 
-use crate::runner::Target;
+use crate::driver::Target;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -30,6 +30,11 @@ pub fn prepare(dir: &Path, agent: &Path) -> Result<Target, String> {
         .map_err(|e| format!("chmod {}: {e}", staged.display()))?;
     std::fs::rename(&staged, &runtime)
         .map_err(|e| format!("rename {} to {}: {e}", staged.display(), runtime.display()))?;
+    // The same binary is kcell's OCI command line under this name.
+    let oci = bin.join("kcell-oci");
+    let _ = std::fs::remove_file(&oci);
+    std::os::unix::fs::symlink("kcell", &oci)
+        .map_err(|e| format!("symlink {}: {e}", oci.display()))?;
 
     let rootfs = dir.join("rootfs");
     let busybox = kcell::rootfs::busybox::locate(&dir.join("cache")).map_err(|e| e.to_string())?;
@@ -42,7 +47,7 @@ pub fn prepare(dir: &Path, agent: &Path) -> Result<Target, String> {
     Ok(Target {
         name: "host".into(),
         agent: runtime.clone(),
-        runtime,
+        kcell: runtime,
         rootfs,
         store: dir.join("store"),
     })

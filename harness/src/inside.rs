@@ -549,6 +549,15 @@ fn spin(args: &[&str]) -> Res {
                     .ok_or("--threads N")?
             }
             "--procs" => procs = it.next().and_then(|n| n.parse().ok()).ok_or("--procs N")?,
+            // CPU affinity (sched_setaffinity), not the cpuset controller:
+            // a case asks only for what it uses.
+            "--cpu" => {
+                let cpu: usize = it.next().and_then(|n| n.parse().ok()).ok_or("--cpu N")?;
+                let mut set = nix::sched::CpuSet::new();
+                set.set(cpu).map_err(|e| format!("cpu {cpu}: {e}"))?;
+                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+                    .map_err(|e| format!("sched_setaffinity to CPU {cpu}: {e}"))?;
+            }
             "--seconds" => {
                 seconds = Some(
                     it.next()
@@ -605,7 +614,7 @@ fn busy() -> ! {
 /// them until stdin closes. "started" is printed first, so a run that dies
 /// shows whether it got as far as running this code at all.
 fn alloc(size: &str, hold: bool) -> Res {
-    let bytes = kcell::cgroup::resources::parse_size(size).map_err(|e| e.to_string())?;
+    let bytes = crate::driver::bundle::size(size)?;
     out("started", true);
     let _ = std::io::stdout().flush();
     let mut chunks: Vec<Vec<u8>> = Vec::new();
@@ -659,7 +668,7 @@ fn fork_until_fail(limit: &str) -> Res {
 /// O_DIRECT reads or writes of SIZE bytes in 64 KiB blocks; prints the rate.
 fn direct_io(op: &str, dev: &str, size: &str) -> Res {
     use std::os::unix::fs::OpenOptionsExt;
-    let bytes = kcell::cgroup::resources::parse_size(size).map_err(|e| e.to_string())?;
+    let bytes = crate::driver::bundle::size(size)?;
     const BLOCK: usize = 64 << 10;
     let write = match op {
         "read" => false,
@@ -904,7 +913,7 @@ fn netns_persist(dir: &str) -> Res {
 /// then report the process's own CPU clock (which counts from its fork, so
 /// it includes the runtime's set-up in this process before exec).
 fn work(size: &str, seconds: &str) -> Res {
-    let bytes = kcell::cgroup::resources::parse_size(size).map_err(|e| e.to_string())?;
+    let bytes = crate::driver::bundle::size(size)?;
     let secs: f64 = seconds
         .parse()
         .map_err(|_| format!("work: bad seconds {seconds}"))?;

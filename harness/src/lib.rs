@@ -1,20 +1,27 @@
 //! The kcell conformance harness: declarative cases (`cases/*.toml`) run
-//! against targets (the host kernel, QEMU guests), each producing a verdict
-//! from what the kernel actually did.
+//! with any OCI runtime against targets (the host kernel, QEMU guests),
+//! each producing a verdict from what the kernel actually did.
 //!
-//! Data flows one way: case file -> [`case::Case`] -> [`runner`] (fixtures,
-//! container runs, [`probe`] measurements) -> [`observation::Observations`]
-//! -> [`expect`] checks -> [`verdict::Verdict`] -> reports.
+//! Layers point one way: [`case`] (the model) -> [`runner`] (fixtures,
+//! requirements, runs) -> [`driver`] (the runtime under test) ->
+//! [`observe`] (the harness's own readings) -> [`expect`] checks ->
+//! [`verdict`] -> [`report`]. [`vm`] is transport only (kernels,
+//! initramfs, QEMU, frames) and imports nothing above it; the agent binary
+//! wires a guest's init to the runner.
 #![deny(missing_docs)]
 
-pub mod blockdev;
 pub mod case;
+pub mod differences;
+pub mod driver;
 pub mod expect;
 pub mod fixture;
+pub mod frames;
+pub mod guestinfo;
 pub mod host;
 pub mod inside;
+pub mod matrix;
 pub mod observation;
-pub mod probe;
+pub mod observe;
 pub mod report;
 pub mod requires;
 pub mod runner;

@@ -32,13 +32,23 @@ impl Observations {
     }
 }
 
-/// Parses text as the most specific JSON value it can be.
+/// Parses text as the most specific JSON value it can be: a plain
+/// integer or decimal becomes a number (never an exponent form: a hex ID
+/// such as 427e06706803 stays the text it is), true/false a boolean.
 pub fn typed(text: &str) -> Value {
     if let Ok(i) = text.parse::<i64>() {
         return Value::from(i);
     }
-    if let Ok(f) = text.parse::<f64>() {
-        if f.is_finite() {
+    let decimal = {
+        let t = text.strip_prefix('-').unwrap_or(text);
+        let (int, frac) = t.split_once('.').unwrap_or((t, "0"));
+        !int.is_empty()
+            && !frac.is_empty()
+            && int.bytes().all(|b| b.is_ascii_digit())
+            && frac.bytes().all(|b| b.is_ascii_digit())
+    };
+    if decimal {
+        if let Ok(f) = text.parse::<f64>() {
             return Value::from(f);
         }
     }
@@ -67,5 +77,9 @@ mod tests {
         assert_eq!(o.get("r.name"), Some(&json!("lo")));
         assert_eq!(o.get("r.keys"), Some(&json!("")));
         assert_eq!(o.0.len(), 5);
+        // An ID that reads as a float in exponent form stays an ID.
+        assert_eq!(typed("427e06706803"), json!("427e06706803"));
+        assert_eq!(typed("1e5"), json!("1e5"));
+        assert_eq!(typed("-0.25"), json!(-0.25));
     }
 }

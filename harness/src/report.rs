@@ -1,6 +1,8 @@
 //! Reports from verdicts: report.json (machine), report.xml (JUnit, for CI)
-//! and matrix.md (cases as rows, targets as columns), and the comparison
-//! against a baseline report that fails only on regressions.
+//! and matrix.md (cases as rows, target and runtime as columns, with the
+//! table of divergences: where runtimes disagree on one kernel), and the
+//! comparison against a baseline report that fails only on regressions,
+//! runtime by runtime.
 
 use crate::case::Headline;
 use crate::observation::Observations;
@@ -34,23 +36,34 @@ fn cell(v: &Verdict) -> String {
     }
 }
 
-/// The kernel x case matrix as Markdown, with the skip, failure and error
-/// reasons listed under it.
+/// A verdict's column: its target and runtime.
+pub fn column(v: &Verdict) -> String {
+    if v.runtime.is_empty() {
+        v.target.clone()
+    } else {
+        format!("{}/{}", v.target, v.runtime)
+    }
+}
+
+/// The kernel x runtime x case matrix as Markdown, with the divergences
+/// between runtimes and the skip, failure and error reasons under it.
 pub fn matrix_markdown(verdicts: &[Verdict], notes: &BTreeMap<String, String>) -> String {
-    // The host first, then the guests by name.
-    let mut targets: Vec<String> = verdicts
+    // The host first, then the guests by name; kcell first on each.
+    let mut columns: Vec<(String, String)> = verdicts
         .iter()
-        .map(|v| v.target.clone())
+        .map(|v| (v.target.clone(), v.runtime.clone()))
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    targets.sort_by_key(|t| (t != "host", t.clone()));
+    columns.sort_by_key(|(t, r)| (t != "host", t.clone(), r != "kcell", r.clone()));
     let cases: BTreeSet<&str> = verdicts.iter().map(|v| v.case.as_str()).collect();
-    let by: BTreeMap<(&str, &str), &Verdict> = verdicts
+    let by: BTreeMap<(&str, String), &Verdict> = verdicts
         .iter()
-        .map(|v| ((v.case.as_str(), v.target.as_str()), v))
+        .map(|v| ((v.case.as_str(), column(v)), v))
         .collect();
     let mut out = String::from("# kcell conformance matrix\n\n");
+    let mut targets: Vec<String> = columns.iter().map(|(t, _)| t.clone()).collect();
+    targets.dedup();
     for t in &targets {
         if let Some(v) = verdicts.iter().find(|v| &v.target == t) {
             let note = notes.get(t).map(|n| format!("; {n}")).unwrap_or_default();
@@ -61,18 +74,46 @@ pub fn matrix_markdown(verdicts: &[Verdict], notes: &BTreeMap<String, String>) -
             );
         }
     }
+    let mut runtimes: BTreeMap<String, String> = BTreeMap::new();
+    for v in verdicts.iter().filter(|v| !v.runtime.is_empty()) {
+        runtimes
+            .entry(v.runtime.clone())
+            .or_insert_with(|| v.runtime_version.clone());
+    }
+    for (r, version) in &runtimes {
+        let _ = writeln!(out, "- runtime `{r}`: {version}");
+    }
     out.push('\n');
-    let _ = writeln!(out, "| case | {} |", targets.join(" | "));
-    let _ = writeln!(out, "|---|{}", "---|".repeat(targets.len()));
+    let names: Vec<String> = columns
+        .iter()
+        .map(|(t, r)| {
+            if r.is_empty() {
+                t.clone()
+            } else {
+                format!("{t}/{r}")
+            }
+        })
+        .collect();
+    let _ = writeln!(out, "| case | {} |", names.join(" | "));
+    let _ = writeln!(out, "|---|{}", "---|".repeat(names.len()));
     for c in &cases {
-        let cells: Vec<String> = targets
+        let cells: Vec<String> = names
             .iter()
-            .map(|t| {
-                by.get(&(*c, t.as_str()))
+            .map(|n| {
+                by.get(&(*c, n.clone()))
                     .map_or("-".to_string(), |v| cell(v))
             })
             .collect();
         let _ = writeln!(out, "| {c} | {} |", cells.join(" | "));
+    }
+    let div = divergences(verdicts);
+    if !div.is_empty() {
+        out.push_str(
+            "\n## Where runtimes disagree\n\n| target | case | verdicts |\n|---|---|---|\n",
+        );
+        for (target, case, each) in div {
+            let _ = writeln!(out, "| {target} | {case} | {} |", each.join("; "));
+        }
     }
     let notes: Vec<&Verdict> = verdicts
         .iter()
@@ -96,7 +137,7 @@ pub fn matrix_markdown(verdicts: &[Verdict], notes: &BTreeMap<String, String>) -
                 out,
                 "- `{}` on `{}`: {} — {}",
                 v.case,
-                v.target,
+                column(v),
                 v.status.as_str(),
                 detail
             );
@@ -122,11 +163,32 @@ fn xml_escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// JUnit XML: one testsuite per target, one testcase per case.
-pub fn junit_xml(verdicts: &[Verdict]) -> String {
-    let mut by_target: BTreeMap<&str, Vec<&Verdict>> = BTreeMap::new();
+/// Every (target, case) where the runtimes' verdicts differ: each
+/// runtime's status and observed headline.
+pub fn divergences(verdicts: &[Verdict]) -> Vec<(String, String, Vec<String>)> {
+    let mut by: BTreeMap<(&str, &str), Vec<&Verdict>> = BTreeMap::new();
     for v in verdicts {
-        by_target.entry(v.target.as_str()).or_default().push(v);
+        by.entry((v.target.as_str(), v.case.as_str()))
+            .or_default()
+            .push(v);
+    }
+    by.into_iter()
+        .filter(|(_, vs)| vs.len() > 1 && vs.iter().any(|v| v.status != vs[0].status))
+        .map(|((t, c), vs)| {
+            let each = vs
+                .iter()
+                .map(|v| format!("{}: {}", v.runtime, cell(v)))
+                .collect();
+            (t.to_string(), c.to_string(), each)
+        })
+        .collect()
+}
+
+/// JUnit XML: one testsuite per target and runtime, one testcase per case.
+pub fn junit_xml(verdicts: &[Verdict]) -> String {
+    let mut by_target: BTreeMap<String, Vec<&Verdict>> = BTreeMap::new();
+    for v in verdicts {
+        by_target.entry(column(v)).or_default().push(v);
     }
     let mut out =
         String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"kcell\">\n");
@@ -137,12 +199,12 @@ pub fn junit_xml(verdicts: &[Verdict]) -> String {
             .iter()
             .filter(|v| matches!(v.status, Status::Skip | Status::Inconclusive))
             .count();
-        let _ = writeln!(out, "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" errors=\"{errors}\" skipped=\"{skipped}\">", xml_escape(target), vs.len());
+        let _ = writeln!(out, "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" errors=\"{errors}\" skipped=\"{skipped}\">", xml_escape(&target), vs.len());
         for v in vs {
             let _ = write!(
                 out,
                 "    <testcase classname=\"{}\" name=\"{}\" time=\"{:.3}\"",
-                xml_escape(target),
+                xml_escape(&target),
                 xml_escape(&v.case),
                 v.seconds
             );
@@ -178,20 +240,21 @@ pub struct Comparison {
     pub improvements: Vec<(String, String, String, String)>,
 }
 
-/// Compares `now` against `baseline`: only pass -> fail/error regresses.
+/// Compares `now` against `baseline` runtime by runtime: only pass ->
+/// fail/error regresses.
 pub fn compare(baseline: &[Verdict], now: &[Verdict]) -> Comparison {
-    let old: BTreeMap<(&str, &str), Status> = baseline
+    let old: BTreeMap<(&str, String), Status> = baseline
         .iter()
-        .map(|v| ((v.case.as_str(), v.target.as_str()), v.status))
+        .map(|v| ((v.case.as_str(), column(v)), v.status))
         .collect();
     let mut c = Comparison::default();
     for v in now {
-        let Some(was) = old.get(&(v.case.as_str(), v.target.as_str())) else {
+        let Some(was) = old.get(&(v.case.as_str(), column(v))) else {
             continue;
         };
         let row = (
             v.case.clone(),
-            v.target.clone(),
+            column(v),
             was.as_str().to_string(),
             v.status.as_str().to_string(),
         );
@@ -217,6 +280,8 @@ mod tests {
             Verdict {
                 case: case.into(),
                 target: target.into(),
+                runtime: "kcell".into(),
+                runtime_version: "kcell-oci version 0.1.0".into(),
                 kernel: if target == "host" {
                     "6.18.0".into()
                 } else {
@@ -250,6 +315,13 @@ mod tests {
             v("CG-MEM-3", "deb-6.12-cloud/v2", Status::Pass, "", Some("swap=15552512")),
             v("CG-CPU-3", "deb-6.12-cloud/v2", Status::Inconclusive, "control too slow", Some("149.9%")),
             v("NS-UTS-1", "deb-6.12-cloud/v2", Status::Error, "the guest died while this case ran", None),
+            {
+                // runc on the same kernel disagrees with kcell: a divergence.
+                let mut r = v("CG-CPU-1", "deb-6.12-cloud/v2", Status::Pass, "", Some("19.9%"));
+                r.runtime = "runc".into();
+                r.runtime_version = "runc version 1.1.5+ds1".into();
+                r
+            },
         ]
     }
 
@@ -280,7 +352,7 @@ mod tests {
             c.regressions,
             vec![(
                 "CG-CPU-1".into(),
-                "host".into(),
+                "host/kcell".into(),
                 "pass".into(),
                 "fail".into()
             )]
@@ -289,7 +361,7 @@ mod tests {
             c.improvements,
             vec![(
                 "CG-CPU-1".into(),
-                "deb-6.12-cloud/v2".into(),
+                "deb-6.12-cloud/v2/kcell".into(),
                 "fail".into(),
                 "pass".into()
             )]

@@ -3,7 +3,7 @@
 //! hierarchies, the kernel's config, /proc/swaps.
 
 use crate::case::Requires;
-use kcell::cgroup::layout::{Layout, Version};
+use crate::observe::cgroupfs::Layout;
 use std::io::Read;
 use std::path::Path;
 
@@ -33,13 +33,6 @@ pub fn config_value(config: &str, name: &str) -> Option<String> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix('=').map(str::to_string))
 }
 
-fn v2_controllers(layout: &Layout) -> String {
-    layout
-        .v2_root()
-        .and_then(|r| std::fs::read_to_string(r.join("cgroup.controllers")).ok())
-        .unwrap_or_default()
-}
-
 /// Kernel options without which a controller has no v1 hierarchy.
 const V1_OPTIONS: &[(&str, &str)] = &[
     ("memory", "CONFIG_MEMCG_V1"),
@@ -49,7 +42,7 @@ const V1_OPTIONS: &[(&str, &str)] = &[
 /// Why `controller` has no v1 hierarchy: the mount error the guest's init
 /// recorded, and the kernel option that explains it when the config says so.
 fn v1_missing_reason(controller: &str) -> String {
-    let recorded = std::fs::read_to_string(crate::vm::guest::V1_MISSING)
+    let recorded = std::fs::read_to_string(crate::guestinfo::V1_MISSING)
         .ok()
         .and_then(|t| {
             t.lines()
@@ -72,7 +65,7 @@ fn v1_missing_reason(controller: &str) -> String {
 
 /// Whether a fresh child of the v2 root has `file` (made and removed at once).
 fn v2_child_has(layout: &Layout, file: &str) -> bool {
-    let Some(root) = layout.v2_root() else {
+    let Layout::V2(root) = layout else {
         return false;
     };
     let probe = root.join(format!("kcell-probe-{}", std::process::id()));
@@ -82,6 +75,19 @@ fn v2_child_has(layout: &Layout, file: &str) -> bool {
     let has = probe.join(file).exists();
     let _ = std::fs::remove_dir(&probe);
     has
+}
+
+/// The number of online CPUs (/sys/devices/system/cpu/online).
+fn online_cpus() -> u32 {
+    let text =
+        std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_else(|_| "0".into());
+    text.trim()
+        .split(',')
+        .filter_map(|part| {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            Some(b.parse::<u32>().ok()? - a.parse::<u32>().ok()? + 1)
+        })
+        .sum()
 }
 
 /// None when every requirement holds, else the first unmet one, phrased so a
@@ -100,27 +106,26 @@ pub fn unmet(req: &Requires) -> Option<String> {
             ));
         }
     }
-    let layout = Layout::detect();
+    let layout = Layout::read();
     if let Some(want) = &req.cgroup {
-        let have = layout.version().map(|v| v.to_string());
-        if have.as_deref() != Some(want.as_str()) {
+        if layout.version() != want.as_str() {
             return Some(format!(
                 "needs cgroup {want}; this system's layout is {} (see /proc/self/mountinfo)",
-                layout.describe()
+                layout.version()
             ));
         }
     }
     for c in &req.controllers {
-        match layout.version() {
-            Some(Version::V1) => {
-                if !layout.v1_mounts().contains_key(c.as_str()) {
+        match &layout {
+            Layout::V1(mounts) => {
+                if !mounts.contains_key(c.as_str()) {
                     return Some(v1_missing_reason(c));
                 }
             }
-            // cpu.stat (usage) is in every v2 cgroup, with or without controllers.
-            Some(Version::V2) if c == "cpuacct" => {}
+            // v2 controls devices with a BPF program (Linux 4.15), not a controller.
+            Layout::V2(_) if c == "devices" => {}
             // The v2 freezer is core: probe for cgroup.freeze in a child cgroup.
-            Some(Version::V2) if c == "freezer" => {
+            Layout::V2(_) if c == "freezer" => {
                 if !v2_child_has(&layout, "cgroup.freeze") {
                     return Some(
                         "cgroup v2 has no cgroup.freeze (the kernel predates the v2 freezer, 5.2)"
@@ -128,29 +133,26 @@ pub fn unmet(req: &Requires) -> Option<String> {
                     );
                 }
             }
-            Some(Version::V2) => {
-                let name = if c == "blkio" { "io" } else { c.as_str() };
-                if !v2_controllers(&layout)
-                    .split_whitespace()
-                    .any(|x| x == name)
-                {
+            Layout::V2(_) => {
+                if !layout.has(c) {
+                    let name = if c == "blkio" { "io" } else { c.as_str() };
                     return Some(format!(
                         "the {name} controller is not in cgroup.controllers of the cgroup v2 root"
                     ));
                 }
             }
-            None => return Some("no cgroup filesystem is mounted".to_string()),
+            Layout::None => return Some("no cgroup filesystem is mounted".to_string()),
         }
     }
     for cf in &req.cgroup_files {
         let (ctrl, file) = cf.split_once('/').unwrap_or(("", cf));
-        let root = match layout.version() {
-            Some(Version::V1) => layout.v1_mounts().get(ctrl).cloned(),
-            Some(Version::V2) => layout.v2_root().map(Path::to_path_buf),
-            None => None,
+        let root = match &layout {
+            Layout::V1(m) => m.get(ctrl).cloned(),
+            Layout::V2(r) => Some(r.clone()),
+            Layout::None => None,
         };
         if !root.is_some_and(|r| r.join(file).exists()) {
-            return Some(format!("cgroup file {file} of the {ctrl} controller does not exist (for memsw: boot with swapaccount=1 or a kernel with CONFIG_MEMCG_SWAP)"));
+            return Some(format!("cgroup file {file} of the {ctrl} controller does not exist (for memsw: boot with swapaccount=1 or a kernel with CONFIG_MEMCG_SWAP; before 5.19 v2 has no memory.peak)"));
         }
     }
     if !req.kernel_config.is_empty() {
@@ -170,7 +172,7 @@ pub fn unmet(req: &Requires) -> Option<String> {
         }
     }
     if let Some(n) = req.min_cpus {
-        let have = kcell::cgroup::online_cpus().len() as u32;
+        let have = online_cpus();
         if have < n {
             return Some(format!("needs {n} online CPUs, this system has {have}"));
         }
@@ -199,7 +201,7 @@ pub fn unmet(req: &Requires) -> Option<String> {
             return Some("unprivileged user namespaces are disabled (sysctl kernel.unprivileged_userns_clone=0)".to_string());
         }
     }
-    if req.block_device && crate::blockdev::find().is_none() {
+    if req.block_device && crate::fixture::blockdev::find().is_none() {
         return Some("no block device for throttling: needs a loop device (CONFIG_BLK_DEV_LOOP, /dev/loop-control) or a virtio disk".to_string());
     }
     None

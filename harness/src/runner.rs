@@ -1,50 +1,26 @@
-//! Running one case: requirements, fixtures, the container runs through the
-//! real `kcell` CLI, measurements, checks, verdict. The same code runs on the
-//! host and as the agent inside a VM guest.
+//! Running one case with one runtime on one target: requirements (the
+//! kernel's, then the runtime's features), fixtures, the runs through the
+//! runtime's [`driver`], measurements, the harness's own readings, checks,
+//! verdict. The same code runs on the host and as the agent in a guest.
 
-use crate::case::{Case, Expect, Operand, RootChoice, Run};
+use crate::case::{Case, Expect, Operand, Run, Scope};
+use crate::driver::{self, runtime::Needs, Ended, RunCtx, Runtime, Started, Target};
 use crate::expect::check_all;
 use crate::fixture::{self, Context, Fixture};
+use crate::frames;
 use crate::inside::READY;
 use crate::observation::Observations;
 use crate::verdict::{Status, Verdict};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-/// Where and with what a case runs.
-#[derive(Debug, Clone)]
-pub struct Target {
-    /// The target's name in verdicts, e.g. "host" or "deb-6.1-cloud/v1".
-    pub name: String,
-    /// The `kcell` runtime binary.
-    pub runtime: PathBuf,
-    /// The agent binary (the host marker process and `{agent}`).
-    pub agent: PathBuf,
-    /// The busybox image root.
-    pub rootfs: PathBuf,
-    /// The runtime's image store (`KCELL_ROOT` of every runtime command).
-    pub store: PathBuf,
-}
 
 /// `uname -r`.
 pub fn kernel_release() -> String {
     nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().to_string())
         .unwrap_or_default()
-}
-
-/// Replaces each `{key}` of `vars` in `text`.
-pub fn substitute(text: &str, vars: &[(String, String)]) -> String {
-    let mut s = text.to_string();
-    for (k, v) in vars {
-        s = s.replace(&format!("{{{k}}}"), v);
-    }
-    s
 }
 
 fn substitute_expect(e: &Expect, vars: &[(String, String)]) -> Expect {
@@ -62,52 +38,85 @@ fn substitute_expect(e: &Expect, vars: &[(String, String)]) -> Expect {
     .flatten()
     {
         if let Operand::Literal(Value::String(s)) = op {
-            *s = substitute(s, vars);
+            *s = driver::substitute(s, vars);
         }
     }
     e
 }
 
-/// A scratch directory for one case's pid files, removed on drop.
-struct WorkDir(PathBuf);
-impl WorkDir {
-    fn new() -> Result<Self, String> {
-        use std::os::unix::fs::PermissionsExt;
-        let p = std::env::temp_dir().join(format!("kcell-case-{}", kcell::spec::new_id()));
-        std::fs::create_dir(&p).map_err(|e| format!("mkdir {}: {e}", p.display()))?;
-        // Runs as another uid write their pid file here.
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777))
-            .map_err(|e| format!("chmod {}: {e}", p.display()))?;
-        Ok(WorkDir(p))
-    }
+/// A case's scratch directory (bundles, pid files, state roots), and its
+/// tree of cgroups; both removed on drop, also after a failure.
+struct Work {
+    dir: PathBuf,
+    cgroup_parent: String,
 }
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+
+impl Work {
+    fn new(case: &str) -> Result<Self, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let id = kcell::spec::new_id();
+        let dir = std::env::temp_dir().join(format!("kcell-case-{id}"));
+        std::fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        // Runs as another uid write their pid file here.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
+            .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
+        Ok(Work {
+            dir,
+            cgroup_parent: format!("/kcell-harness/{case}-{id}"),
+        })
     }
 }
 
-/// Runs `case` on `target` and returns its verdict. Never panics on a case's
-/// failure: infrastructure problems become an `error` verdict.
-pub fn run_case(case: &Case, target: &Target) -> Verdict {
+impl Drop for Work {
+    fn drop(&mut self) {
+        let layout = crate::observe::cgroupfs::Layout::read();
+        let cg = layout.cgroup(Path::new(&self.cgroup_parent));
+        for (_, d) in &cg.dirs {
+            // Whatever a runtime left under the case's tree.
+            if let Ok(rd) = std::fs::read_dir(d) {
+                for e in rd.flatten().filter(|e| e.path().is_dir()) {
+                    let rel = Path::new(&self.cgroup_parent).join(e.file_name());
+                    layout.cgroup(&rel).remove("kcell-harness");
+                }
+            }
+        }
+        cg.remove("kcell-harness");
+        driver::reap_orphans();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `case` with `runtime` on `target` and returns its verdict. Never
+/// panics on a case's failure: infrastructure problems become an `error`
+/// verdict naming the runtime, the step and what it said.
+pub fn run_case(case: &Case, target: &Target, runtime: &Runtime) -> Verdict {
     let start = Instant::now();
-    let cgroup = kcell::cgroup::layout::Layout::detect().describe();
+    let layout = crate::observe::cgroupfs::Layout::read();
     let mut verdict = Verdict::bare(
         &case.id,
         &target.name,
         &kernel_release(),
-        cgroup,
+        layout.version(),
         Status::Error,
         "",
     );
+    verdict.runtime = runtime.name.clone();
+    verdict.runtime_version = runtime.version.clone();
     // In a guest, the network modules may still be loading.
-    crate::vm::guest::wait_for_modules();
+    crate::guestinfo::wait_for_modules();
     if let Some(reason) = crate::requires::unmet(&case.requires) {
         verdict.status = Status::Skip;
         verdict.detail = reason;
         return verdict;
     }
-    let result = execute(case, target, &mut verdict.observations);
+    if case.scope == Scope::Any {
+        if let Some(reason) = runtime.lacks(&Needs::of(&case.runs)) {
+            verdict.status = Status::Skip;
+            verdict.detail = reason;
+            return verdict;
+        }
+    }
+    let result = execute(case, target, runtime, &mut verdict.observations);
     verdict.seconds = (start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
     verdict.headline = case
         .headline
@@ -153,7 +162,7 @@ pub fn run_case(case: &Case, target: &Target) -> Verdict {
                         verdict.detail.push_str(&format!(
                             "\n  run '{}' exited {exit}; stderr: {}",
                             run.name,
-                            tail(&err)
+                            driver::tail(&err)
                         ));
                     }
                 }
@@ -167,6 +176,7 @@ pub fn run_case(case: &Case, target: &Target) -> Verdict {
 fn execute(
     case: &Case,
     target: &Target,
+    runtime: &Runtime,
     obs: &mut Observations,
 ) -> Result<Vec<(String, String)>, String> {
     let ctx = Context {
@@ -191,21 +201,46 @@ fn execute(
         }
     }
     // Every container run gets its ID up front, so later runs can name it.
-    for run in case.runs.iter().filter(|r| r.kcell.is_empty()) {
+    for run in case
+        .runs
+        .iter()
+        .filter(|r| r.kcell.is_empty() && r.exec.is_none())
+    {
         let id = kcell::spec::new_id();
         vars.push((format!("{}.id", run.name), id.clone()));
         obs.insert(format!("{}.id", run.name), json!(id));
     }
-    let work = WorkDir::new()?;
+    let work = Work::new(&case.id)?;
+    // The cgroup each container run gets (the harness chooses it).
+    for run in case
+        .runs
+        .iter()
+        .filter(|r| r.kcell.is_empty() && r.exec.is_none())
+    {
+        vars.push((
+            format!("{}.cgroup", run.name),
+            format!("{}/{}", work.cgroup_parent, run.name),
+        ));
+    }
     let deadline = Instant::now() + Duration::from_secs(case.timeout);
     let mut kept: Vec<Started> = Vec::new();
+    let mut held: Vec<(String, i32, String)> = Vec::new();
     let mut result = Ok(());
     for run in &case.runs {
         let left = deadline.saturating_duration_since(Instant::now());
         let limit = run
             .timeout
             .map_or(left, |t| Duration::from_secs(t).min(left));
-        let started = match start(run, target, &vars, &work.0, limit) {
+        let run_ctx = RunCtx {
+            work: &work.dir,
+            cgroup_parent: &work.cgroup_parent,
+            vars: &vars,
+            runtime,
+            target,
+            held: held.clone(),
+            scope_kcell: case.scope == Scope::Kcell,
+        };
+        let started = match driver::start(run, &run_ctx, limit) {
             Ok(s) => s,
             Err(e) => {
                 result = Err(e);
@@ -214,134 +249,38 @@ fn execute(
         };
         observe(&started, &kept, &fixtures, obs);
         if run.keep {
+            if let Some(pid) = started.host_pid() {
+                let id = vars
+                    .iter()
+                    .find(|(k, _)| *k == format!("{}.id", run.name))
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default();
+                held.push((run.name.clone(), pid, id));
+            }
             kept.push(started);
-        } else if let Err(e) = finish(started, &fixtures, obs) {
+        } else if let Err(e) = end(started, &run_ctx, &fixtures, obs) {
             result = Err(e);
             break;
         }
     }
-    // Kept runs end with the case, also when it failed half way.
-    for started in kept {
-        let finished = finish(started, &fixtures, obs);
+    // Kept runs end with the case, also when it failed half way, last first.
+    let run_ctx = RunCtx {
+        work: &work.dir,
+        cgroup_parent: &work.cgroup_parent,
+        vars: &vars,
+        runtime,
+        target,
+        held: held.clone(),
+        scope_kcell: case.scope == Scope::Kcell,
+    };
+    while let Some(started) = kept.pop() {
+        let finished = end(started, &run_ctx, &fixtures, obs);
         if result.is_ok() {
             result = finished;
         }
     }
+    drop(work);
     result.map(|()| vars)
-}
-
-fn exit_code(status: std::process::ExitStatus) -> i64 {
-    status
-        .code()
-        .map_or_else(|| 128 + i64::from(status.signal().unwrap_or(0)), i64::from)
-}
-
-/// A container run in progress.
-struct Started {
-    run: Run,
-    child: std::process::Child,
-    stdin: Option<std::process::ChildStdin>,
-    lines: mpsc::Receiver<String>,
-    out_reader: std::thread::JoinHandle<String>,
-    err_reader: std::thread::JoinHandle<String>,
-    pid_file: PathBuf,
-    stats_file: PathBuf,
-    began: Instant,
-    deadline: Instant,
-    limit: Duration,
-}
-
-impl Started {
-    fn host_pid(&self) -> Option<i32> {
-        read_pid(&self.pid_file)
-    }
-}
-
-/// Spawns `kcell run` for `run`.
-fn start(
-    run: &Run,
-    target: &Target,
-    vars: &[(String, String)],
-    work: &Path,
-    limit: Duration,
-) -> Result<Started, String> {
-    let began = Instant::now();
-    let pid_file = work.join(format!("{}.pid", run.name));
-    let stats_file = work.join(format!("{}.stats.json", run.name));
-    let rootfs = match (&run.image, run.rootfs) {
-        (Some(image), _) => PathBuf::from(substitute(image, vars)),
-        (None, RootChoice::Image) => target.rootfs.clone(),
-        (None, RootChoice::Host) => PathBuf::from("/"),
-    };
-    let mut cmd = Command::new(&target.runtime);
-    cmd.env("KCELL_ROOT", &target.store);
-    if run.kcell.is_empty() {
-        let id = vars
-            .iter()
-            .find(|(k, _)| *k == format!("{}.id", run.name))
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default();
-        cmd.arg("run")
-            .arg("--name")
-            .arg(id)
-            .arg("--pid-file")
-            .arg(&pid_file);
-        if run.as_user.is_none() {
-            cmd.arg("--stats-file").arg(&stats_file);
-        }
-        cmd.args(run.args.iter().map(|a| substitute(a, vars)));
-        cmd.arg(&rootfs).arg("--");
-        cmd.args(run.command.iter().map(|a| substitute(a, vars)));
-    } else {
-        cmd.args(run.kcell.iter().map(|a| substitute(a, vars)));
-    }
-    cmd.stdin(if run.hold {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    });
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    if let Some(uid) = run.as_user {
-        cmd.uid(uid).gid(uid);
-    }
-    let mut child = cmd.spawn().map_err(|e| {
-        format!(
-            "run '{}': spawn {}: {e}",
-            run.name,
-            target.runtime.display()
-        )
-    })?;
-    let stdin = child.stdin.take();
-    let (line_tx, lines) = mpsc::channel::<String>();
-    let stdout = child.stdout.take().ok_or("no stdout pipe")?;
-    let out_reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = line_tx.send(line.clone());
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    let mut stderr = child.stderr.take().ok_or("no stderr pipe")?;
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    Ok(Started {
-        run: run.clone(),
-        child,
-        stdin,
-        lines,
-        out_reader,
-        err_reader,
-        pid_file,
-        stats_file,
-        began,
-        deadline: began + limit,
-        limit,
-    })
 }
 
 /// For a held run: waits until the command says it is ready, then records
@@ -373,7 +312,7 @@ fn observe(st: &Started, kept: &[Started], fixtures: &[Box<dyn Fixture>], obs: &
         }
     }
     for m in &st.run.measure {
-        let name = m.name.clone().unwrap_or_else(|| m.probe.clone());
+        let name = m.name.clone().unwrap_or_else(|| m.kind.clone());
         let wanted: Vec<&str> = if m.runs.is_empty() {
             vec![prefix.as_str()]
         } else {
@@ -391,10 +330,10 @@ fn observe(st: &Started, kept: &[Started], fixtures: &[Box<dyn Fixture>], obs: &
                     held.ok_or_else(|| format!("run '{w}' is not held (give it keep = true)"))?;
                 held.host_pid()
                     .map(|p| (w.to_string(), p))
-                    .ok_or_else(|| format!("no pid file for run '{w}'"))
+                    .ok_or_else(|| format!("no pid for run '{w}'"))
             })
             .collect();
-        match pids.and_then(|p| crate::probe::measure(m, &p)) {
+        match pids.and_then(|p| crate::observe::measure::measure(m, &p)) {
             Ok(values) => {
                 for (k, v) in values {
                     obs.insert(format!("{prefix}.{name}.{k}"), v);
@@ -405,77 +344,33 @@ fn observe(st: &Started, kept: &[Started], fixtures: &[Box<dyn Fixture>], obs: &
     }
 }
 
-/// Releases a run (closes its stdin), waits for it and records its outcome.
-fn finish(
+/// Ends a run and records its outcome as the harness saw it.
+fn end(
     st: Started,
+    ctx: &RunCtx,
     fixtures: &[Box<dyn Fixture>],
     obs: &mut Observations,
 ) -> Result<(), String> {
-    let Started {
-        run,
-        mut child,
-        stdin,
-        out_reader,
-        err_reader,
-        pid_file,
-        stats_file,
-        began,
-        deadline,
-        limit,
-        ..
-    } = st;
-    if run.kill_runtime {
-        // The runtime dies mid-run; its container follows (PR_SET_PDEATHSIG),
-        // its record and cgroup stay behind for the next command to clean.
-        let _ = child.kill();
-    }
-    drop(stdin);
-    let status = loop {
-        if let Some(status) = child
-            .try_wait()
-            .map_err(|e| format!("wait for kcell: {e}"))?
-        {
-            break Some(status);
-        }
-        if Instant::now() >= deadline {
-            // Killing the runtime kills the container (PR_SET_PDEATHSIG).
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    };
-    let stdout = out_reader.join().unwrap_or_default();
-    let stderr = err_reader.join().unwrap_or_default();
-    let Some(status) = status else {
-        return Err(format!(
-            "run '{}' timed out after {:.1} s; stdout tail: {}; stderr tail: {}",
-            run.name,
-            limit.as_secs_f64(),
-            tail(&stdout),
-            tail(&stderr)
-        ));
-    };
+    let run: Run = st.run.clone();
+    let ended: Ended = driver::finish(st, ctx)?;
     let prefix = &run.name;
-    obs.insert(format!("{prefix}.exit"), json!(exit_code(status)));
-    obs.insert(format!("{prefix}.stdout"), json!(stdout));
-    obs.insert(format!("{prefix}.stderr"), json!(stderr));
-    obs.insert(
-        format!("{prefix}.seconds"),
-        json!((began.elapsed().as_secs_f64() * 1000.0).round() / 1000.0),
-    );
-    obs.insert_key_values(prefix, &stdout);
-    if let Some(pid) = read_pid(&pid_file) {
+    obs.insert(format!("{prefix}.exit"), json!(ended.exit));
+    obs.insert(format!("{prefix}.stdout"), json!(ended.stdout));
+    obs.insert(format!("{prefix}.stderr"), json!(ended.stderr));
+    obs.insert(format!("{prefix}.seconds"), json!(ended.seconds));
+    obs.insert(format!("{prefix}.outcome"), json!(ended.outcome));
+    if let Some(n) = ended.oom_kills_seen {
+        obs.insert(format!("{prefix}.oom_kills_seen"), json!(n));
+    }
+    if let Some(e) = &ended.start_error {
+        obs.insert(format!("{prefix}.start_error"), json!(e));
+    }
+    obs.insert_key_values(prefix, &ended.stdout);
+    if let Some(pid) = ended.pid {
         obs.insert(format!("{prefix}.host_pid"), json!(pid));
     }
-    // The cgroup's final counters, saved by the runtime before removing it.
-    if let Some(Value::Object(stats)) = std::fs::read_to_string(&stats_file)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-    {
-        for (k, v) in stats.into_iter().filter(|(_, v)| !v.is_null()) {
-            obs.insert(format!("{prefix}.cg.{k}"), v);
-        }
+    for (k, v) in ended.counters {
+        obs.insert(format!("{prefix}.cg.{k}"), json!(v));
     }
     if !run.hold {
         for f in fixtures {
@@ -487,100 +382,77 @@ fn finish(
     Ok(())
 }
 
-fn read_pid(path: &Path) -> Option<i32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+/// The trials of `cases` with `runtimes`: every case with every runtime,
+/// but a case of kcell's own commands with kcell only.
+pub fn trials<'a>(cases: &'a [Case], runtimes: &'a [Runtime]) -> Vec<(&'a Case, &'a Runtime)> {
+    let mut out = Vec::new();
+    for c in cases {
+        for r in runtimes {
+            if c.scope == Scope::Any || r.name == "kcell" {
+                out.push((c, r));
+            }
+        }
+    }
+    out
 }
 
-/// The last 400 characters of `s`.
-pub fn tail(s: &str) -> String {
-    let t = s.trim();
-    let start = t.char_indices().rev().nth(399).map_or(0, |(i, _)| i);
-    t[start..].replace('\n', " | ")
-}
-
-/// Runs the case files `files` (only the IDs in `only`, when given; a case
-/// file is named by its ID) one after another, emitting a progress frame
-/// before each and its verdict frame after it. Each file is parsed just
-/// before it runs, so the first case starts without waiting for the rest. A
-/// malformed case file becomes an error verdict of its own and stops nothing.
-/// Returns how many failed or errored.
+/// Runs the case files `files` with `runtimes` (only the trials `only`
+/// names as `runtime::ID`, when given), emitting a progress frame before
+/// each trial and its verdict frame after it. A malformed case file becomes
+/// an error verdict of its own and stops nothing. Returns how many failed.
 pub fn run_all(
     files: &[PathBuf],
     target: &Target,
+    runtimes: &[Runtime],
     only: Option<&[String]>,
     emit: &mut dyn FnMut(&str),
 ) -> usize {
-    let stem = |f: &PathBuf| {
-        f.file_stem()
-            .map(|s| s.to_string_lossy().to_string())
-            .unwrap_or_default()
-    };
-    let files: Vec<&PathBuf> = files
-        .iter()
-        .filter(|f| only.is_none_or(|ids| ids.contains(&stem(f))))
-        .collect();
-    let total = files.len();
+    // Orphans of the runtimes' creates (the containers' first processes)
+    // become this process's children: it reaps them and reads their status.
+    let _ = nix::sys::prctl::set_child_subreaper(true);
+    let mut cases = Vec::new();
     let mut failed = 0;
-    for (n, file) in files.into_iter().enumerate() {
-        let timeout = 60;
-        emit(&format!(
-            "{}{} {total} {} {timeout}",
-            crate::vm::qemu::PROGRESS,
-            n + 1,
-            stem(file)
-        ));
-        let verdict = match Case::load(file) {
-            Ok(case) => {
-                if case.timeout != timeout {
-                    // The watchdog keys on the announced timeout: announce the real one.
-                    emit(&format!(
-                        "{}{} {total} {} {}",
-                        crate::vm::qemu::PROGRESS,
-                        n + 1,
-                        case.id,
-                        case.timeout
-                    ));
-                }
-                run_case(&case, target)
+    for file in files {
+        match Case::load(file) {
+            Ok(c) => cases.push(c),
+            Err(e) => {
+                let stem = file
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().to_string())
+                    .unwrap_or_default();
+                failed += 1;
+                emit(
+                    &Verdict::bare(
+                        &stem,
+                        &target.name,
+                        &kernel_release(),
+                        "",
+                        Status::Error,
+                        format!("malformed case file: {e}"),
+                    )
+                    .to_line(),
+                );
             }
-            Err(e) => Verdict::bare(
-                &stem(file),
-                &target.name,
-                &kernel_release(),
-                "",
-                Status::Error,
-                format!("malformed case file: {e}"),
-            ),
-        };
+        }
+    }
+    let all = trials(&cases, runtimes);
+    let chosen: Vec<&(&Case, &Runtime)> = all
+        .iter()
+        .filter(|(c, r)| only.is_none_or(|o| o.contains(&format!("{}::{}", r.name, c.id))))
+        .collect();
+    let total = chosen.len();
+    for (n, (case, runtime)) in chosen.into_iter().enumerate() {
+        emit(&frames::progress(
+            n + 1,
+            total,
+            &format!("{}::{}", runtime.name, case.id),
+            case.timeout,
+        ));
+        let verdict = run_case(case, target, runtime);
         if matches!(verdict.status, Status::Fail | Status::Error) {
             failed += 1;
         }
         emit(&verdict.to_line());
     }
     failed
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn substitutes_variables() {
-        let vars = vec![
-            ("a.key".to_string(), "0x1".to_string()),
-            ("rootfs".to_string(), "/r".to_string()),
-        ];
-        assert_eq!(
-            substitute("{rootfs}/bin {a.key} {unknown}", &vars),
-            "/r/bin 0x1 {unknown}"
-        );
-    }
-
-    #[test]
-    fn tail_keeps_the_end() {
-        let long = "x".repeat(1000) + "END";
-        assert!(tail(&long).ends_with("END"));
-        assert_eq!(tail(&long).chars().count(), 400);
-        assert_eq!(tail("a\nb"), "a | b");
-    }
 }

@@ -44,6 +44,12 @@ pub struct Verdict {
     pub case: String,
     /// The target, e.g. "host" or "deb-6.12-cloud/v2".
     pub target: String,
+    /// The runtime under test (kcell, runc, crun, youki, ...).
+    #[serde(default)]
+    pub runtime: String,
+    /// Its version, as `--version` says it.
+    #[serde(default)]
+    pub runtime_version: String,
     /// `uname -r` where the case ran.
     pub kernel: String,
     /// The cgroup layout where it ran ("v1", "v2", "hybrid (v1 used)").
@@ -78,6 +84,8 @@ impl Verdict {
             case: case.to_string(),
             target: target.to_string(),
             kernel: kernel.to_string(),
+            runtime: String::new(),
+            runtime_version: String::new(),
             cgroup: cgroup.to_string(),
             status,
             detail: detail.into(),
@@ -86,6 +94,16 @@ impl Verdict {
             seconds: 0.0,
             headline: None,
         }
+    }
+
+    /// The trial's name: `<target>/<runtime>::<case>`.
+    pub fn trial(&self) -> String {
+        format!("{}/{}::{}", self.target, self.runtime, self.case)
+    }
+
+    /// The key of a trial within a target: `<runtime>::<case>`.
+    pub fn key(&self) -> String {
+        format!("{}::{}", self.runtime, self.case)
     }
 
     /// The framed JSON line.
@@ -138,6 +156,8 @@ mod tests {
         let v = Verdict {
             case: "NS-UTS-1".into(),
             target: "host".into(),
+            runtime: "kcell".into(),
+            runtime_version: "kcell-oci version 0.1.0".into(),
             kernel: "6.1.0".into(),
             cgroup: "v1".into(),
             status: Status::Pass,

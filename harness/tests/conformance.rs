@@ -1,21 +1,27 @@
-//! `cargo test` entry: one trial per (target, case), named `host::NS-UTS-1`
-//! or `deb-6.12-cloud/v2::CG-MEM-1`. Listing (`-- --list`) and filtering
-//! build and boot nothing; each target is prepared once, on the first of its
-//! trials that runs, and one guest boot serves all of a target's selected cases.
+//! `cargo test` entry: one trial per (target, runtime, case), named
+//! `host/kcell::NS-UTS-1` or `deb-6.12-cloud/v2/runc::CG-MEM-1`. Listing
+//! (`-- --list`) and filtering build and boot nothing; each target is
+//! prepared once, on the first of its trials that runs, and one guest boot
+//! serves all of a target's selected trials, every runtime's.
 //!
 //! Host cases run in a separate agent process (the same binary and code path
 //! as inside a VM guest), one at a time, and before any guest boots: CPU and
 //! I/O measurements must not share the machine with another case or with QEMU.
 //! Guests of different targets then boot in parallel, one per core.
 //!
-//! Environment: KCELL_TARGETS picks targets ("host", "all", or a comma list of
-//! targets or kernel IDs; default: host and the manifest's default kernels),
+//! Environment: KCELL_RUNTIMES picks runtimes (a comma list of kcell, runc,
+//! crun, youki, runsc, or NAME=/path/to/binary; default: kcell on every
+//! target, the reference runtimes runc, crun and youki on the host and on
+//! the manifest's reference targets), KCELL_TARGETS picks targets ("host",
+//! "all", or a comma list of targets or kernel IDs; default: host and the
+//! manifest's default kernels),
 //! KCELL_KERNEL/KCELL_MODULES add a kernel of your own, KCELL_CACHE moves the
 //! cache, KCELL_KEEP keeps each guest's console log, KCELL_CASES picks cases
 //! by ID (a comma list, e.g. CG-CPU-1,CG-BLKIO-1: libtest's filter takes one).
 
-use kcell_harness::case::{load_dir, Case};
-use kcell_harness::runner::Target;
+use kcell_harness::case::{load_dir, Case, Scope};
+use kcell_harness::driver::Target;
+use kcell_harness::matrix::{self, Wanted};
 use kcell_harness::verdict::{Status, Verdict};
 use kcell_harness::vm::{self, VmTarget};
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -23,6 +29,9 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
+
+/// cases/differences.toml, read once.
+static DIFFERENCES: OnceLock<Vec<kcell_harness::differences::Difference>> = OnceLock::new();
 
 fn cases_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../cases")
@@ -88,6 +97,33 @@ impl Drop for PhaseGuard<'_> {
 /// Maps a verdict to the trial's outcome (skip and inconclusive pass, with
 /// their reason printed; fail and error fail with the details).
 fn outcome(name: &str, title: &str, verdict: &Verdict) -> Result<(), Failed> {
+    let known = DIFFERENCES.get_or_init(|| {
+        kcell_harness::differences::load(&cases_dir().join("differences.toml")).unwrap_or_else(
+            |e| {
+                eprintln!("{e}");
+                Vec::new()
+            },
+        )
+    });
+    let difference = kcell_harness::differences::explains(
+        known,
+        &verdict.runtime,
+        &verdict.runtime_version,
+        &verdict.target,
+        &verdict.case,
+    );
+    if let Some(d) = difference {
+        if matches!(verdict.status, Status::Fail | Status::Error) {
+            println!(
+                "{name}: a known difference (cases/differences.toml): {}",
+                d.found
+            );
+            return Ok(());
+        }
+        if verdict.status == Status::Pass {
+            println!("{name}: passes now, though cases/differences.toml lists it as a difference: remove the entry");
+        }
+    }
     match verdict.status {
         Status::Pass => Ok(()),
         Status::Skip => {
@@ -121,24 +157,47 @@ fn measurement_lock(exclusive: bool) -> Result<nix::fcntl::Flock<std::fs::File>,
         .map_err(|(_, e)| Failed::from(format!("flock {}: {e}", path.display())))
 }
 
+/// One host trial: the agent (the same code path as in a guest) runs the
+/// case with the runtime, in a process of its own.
 fn run_on_host(
     case: &Case,
+    runtime: &Wanted,
     host: &HostTarget,
     lock: &Mutex<()>,
     verdicts: &Mutex<Vec<Verdict>>,
 ) -> Result<(), Failed> {
+    let name = format!("host/{}::{}", runtime.name, case.id);
     let _one_at_a_time = lock.lock().unwrap_or_else(|e| e.into_inner());
     let _alone_on_the_machine = measurement_lock(true)?;
     let target = host.get()?;
-    // The runtime copy is the agent binary; under its own name it is the agent.
-    let output = Command::new(&target.runtime)
+    let path = if runtime.name == "kcell" {
+        target.kcell.with_file_name("kcell-oci")
+    } else {
+        match &runtime.path {
+            Some(p) => p.clone(),
+            None => {
+                let mut v = Verdict::bare(&case.id, "host", &kcell_harness::runner::kernel_release(), "", Status::Error,
+                    format!("runtime {} not found on this machine: install it (scripts/install-deps installs runc, crun and youki) or name it KCELL_RUNTIMES={}=/path/to/binary", runtime.name, runtime.name));
+                v.runtime = runtime.name.clone();
+                let r = outcome(&name, &case.title, &v);
+                verdicts.lock().unwrap_or_else(|e| e.into_inner()).push(v);
+                return r;
+            }
+        }
+    };
+    // The kcell copy is the agent binary; under its own name it is the agent.
+    let output = Command::new(&target.kcell)
         .arg0("kcell-agent")
-        .args(["run", "--target", "host", "--runtime"])
-        .arg(&target.runtime)
+        .args(["run", "--target", "host", "--kcell"])
+        .arg(&target.kcell)
+        .arg("--runtime")
+        .arg(format!("{}={}", runtime.name, path.display()))
         .arg("--rootfs")
         .arg(&target.rootfs)
         .arg("--store")
         .arg(&target.store)
+        .arg("--only")
+        .arg(format!("{}::{}", runtime.name, case.id))
         .arg(&case.file)
         .output()
         .map_err(|e| Failed::from(format!("spawning the agent: {e}")))?;
@@ -151,7 +210,7 @@ fn run_on_host(
         )
         .into());
     };
-    let result = outcome(&format!("host::{}", case.id), &case.title, &verdict);
+    let result = outcome(&name, &case.title, &verdict);
     verdicts
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -159,16 +218,17 @@ fn run_on_host(
     result
 }
 
-fn skip_verdict(case: &Case, reason: &str) -> Verdict {
-    let cgroup = kcell::cgroup::layout::Layout::detect().describe();
-    Verdict::bare(
+fn skip_verdict(case: &Case, runtime: &str, reason: &str) -> Verdict {
+    let mut v = Verdict::bare(
         &case.id,
         "host",
         &kcell_harness::runner::kernel_release(),
-        cgroup,
+        kcell_harness::observe::cgroupfs::Layout::read().version(),
         Status::Skip,
         reason,
-    )
+    );
+    v.runtime = runtime.to_string();
+    v
 }
 
 /// Takes `--baseline FILE` (an earlier report.json) out of the arguments
@@ -257,10 +317,11 @@ fn will_run(args: &Arguments, name: &str, ignored: bool) -> bool {
     filtered_in && !skipped && by_ignore
 }
 
-/// One VM target: its boot runs once, for all its selected cases.
+/// One VM target: its boot runs once, for all its selected trials.
 struct GuestTarget {
     target: VmTarget,
-    ids: Vec<String>,
+    /// `runtime::CASE` of the selected trials.
+    keys: Vec<String>,
     run: OnceLock<vm::TargetRun>,
 }
 
@@ -271,6 +332,8 @@ fn main() -> ExitCode {
     let host_wanted = selection
         .as_deref()
         .is_none_or(|s| s == "all" || s.split(',').any(|t| t.trim() == "host"));
+    let cache = vm::cache_dir();
+    let runtimes = matrix::wanted(std::env::var("KCELL_RUNTIMES").ok().as_deref(), &cache);
     let host = Arc::new(HostTarget {
         dir: std::env::temp_dir().join(format!("kcell-host-{}", std::process::id())),
         target: OnceLock::new(),
@@ -317,45 +380,48 @@ fn main() -> ExitCode {
             Err(Failed::from(msg))
         }));
     }
+    let applies = |c: &Case, w: &Wanted| c.scope == Scope::Any || w.name == "kcell";
 
-    let mut host_cases = Vec::new();
+    let mut host_trials_list = Vec::new();
     if host_wanted {
         for case in &cases {
-            let name = format!("host::{}", case.id);
-            let unmet = if is_root {
-                kcell_harness::requires::unmet(&case.requires)
-            } else {
-                Some("the host target needs root: run the tests as root".to_string())
-            };
-            if let Some(reason) = &unmet {
-                skipped.push(format!("{name}: {reason}"));
-                // Skips known before running still belong in the reports.
-                if will_run(&args, &name, false) && !args.list {
-                    verdicts
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(skip_verdict(case, reason));
+            for w in runtimes.iter().filter(|w| applies(case, w)) {
+                let name = format!("host/{}::{}", w.name, case.id);
+                let unmet = if is_root {
+                    kcell_harness::requires::unmet(&case.requires)
+                } else {
+                    Some("the host target needs root: run the tests as root".to_string())
+                };
+                if let Some(reason) = &unmet {
+                    skipped.push(format!("{name}: {reason}"));
+                    // Skips known before running still belong in the reports.
+                    if will_run(&args, &name, false) && !args.list {
+                        verdicts
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(skip_verdict(case, &w.name, reason));
+                    }
                 }
+                host_trials_list.push((name, case.clone(), w.clone(), unmet.is_some()));
             }
-            host_cases.push((name, case.clone(), unmet.is_some()));
         }
     }
-    let host_trials = host_cases
+    let host_trials = host_trials_list
         .iter()
-        .filter(|(n, _, ignored)| will_run(&args, n, *ignored))
+        .filter(|(n, _, _, ignored)| will_run(&args, n, *ignored))
         .count();
     let phase = Arc::new(HostPhase {
         remaining: Mutex::new(host_trials),
         done: Condvar::new(),
     });
-    for (name, case, ignored) in host_cases {
+    for (name, case, w, ignored) in host_trials_list {
         let (host, lock, verdicts, phase) =
             (host.clone(), lock.clone(), verdicts.clone(), phase.clone());
         trials.push(
             Trial::test(name, move || {
                 // However this trial ends, it ends its share of the host phase.
                 let _guard = PhaseGuard(&phase);
-                run_on_host(&case, &host, &lock, &verdicts)
+                run_on_host(&case, &w, &host, &lock, &verdicts)
             })
             .with_ignored_flag(ignored),
         );
@@ -365,66 +431,102 @@ fn main() -> ExitCode {
     let guest_targets: Vec<Arc<GuestTarget>> = match vm::kernel::Manifest::load(&manifest_path) {
         Ok(manifest) => {
             let custom = std::env::var_os("KCELL_KERNEL").is_some();
+            let targets: Vec<(VmTarget, Vec<Wanted>)> =
+                vm::selected_targets(&manifest, selection.as_deref(), custom)
+                    .into_iter()
+                    .map(|t| {
+                        let reference = manifest.is_reference(&t);
+                        let rts = runtimes
+                            .iter()
+                            .filter(|w| matrix::runs_on(w, reference))
+                            .cloned()
+                            .collect();
+                        (t, rts)
+                    })
+                    .collect();
+            let guest_runtimes: Vec<(String, PathBuf)> = runtimes
+                .iter()
+                .filter(|w| w.name != "kcell")
+                .filter_map(|w| w.path.clone().map(|p| (w.name.clone(), p)))
+                .collect();
             let inputs = Arc::new(vm::Inputs {
                 manifest: manifest.clone(),
                 agent: PathBuf::from(env!("CARGO_BIN_EXE_kcell-agent")),
                 cases: cases_dir(),
-                cache: vm::cache_dir(),
+                cache: cache.clone(),
+                runtimes: guest_runtimes,
             });
-            let targets: Vec<Arc<GuestTarget>> =
-                vm::selected_targets(&manifest, selection.as_deref(), custom)
-                    .into_iter()
-                    .map(|t| {
-                        let ids = cases
-                            .iter()
-                            .filter(|c| will_run(&args, &format!("{}::{}", t.name(), c.id), false))
-                            .map(|c| c.id.clone())
-                            .collect();
+            let guests: Vec<(Arc<GuestTarget>, Vec<Wanted>)> = targets
+                .into_iter()
+                .map(|(t, rts)| {
+                    let keys = cases
+                        .iter()
+                        .flat_map(|c| {
+                            rts.iter()
+                                .filter(|w| applies(c, w))
+                                .filter(|w| {
+                                    will_run(
+                                        &args,
+                                        &format!("{}/{}::{}", t.name(), w.name, c.id),
+                                        false,
+                                    )
+                                })
+                                .map(|w| format!("{}::{}", w.name, c.id))
+                                .collect::<Vec<_>>()
+                        })
+                        .collect();
+                    (
                         Arc::new(GuestTarget {
                             target: t,
-                            ids,
+                            keys,
                             run: OnceLock::new(),
-                        })
-                    })
-                    .collect();
+                        }),
+                        rts,
+                    )
+                })
+                .collect();
             // Case by case across targets: the first trials of two targets go
             // to the two test threads, so their guests boot in parallel.
             for case in &cases {
-                for g in &targets {
-                    let name = format!("{}::{}", g.target.name(), case.id);
-                    let (g, phase, inputs, verdicts, id, title) = (
-                        g.clone(),
-                        phase.clone(),
-                        inputs.clone(),
-                        verdicts.clone(),
-                        case.id.clone(),
-                        case.title.clone(),
-                    );
-                    trials.push(Trial::test(name.clone(), move || {
-                        phase.wait();
-                        let run = g.run.get_or_init(|| {
-                            let _shared = measurement_lock(false);
-                            let run =
-                                vm::run_target(&g.target, &inputs, &g.ids, &mut |line: &str| {
-                                    eprintln!("{line}")
-                                });
-                            verdicts
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .extend(run.verdicts.iter().cloned());
-                            run
-                        });
-                        match run.verdicts.iter().find(|v| v.case == id) {
-                            Some(v) => outcome(&name, &title, v),
-                            None => Err(Failed::from(format!(
-                                "no verdict for {id} from {}",
-                                g.target.name()
-                            ))),
-                        }
-                    }));
+                for (g, rts) in &guests {
+                    for w in rts.iter().filter(|w| applies(case, w)) {
+                        let name = format!("{}/{}::{}", g.target.name(), w.name, case.id);
+                        let key = format!("{}::{}", w.name, case.id);
+                        let (g, phase, inputs, verdicts, title) = (
+                            g.clone(),
+                            phase.clone(),
+                            inputs.clone(),
+                            verdicts.clone(),
+                            case.title.clone(),
+                        );
+                        trials.push(Trial::test(name.clone(), move || {
+                            phase.wait();
+                            let run = g.run.get_or_init(|| {
+                                let _shared = measurement_lock(false);
+                                let run = vm::run_target(
+                                    &g.target,
+                                    &inputs,
+                                    &g.keys,
+                                    &mut |line: &str| eprintln!("{line}"),
+                                );
+                                verdicts
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .extend(run.verdicts.iter().cloned());
+                                run
+                            });
+                            match run.verdicts.iter().find(|v| v.key() == key) {
+                                Some(v) => outcome(&name, &title, v),
+                                None => Err(Failed::from(format!(
+                                    "no verdict for {key} from {}",
+                                    g.target.name()
+                                ))),
+                            }
+                        }));
+                    }
                 }
             }
-            targets
+            guests.into_iter().map(|(g, _)| g).collect()
         }
         Err(e) => {
             trials.push(Trial::test("vm::manifest", move || Err(Failed::from(e))));

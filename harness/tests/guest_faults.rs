@@ -32,6 +32,7 @@ fn guest() -> Guest {
         cases: &Path::new(env!("CARGO_MANIFEST_DIR")).join("../cases"),
         early: &manifest.modules.early,
         late: &manifest.modules.load,
+        extra: &[],
     };
     let initrd = initramfs::build(&inputs, &cache.join("initramfs")).expect("initramfs");
     Guest { kernel, initrd }
@@ -46,10 +47,7 @@ fn boot_with(fault: &str, limits: qemu::Limits) -> qemu::Boot {
     let config = qemu::BootConfig {
         kernel: g.kernel.image.clone(),
         initrd: g.initrd,
-        cmdline: format!(
-            "{} kcell.fault={fault}",
-            qemu::cmdline("fault", "v1", Some(&["NS-UTS-1".to_string()]))
-        ),
+        cmdline: format!("{} kcell.fault={fault}", qemu::cmdline("fault", "v1")),
         disk: None,
         console_log: work.path().join("console.log"),
         verdict_log: work.path().join("verdicts.log"),

@@ -1,18 +1,18 @@
 //! `kcell-agent`: runs cases and prints one framed JSON verdict per line.
-//! A multi-call binary: invoked as `kcell` it is the runtime, as
-//! `kcell-probe` the in-container helper, so one static file serves the host,
+//! A multi-call binary: invoked as `kcell` it is kcell's CLI, as
+//! `kcell-oci` kcell's OCI command line, as `kcell-probe` the in-container
+//! helper, as `init` a guest's PID 1; so one static file serves the host,
 //! the container image and the VM guest.
 
-use kcell_harness::case::{case_files, load_dir};
-use kcell_harness::runner::Target;
+use kcell_harness::case::case_files;
+use kcell_harness::driver::{Runtime, Target};
 use std::path::{Path, PathBuf};
 
 const USAGE: &str = "usage:
-  kcell-agent run --runtime PATH --rootfs DIR [--store DIR] [--target NAME] [--only ID,..] CASES...
-      CASES are case files or directories of them; one framed verdict line per case on stdout
-  kcell-agent prepare-host DIR      build the busybox image and the runtime under DIR
-  kcell-agent vm --manifest vm/kernels.toml --cases cases [--only ID,..] TARGET
-      boot one VM target (e.g. deb-6.1-cloud/v1) and print its verdicts
+  kcell-agent run --target NAME --kcell PATH --rootfs DIR [--store DIR] --runtime NAME=PATH...
+                  [--only RUNTIME::ID,..] CASES...
+      CASES are case files or directories of them; one framed verdict line per trial on stdout
+  kcell-agent prepare-host DIR      build the busybox image and kcell under DIR
   kcell-agent probe SUBCOMMAND...   the in-container helper (also as argv[0] kcell-probe)";
 
 fn main() {
@@ -29,12 +29,70 @@ fn main() {
         .unwrap_or_default();
     let code = match name.as_str() {
         "kcell" => kcell::cli::main(std::env::args_os()),
+        "kcell-oci" => kcell::oci::main(std::env::args_os()),
         "kcell-probe" => kcell_harness::inside::main(&args[1..]),
         // PID 1 of a VM guest.
-        "init" => kcell_harness::vm::guest::init_main(),
+        "init" => kcell_harness::vm::guest::init_main(&mut guest_work),
         _ => agent(&args[1..]),
     };
     std::process::exit(code);
+}
+
+/// What a guest does once its machine is set up: the plan the host put in
+/// its initramfs (runtimes, trials), run against the guest's own paths.
+fn guest_work(target: &str, emit: &mut dyn FnMut(&str)) {
+    use kcell_harness::vm::initramfs::guest_paths;
+    let plan = match kcell_harness::vm::Plan::read(Path::new(guest_paths::PLAN)) {
+        Ok(p) => p,
+        Err(e) => {
+            emit(
+                &kcell_harness::verdict::Verdict::bare(
+                    "PLAN",
+                    target,
+                    "",
+                    "",
+                    kcell_harness::verdict::Status::Error,
+                    e,
+                )
+                .to_line(),
+            );
+            return;
+        }
+    };
+    let t = Target {
+        name: target.to_string(),
+        agent: guest_paths::RUNTIME.into(),
+        kcell: guest_paths::RUNTIME.into(),
+        rootfs: guest_paths::ROOTFS.into(),
+        store: "/var/lib/kcell".into(),
+    };
+    let runtimes = probe_all(&plan.runtimes, target, emit);
+    let cases = case_files(Path::new(guest_paths::CASES));
+    kcell_harness::runner::run_all(&cases, &t, &runtimes, Some(&plan.trials), emit);
+}
+
+/// Each runtime's version and features; one that cannot be run is an
+/// error verdict of every trial it has (the runner never sees it).
+fn probe_all(list: &[(String, PathBuf)], target: &str, emit: &mut dyn FnMut(&str)) -> Vec<Runtime> {
+    let mut out = Vec::new();
+    for (name, path) in list {
+        match Runtime::probe(name, path) {
+            Ok(r) => out.push(r),
+            Err(e) => {
+                let mut v = kcell_harness::verdict::Verdict::bare(
+                    "RUNTIME",
+                    target,
+                    "",
+                    "",
+                    kcell_harness::verdict::Status::Error,
+                    e,
+                );
+                v.runtime = name.clone();
+                emit(&v.to_line());
+            }
+        }
+    }
+    out
 }
 
 fn agent(args: &[String]) -> i32 {
@@ -43,11 +101,7 @@ fn agent(args: &[String]) -> i32 {
         Some("prepare-host") => match (args.get(1), std::env::current_exe()) {
             (Some(dir), Ok(me)) => match kcell_harness::host::prepare(Path::new(dir), &me) {
                 Ok(t) => {
-                    println!(
-                        "runtime={}\nrootfs={}",
-                        t.runtime.display(),
-                        t.rootfs.display()
-                    );
+                    println!("kcell={}\nrootfs={}", t.kcell.display(), t.rootfs.display());
                     0
                 }
                 Err(e) => {
@@ -58,7 +112,6 @@ fn agent(args: &[String]) -> i32 {
             _ => usage(),
         },
         Some("run") => run(&args[1..]),
-        Some("vm") => vm(&args[1..]),
         _ => usage(),
     }
 }
@@ -71,34 +124,41 @@ fn usage() -> i32 {
 fn run(args: &[String]) -> i32 {
     let mut target = Target {
         name: "host".into(),
-        runtime: PathBuf::new(),
         agent: PathBuf::new(),
+        kcell: PathBuf::new(),
         rootfs: PathBuf::new(),
-        store: kcell::image::store::Store::default_location()
-            .root()
-            .to_path_buf(),
+        store: std::env::temp_dir().join("kcell-store"),
     };
+    let mut runtimes: Vec<(String, PathBuf)> = Vec::new();
     let mut only: Option<Vec<String>> = None;
     let mut inputs = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().cloned().unwrap_or_default();
         match a.as_str() {
-            "--runtime" => target.runtime = value().into(),
+            "--kcell" => target.kcell = value().into(),
             "--rootfs" => target.rootfs = value().into(),
             "--store" => target.store = value().into(),
             "--target" => target.name = value(),
+            "--runtime" => {
+                let v = value();
+                match v.split_once('=') {
+                    Some((n, p)) => runtimes.push((n.to_string(), p.into())),
+                    None => return usage(),
+                }
+            }
             "--only" => only = Some(value().split(',').map(String::from).collect()),
             other => inputs.push(PathBuf::from(other)),
         }
     }
-    if target.runtime.as_os_str().is_empty()
+    if target.kcell.as_os_str().is_empty()
         || target.rootfs.as_os_str().is_empty()
         || inputs.is_empty()
+        || runtimes.is_empty()
     {
         return usage();
     }
-    target.agent = target.runtime.clone();
+    target.agent = target.kcell.clone();
     let mut files = Vec::new();
     for input in &inputs {
         if input.is_dir() {
@@ -107,78 +167,16 @@ fn run(args: &[String]) -> i32 {
             files.push(input.clone());
         }
     }
+    let name = target.name.clone();
+    let mut emit = |line: &str| {
+        if line.starts_with(kcell_harness::frames::PROGRESS) {
+            eprintln!("kcell-agent: [{name}] {line}");
+        } else {
+            println!("{line}");
+        }
+    };
+    let runtimes = probe_all(&runtimes, &target.name, &mut emit);
     let failed =
-        kcell_harness::runner::run_all(&files, &target, only.as_deref(), &mut |line: &str| {
-            if line.starts_with(kcell_harness::vm::qemu::PROGRESS) {
-                eprintln!("kcell-agent: [{}] {line}", target.name);
-            } else {
-                println!("{line}");
-            }
-        });
+        kcell_harness::runner::run_all(&files, &target, &runtimes, only.as_deref(), &mut emit);
     i32::from(failed > 0)
-}
-
-fn vm(args: &[String]) -> i32 {
-    use kcell_harness::vm;
-    let (mut manifest, mut cases, mut only, mut target) = (None, None, None, None);
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--manifest" => manifest = it.next().map(PathBuf::from),
-            "--cases" => cases = it.next().map(PathBuf::from),
-            "--only" => {
-                only = it
-                    .next()
-                    .map(|s| s.split(',').map(String::from).collect::<Vec<_>>())
-            }
-            other => target = Some(other.to_string()),
-        }
-    }
-    let (Some(manifest), Some(cases), Some(target), Ok(agent)) =
-        (manifest, cases, target, std::env::current_exe())
-    else {
-        return usage();
-    };
-    let manifest = match vm::kernel::Manifest::load(&manifest) {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("kcell-agent: {e}");
-            return 2;
-        }
-    };
-    let Some((kernel, cgroup)) = target.split_once('/') else {
-        return usage();
-    };
-    let cgroup: &'static str = if cgroup == "v1" { "v1" } else { "v2" };
-    let ids: Vec<String> = only.unwrap_or_else(|| {
-        load_dir(&cases)
-            .into_iter()
-            .filter_map(Result::ok)
-            .map(|c| c.id)
-            .collect()
-    });
-    let inputs = vm::Inputs {
-        manifest,
-        agent,
-        cases,
-        cache: vm::cache_dir(),
-    };
-    let result = vm::run_target(
-        &vm::VmTarget {
-            kernel: kernel.to_string(),
-            cgroup,
-        },
-        &inputs,
-        &ids,
-        &mut |line: &str| eprintln!("{line}"),
-    );
-    for v in &result.verdicts {
-        println!("{}", v.to_line());
-    }
-    i32::from(result.verdicts.iter().any(|v| {
-        matches!(
-            v.status,
-            kcell_harness::verdict::Status::Fail | kcell_harness::verdict::Status::Error
-        )
-    }))
 }

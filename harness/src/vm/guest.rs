@@ -7,13 +7,13 @@
 //! $PATH, and `busybox modprobe` ignores softdeps.
 
 use super::initramfs::guest_paths;
-use super::qemu::{DEBUG_EXIT_PORT, PROGRESS};
+use super::qemu::DEBUG_EXIT_PORT;
+use crate::frames::PROGRESS;
 use nix::mount::{mount, MsFlags};
 use std::io::Write;
 use std::path::Path;
 
-/// Where the init records v1 controllers that failed to mount, for skip reasons.
-pub const V1_MISSING: &str = "/run/kcell/cgroup-v1-missing";
+use crate::guestinfo::V1_MISSING;
 
 fn log(msg: &str) {
     let uptime = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
@@ -36,30 +36,11 @@ fn param<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
 }
 
-/// Set once the background module loading is over.
-static LATE_MODULES: std::sync::OnceLock<
-    std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
-> = std::sync::OnceLock::new();
-
-/// Waits until the background modules are loaded (no-op outside a guest).
-pub fn wait_for_modules() {
-    if let Some(pair) = LATE_MODULES.get() {
-        let (lock, cv) = &**pair;
-        let mut done = lock.lock().unwrap_or_else(|e| e.into_inner());
-        while !*done {
-            done = cv.wait(done).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-}
-
 fn load_modules_in_background() {
-    let pair = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
-    let _ = LATE_MODULES.set(pair.clone());
+    let done = crate::guestinfo::modules_loading();
     std::thread::spawn(move || {
         load_modules(guest_paths::MODULES_LATE);
-        let (lock, cv) = &*pair;
-        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        cv.notify_all();
+        done();
     });
 }
 
@@ -265,8 +246,14 @@ fn inject(fault: &str) {
     }
 }
 
-/// PID 1 of a guest. Never returns.
-pub fn init_main() -> ! {
+/// What a guest does once set up: given its target's name and a writer
+/// of framed lines to the host.
+pub type GuestWork<'a> = dyn FnMut(&str, &mut dyn FnMut(&str)) + 'a;
+
+/// PID 1 of a guest: sets the machine up, hands it to `work` (named by
+/// its target) with a writer of framed lines to the host, powers off.
+/// Never returns.
+pub fn init_main(work: &mut GuestWork) -> ! {
     mnt("proc", "/proc", "proc", MsFlags::empty(), None);
     mnt("sysfs", "/sys", "sysfs", MsFlags::empty(), None);
     mnt("devtmpfs", "/dev", "devtmpfs", MsFlags::empty(), None);
@@ -287,8 +274,6 @@ pub fn init_main() -> ! {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let target = param(&cmdline, "kcell.target").unwrap_or("vm").to_string();
     let cgroup = param(&cmdline, "kcell.cgroup").unwrap_or("v2").to_string();
-    let only: Option<Vec<String>> =
-        param(&cmdline, "kcell.only").map(|s| s.split(',').map(String::from).collect());
     log("mounted /proc /sys /dev");
     load_modules(guest_paths::MODULES_EARLY);
     log("early modules loaded");
@@ -316,23 +301,15 @@ pub fn init_main() -> ! {
     }
     log("swap on");
     load_modules_in_background();
-    if Path::new(crate::blockdev::GUEST_DISK).exists() {
-        std::env::set_var(crate::blockdev::DISK_ENV, crate::blockdev::GUEST_DISK);
+    if Path::new(crate::guestinfo::GUEST_DISK).exists() {
+        std::env::set_var(crate::guestinfo::DISK_ENV, crate::guestinfo::GUEST_DISK);
     }
     std::env::set_var("PATH", "/bin:/usr/bin:/sbin:/usr/sbin");
     if let Some(fault) = param(&cmdline, "kcell.fault") {
         inject(fault);
     }
-    let target = crate::runner::Target {
-        name: target,
-        runtime: guest_paths::RUNTIME.into(),
-        agent: guest_paths::RUNTIME.into(),
-        rootfs: guest_paths::ROOTFS.into(),
-        store: "/var/lib/kcell".into(),
-    };
     let mut out = std::fs::OpenOptions::new().write(true).open("/dev/ttyS1");
-    let cases = crate::case::case_files(Path::new(guest_paths::CASES));
-    crate::runner::run_all(&cases, &target, only.as_deref(), &mut |line: &str| {
+    work(&target, &mut |line: &str| {
         if let Ok(o) = out.as_mut() {
             let _ = writeln!(o, "{line}");
         }

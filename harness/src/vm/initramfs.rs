@@ -18,8 +18,14 @@ pub mod guest_paths {
     pub const ROOTFS: &str = "/rootfs";
     /// The case files.
     pub const CASES: &str = "/cases";
-    /// The runtime (a link to /init, the agent).
+    /// kcell's CLI (a link to /init, the agent).
     pub const RUNTIME: &str = "/bin/kcell";
+    /// kcell's OCI command line (a link to /init too).
+    pub const OCI: &str = "/bin/kcell-oci";
+    /// The runtimes under test other than kcell: /opt/kcell/runtimes/NAME.
+    pub const RUNTIMES: &str = "/opt/kcell/runtimes";
+    /// What the host asks of one boot (runtimes, trials): JSON, appended.
+    pub const PLAN: &str = "/etc/kcell/plan.json";
     /// Module files loaded before the first case, in order, one per line.
     pub const MODULES_EARLY: &str = "/etc/kcell/modules.early";
     /// Module files loaded in the background, in order.
@@ -194,6 +200,9 @@ pub struct Inputs<'a> {
     pub early: &'a [String],
     /// Module names to load in the background.
     pub late: &'a [String],
+    /// More files: (path in the guest, file on the host): the runtimes
+    /// under test and their libraries.
+    pub extra: &'a [(String, PathBuf)],
 }
 
 /// A copy of `agent` without debug info (TCG unpacks every byte at boot).
@@ -273,13 +282,13 @@ pub fn build(inputs: &Inputs, cache: &Path) -> Result<PathBuf, String> {
         .map_err(|e| format!("{}: {e}", inputs.cases.display()))?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .filter(|p| crate::case::is_case_file(p))
         .collect();
     cases.sort();
 
     // Every input goes into the name: a changed case, binary or kernel rebuilds it.
     let mut h = sha2::Sha256::new();
-    h.update(b"kcell-initramfs-v3");
+    h.update(b"kcell-initramfs-v4");
     for p in [agent.as_path(), inputs.busybox]
         .into_iter()
         .chain(cases.iter().map(PathBuf::as_path))
@@ -289,6 +298,10 @@ pub fn build(inputs: &Inputs, cache: &Path) -> Result<PathBuf, String> {
         h.update(std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?);
     }
     h.update(inputs.kernel.release.as_bytes());
+    for (at, file) in inputs.extra {
+        h.update(at.as_bytes());
+        h.update(std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?);
+    }
     let out = cache.join(format!(
         "initramfs-{}-{:x}.cpio",
         inputs.kernel.id,
@@ -337,6 +350,18 @@ pub fn build(inputs: &Inputs, cache: &Path) -> Result<PathBuf, String> {
     )
     .map_err(io)?;
     cpio.symlink(guest_paths::RUNTIME, "/init").map_err(io)?;
+    cpio.symlink(guest_paths::OCI, "/init").map_err(io)?;
+    for (at, file) in inputs.extra {
+        let mode = std::fs::metadata(file)
+            .map(|m| m.mode() & 0o7777)
+            .unwrap_or(0o755);
+        cpio.file(
+            at,
+            &std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?,
+            mode,
+        )
+        .map_err(io)?;
+    }
     cpio.linked_file(
         &["bin/busybox", &image_busybox],
         &std::fs::read(inputs.busybox).map_err(|e| e.to_string())?,
@@ -393,6 +418,21 @@ pub fn build(inputs: &Inputs, cache: &Path) -> Result<PathBuf, String> {
         .map_err(|e| e.to_string())?;
     std::fs::rename(&tmp, &out).map_err(|e| format!("rename {}: {e}", tmp.display()))?;
     Ok(out)
+}
+
+/// `base` with a second archive appended holding `files` (the kernel
+/// unpacks concatenated archives in turn): one boot's plan on a cached
+/// image, without rebuilding it. Written to `out`.
+pub fn with_files(base: &Path, files: &[(&str, &[u8])], out: &Path) -> Result<(), String> {
+    let mut bytes = std::fs::read(base).map_err(|e| format!("{}: {e}", base.display()))?;
+    let mut extra = Cpio::new(Vec::new());
+    for (path, data) in files {
+        extra
+            .file(path, data, 0o644)
+            .map_err(|e| format!("appending {path}: {e}"))?;
+    }
+    bytes.extend(extra.finish().map_err(|e| e.to_string())?);
+    std::fs::write(out, bytes).map_err(|e| format!("write {}: {e}", out.display()))
 }
 
 #[cfg(test)]

@@ -27,6 +27,10 @@ pub struct KernelSpec {
     /// Part of the default matrix.
     #[serde(default)]
     pub default: bool,
+    /// The cgroup versions ("v1", "v2") on which the reference runtimes run
+    /// on this kernel by default (kcell runs on every target).
+    #[serde(default)]
+    pub reference: Vec<String>,
 }
 
 /// The modules guests load.
@@ -39,6 +43,13 @@ pub struct ModuleList {
 }
 
 impl Manifest {
+    /// Whether the reference runtimes run on `t` by default.
+    pub fn is_reference(&self, t: &super::VmTarget) -> bool {
+        self.kernels
+            .iter()
+            .any(|k| k.id == t.kernel && k.reference.iter().any(|c| c == t.cgroup))
+    }
+
     /// Reads the manifest.
     pub fn load(path: &Path) -> Result<Manifest, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;

@@ -2,6 +2,7 @@
 //! in a throwaway QEMU guest that runs the cases and reports verdicts. One
 //! boot serves every case of its target.
 
+pub mod elf;
 pub mod guest;
 pub mod initramfs;
 pub mod kernel;
@@ -87,6 +88,61 @@ pub struct Inputs {
     pub cases: PathBuf,
     /// The cache directory.
     pub cache: PathBuf,
+    /// The runtimes under test besides kcell (whose kcell-oci is the agent):
+    /// (name, binary on the host), carried into the guest with their libraries.
+    pub runtimes: Vec<(String, PathBuf)>,
+}
+
+/// What one boot is asked to do: the runtimes (name, path in the guest)
+/// and the trials (`runtime::CASE`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Plan {
+    /// (name, path in the guest).
+    pub runtimes: Vec<(String, PathBuf)>,
+    /// `runtime::CASE`.
+    pub trials: Vec<String>,
+}
+
+impl Plan {
+    /// Reads the plan a guest was booted with.
+    pub fn read(path: &Path) -> Result<Plan, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+/// (path in the guest, file on the host) of what goes into an initramfs;
+/// also (runtime, its binary's path in the guest).
+type Files = Vec<(String, PathBuf)>;
+
+/// The runtimes' binaries and libraries as they go into a guest, and
+/// where each runtime's binary is there.
+fn runtime_files(runtimes: &[(String, PathBuf)]) -> Result<(Files, Files), String> {
+    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    let mut at = vec![(
+        "kcell".to_string(),
+        PathBuf::from(initramfs::guest_paths::OCI),
+    )];
+    for (name, host) in runtimes {
+        let file = host
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| name.clone());
+        let guest = format!("{}/{name}/{file}", initramfs::guest_paths::RUNTIMES);
+        for (p, f) in elf::closure(host).map_err(|e| format!("runtime {name}: {e}"))? {
+            if !files.iter().any(|(q, _)| *q == p) {
+                files.push((p, f));
+            }
+        }
+        files.push((guest.clone(), host.clone()));
+        at.push((name.clone(), PathBuf::from(guest)));
+    }
+    Ok((files, at))
+}
+
+/// (runtime, case) of a trial key `runtime::CASE`.
+pub fn split_trial(key: &str) -> (&str, &str) {
+    key.split_once("::").unwrap_or(("kcell", key))
 }
 
 /// The outcome of a target.
@@ -122,11 +178,14 @@ fn first_accel(cache: &Path, kernel: &str) -> Accel {
     }
 }
 
-fn error_verdict(case: &str, target: &str, kernel: &str, cgroup: &str, detail: String) -> Verdict {
-    Verdict::bare(case, target, kernel, cgroup, Status::Error, detail)
+fn error_verdict(trial: &str, target: &str, kernel: &str, cgroup: &str, detail: String) -> Verdict {
+    let (runtime, case) = split_trial(trial);
+    let mut v = Verdict::bare(case, target, kernel, cgroup, Status::Error, detail);
+    v.runtime = runtime.to_string();
+    v
 }
 
-/// Prepares and boots `t`, running the cases `ids`. Never panics: a missing
+/// Prepares and boots `t`, running the trials `ids` (`runtime::CASE`). Never panics: a missing
 /// kernel, a guest that dies or hangs, all become error verdicts of this
 /// target, with the reason and the console's tail.
 pub fn run_target(
@@ -172,6 +231,14 @@ pub fn run_target(
         }
     };
     let kernel_label = format!("{} ({})", kernel.release, kernel.version);
+    let (extra, runtime_paths) = match runtime_files(&inputs.runtimes) {
+        Ok(x) => x,
+        Err(e) => {
+            fail_all(&mut run, format!("runtimes: {e}"), &kernel_label);
+            run.seconds = started.elapsed().as_secs_f64();
+            return run;
+        }
+    };
     let initrd = kcell::rootfs::busybox::locate(&inputs.cache)
         .map_err(|e| e.to_string())
         .and_then(|busybox| {
@@ -183,6 +250,7 @@ pub fn run_target(
                     cases: &inputs.cases,
                     early: &inputs.manifest.modules.early,
                     late: &inputs.manifest.modules.load,
+                    extra: &extra,
                 },
                 &inputs.cache.join("initramfs"),
             )
@@ -212,10 +280,11 @@ pub fn run_target(
         );
         return run;
     }
+    let base_initrd = initrd;
     let mut config = BootConfig {
         kernel: kernel.image.clone(),
-        initrd,
-        cmdline: qemu::cmdline(&name, t.cgroup, Some(ids)),
+        initrd: work.join("initramfs.cpio"),
+        cmdline: qemu::cmdline(&name, t.cgroup),
         disk: Some(work.join("disk.img")),
         console_log: work.join("console.log"),
         verdict_log: work.join("verdicts.log"),
@@ -234,7 +303,19 @@ pub fn run_target(
     let mut console_tail = String::new();
     while !pending.is_empty() {
         run.boots += 1;
-        config.cmdline = qemu::cmdline(&name, t.cgroup, Some(&pending));
+        let plan = Plan {
+            runtimes: runtime_paths.clone(),
+            trials: pending.clone(),
+        };
+        let plan_json = serde_json::to_vec(&plan).unwrap_or_default();
+        if let Err(e) = initramfs::with_files(
+            &base_initrd,
+            &[(initramfs::guest_paths::PLAN, &plan_json)],
+            &config.initrd,
+        ) {
+            problems.push(format!("initramfs plan: {e}"));
+            break;
+        }
         progress(&format!(
             "[{name}] booting {kernel_label} ({:?}, boot {}, {} cases)",
             config.accel,
@@ -243,9 +324,9 @@ pub fn run_target(
         ));
         let mut on_event = |e: &Event| match e {
             Event::Case { n, total, id } => {
-                progress(&format!("[{name}] case {n} of {total}: {id}"))
+                progress(&format!("[{name}] trial {n} of {total}: {id}"))
             }
-            Event::Verdict(v) => progress(&format!("[{name}] {} {}", v.case, v.status.as_str())),
+            Event::Verdict(v) => progress(&format!("[{name}] {} {}", v.key(), v.status.as_str())),
         };
         let boot = qemu::boot(&config, Limits::default(), &mut on_event);
         run.boot_seconds = run.boot_seconds.or(boot.boot_seconds);
@@ -256,13 +337,13 @@ pub fn run_target(
             String::new()
         };
         for v in &boot.verdicts {
-            if pending.contains(&v.case) {
+            if pending.contains(&v.key()) {
                 let mut v = v.clone();
                 v.kernel = kernel_label.clone();
                 if !note.is_empty() {
                     v.detail = format!("{}{note}", v.detail).trim().to_string();
                 }
-                pending.retain(|p| p != &v.case);
+                pending.retain(|p| p != &v.key());
                 run.verdicts.push(v);
             } else if v.status == Status::Error {
                 // A malformed case file: reported under its file name.
@@ -325,7 +406,7 @@ pub fn run_target(
         ));
     }
     run.verdicts
-        .sort_by_key(|v| ids.iter().position(|i| i == &v.case).unwrap_or(usize::MAX));
+        .sort_by_key(|v| ids.iter().position(|i| *i == v.key()).unwrap_or(usize::MAX));
     run.error = (!problems.is_empty()).then(|| problems.join("; "));
     run.seconds = started.elapsed().as_secs_f64();
     progress(&format!(

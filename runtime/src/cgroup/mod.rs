@@ -365,6 +365,19 @@ impl ContainerCgroup {
         }
     }
 
+    /// Each directory with the name of its hierarchy's mount point
+    /// ("cpu,cpuacct", "memory"), as a container's own cgroupfs names them.
+    pub fn named_dirs(&self) -> Vec<(String, &Path)> {
+        self.dirs
+            .iter()
+            .filter_map(|(_, d)| {
+                let mount = self.hierarchy_mount(d)?;
+                let name = mount.file_name()?.to_string_lossy().to_string();
+                Some((name, d.as_path()))
+            })
+            .collect()
+    }
+
     fn hierarchy_mount(&self, dir: &Path) -> Option<PathBuf> {
         match &self.backend {
             Backend::V1(h) => h

@@ -59,9 +59,17 @@ pub(super) fn init_main(side: &InitSide) -> ! {
     if side.chan.send(&Message::Ready).is_err() {
         std::process::exit(125);
     }
+    // From here on an OCI create has returned: a failure is also told on
+    // the container's stderr, where its caller reads it.
+    let fail = |code: i32, message: String| -> ! {
+        if side.detached {
+            eprintln!("kcell-oci: {message}");
+        }
+        side.chan.fail(code, message);
+        std::process::exit(code)
+    };
     if let Err(e) = wait_for_start(side.fifo) {
-        side.chan.fail(125, e.to_string());
-        std::process::exit(125);
+        fail(125, e.to_string());
     }
     let state = serde_json::json!({
         "ociVersion": super::OCI_VERSION,
@@ -72,17 +80,14 @@ pub(super) fn init_main(side: &InitSide) -> ! {
     })
     .to_string();
     if let Err(e) = hooks::run("startContainer", &side.spec.hooks.start_container, &state) {
-        side.chan.fail(125, e.to_string());
-        std::process::exit(125);
+        fail(125, e.to_string());
     }
     if let Err(e) = finalize(&side.spec.process) {
-        side.chan.fail(125, e.to_string());
-        std::process::exit(125);
+        fail(125, e.to_string());
     }
     keep_only_preserved_fds(side.preserve_fds);
     let (code, message) = exec_program(&program, &side.spec.process);
-    side.chan.fail(code, message);
-    std::process::exit(code)
+    fail(code, message)
 }
 
 fn code_of(e: &RootfsError) -> (i32, String) {
@@ -271,6 +276,24 @@ pub(super) fn finalize(p: &Process) -> Result<(), SysError> {
     }
     crate::caps::drop_bounding(p.capabilities.bounding)?;
     crate::caps::keep_caps(true)?;
+    // A user namespace without any mapping has no ids to switch to: the
+    // process stays the overflow uid it reads as (user_namespaces(7)).
+    let unmapped = std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|m| m.trim().is_empty());
+    if !unmapped {
+        switch_user(p)?;
+    }
+    crate::caps::keep_caps(false)?;
+    crate::caps::apply(&p.capabilities)?;
+    if p.no_new_privileges {
+        crate::caps::no_new_privs()?;
+        if let Some((f, flags)) = &filter {
+            crate::seccomp::install(f, *flags)?;
+        }
+    }
+    Ok(())
+}
+
+fn switch_user(p: &Process) -> Result<(), SysError> {
     let gid = nix::unistd::Gid::from_raw(p.gid);
     let mut groups: Vec<nix::unistd::Gid> = p
         .additional_gids
@@ -294,14 +317,6 @@ pub(super) fn finalize(p: &Process) -> Result<(), SysError> {
     nix::unistd::setresgid(gid, gid, gid).sys("setresgid", gid)?;
     let uid = nix::unistd::Uid::from_raw(p.uid);
     nix::unistd::setresuid(uid, uid, uid).sys("setresuid", uid)?;
-    crate::caps::keep_caps(false)?;
-    crate::caps::apply(&p.capabilities)?;
-    if p.no_new_privileges {
-        crate::caps::no_new_privs()?;
-        if let Some((f, flags)) = &filter {
-            crate::seccomp::install(f, *flags)?;
-        }
-    }
     Ok(())
 }
 

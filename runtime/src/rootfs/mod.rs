@@ -376,13 +376,9 @@ fn mount_own_cgroup(inside: &InRoot, m: &Mount, spec: &ContainerSpec) -> Result<
         "mode=755",
     )?;
     let mut done: Vec<&Path> = Vec::new();
-    for (_, dir) in &cg.dirs {
+    for (name, dir) in cg.named_dirs() {
         // Co-mounted controllers (cpu,cpuacct) share one directory.
-        let hierarchy = dir.ancestors().nth(2).and_then(Path::file_name);
-        let (Some(name), false) = (hierarchy, done.contains(&dir.as_path())) else {
-            continue;
-        };
-        if !dir.is_dir() {
+        if done.contains(&dir) || !dir.is_dir() {
             continue;
         }
         let dest = m.destination.join(name);

@@ -1,14 +1,15 @@
-//! Host-side measurements taken while a run holds: they read what the
-//! kernel counted for the container's cgroup and processes.
+//! Measurements taken on the host while a run holds: what the kernel
+//! counted for the container's cgroup (read by [`super::cgroupfs`]) and
+//! for its processes (/proc, through the `procfs` crate).
 
+use super::cgroupfs::{Cgroup, Layout};
 use crate::case::Measure;
-use kcell::cgroup::ContainerCgroup;
 use serde_json::{json, Value};
 use std::fs;
 use std::time::{Duration, Instant};
 
-/// Probe names a case may use in `measure`.
-pub const KNOWN: &[&str] = &[
+/// The measurements a case may name in `measure`.
+pub const KINDS: &[&str] = &[
     "cpu_share",
     "process_shares",
     "cgroup_stats",
@@ -22,41 +23,39 @@ fn seconds(m: &Measure, default: f64) -> Duration {
 }
 
 /// Takes the measurement `m` of the held runs `runs` (name, host PID of the
-/// first process); most probes measure one run, `cpu_share` any number at once.
+/// first process); most measure one run, `cpu_share` any number at once.
 pub fn measure(m: &Measure, runs: &[(String, i32)]) -> Result<Vec<(String, Value)>, String> {
-    let cgroups: Vec<(String, ContainerCgroup)> = runs
+    let layout = Layout::read();
+    let cgroups: Vec<(String, Cgroup)> = runs
         .iter()
         .map(|(name, pid)| {
-            ContainerCgroup::of_pid(*pid)
+            layout
+                .of_pid(*pid)
                 .map(|cg| (name.clone(), cg))
-                .map_err(|e| format!("cgroup of pid {pid}: {e}"))
+                .ok_or_else(|| format!("no cgroup for pid {pid} (/proc/{pid}/cgroup)"))
         })
         .collect::<Result<_, _>>()?;
     let (cg, pid) = match (cgroups.first(), runs.first()) {
         (Some((_, cg)), Some((_, pid))) => (cg, *pid),
         _ => return Err("no run to measure".into()),
     };
-    match m.probe.as_str() {
+    match m.kind.as_str() {
         "cpu_share" => cpu_share(&cgroups, seconds(m, 3.0)),
         "process_shares" => process_shares(cg, seconds(m, 3.0)),
         "cgroup_stats" => Ok(stats(cg)),
         "freeze" => freeze(cg, pid, seconds(m, 1.0)),
         "cpu_placement" => cpu_placement(cg, seconds(m, 1.0)),
         "thread_quota" => thread_quota(cg, pid, seconds(m, 3.0)),
-        other => Err(format!("unknown probe '{other}'")),
+        other => Err(format!("unknown measurement '{other}'")),
     }
 }
 
 /// Each cgroup's CPU usage over the same wall interval, from its own
 /// counter (v1 cpuacct.usage, v2 cpu.stat usage_usec), in CPUs. With several
 /// runs each also gets its fraction of their total.
-fn cpu_share(
-    cgroups: &[(String, ContainerCgroup)],
-    over: Duration,
-) -> Result<Vec<(String, Value)>, String> {
-    let usage = |cg: &ContainerCgroup| {
-        cg.stats()
-            .cpu_usage_ns
+fn cpu_share(cgroups: &[(String, Cgroup)], over: Duration) -> Result<Vec<(String, Value)>, String> {
+    let usage = |cg: &Cgroup| {
+        cg.cpu_usage_ns()
             .ok_or("the cgroup has no CPU usage counter (cpuacct.usage / cpu.stat)")
     };
     // Let the spinners reach their steady state (the first period may be unthrottled).
@@ -100,19 +99,32 @@ fn round4(x: f64) -> f64 {
 
 /// utime + stime of a process, in clock ticks (proc(5) fields 14 and 15).
 fn cpu_ticks(pid: i32) -> Option<u64> {
-    cpu_ticks_at(&format!("/proc/{pid}/stat"))
+    let s = procfs::process::Process::new(pid).ok()?.stat().ok()?;
+    Some(s.utime + s.stime)
 }
 
-fn cpu_ticks_at(path: &str) -> Option<u64> {
-    let stat = fs::read_to_string(path).ok()?;
-    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    Some(rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?)
+/// utime + stime of one thread of `pid`.
+fn thread_ticks(pid: i32, tid: i32) -> Option<u64> {
+    let s = procfs::process::Process::new(pid)
+        .ok()?
+        .task_from_tid(tid)
+        .ok()?
+        .stat()
+        .ok()?;
+    Some(s.utime + s.stime)
+}
+
+/// The threads of `pid`.
+fn threads(pid: i32) -> Vec<i32> {
+    procfs::process::Process::new(pid)
+        .and_then(|p| p.tasks())
+        .map(|t| t.filter_map(Result::ok).map(|t| t.tid).collect())
+        .unwrap_or_default()
 }
 
 /// Each process's share of one CPU over the interval, from /proc/PID/stat.
-fn process_shares(cg: &ContainerCgroup, over: Duration) -> Result<Vec<(String, Value)>, String> {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+fn process_shares(cg: &Cgroup, over: Duration) -> Result<Vec<(String, Value)>, String> {
+    let hz = procfs::ticks_per_second() as f64;
     std::thread::sleep(Duration::from_millis(300));
     let before: Vec<(i32, u64)> = cg
         .pids()
@@ -147,12 +159,12 @@ fn process_shares(cg: &ContainerCgroup, over: Duration) -> Result<Vec<(String, V
     Ok(out)
 }
 
-/// Every counter of the cgroup (see kcell::cgroup::stats).
-fn stats(cg: &ContainerCgroup) -> Vec<(String, Value)> {
-    match serde_json::to_value(cg.stats()) {
-        Ok(Value::Object(map)) => map.into_iter().filter(|(_, v)| !v.is_null()).collect(),
-        _ => Vec::new(),
-    }
+/// Every counter of the cgroup (see cgroupfs::Cgroup::counters).
+fn stats(cg: &Cgroup) -> Vec<(String, Value)> {
+    cg.counters()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect()
 }
 
 /// cgroup v1 places single threads by TID (the `tasks` file): one thread
@@ -160,23 +172,15 @@ fn stats(cg: &ContainerCgroup) -> Vec<(String, Value)> {
 /// the others stay; each thread's share is measured from
 /// /proc/PID/task/TID/stat, and the thread is moved back before the child
 /// cgroup is removed.
-fn thread_quota(
-    cg: &ContainerCgroup,
-    pid: i32,
-    over: Duration,
-) -> Result<Vec<(String, Value)>, String> {
-    let tids: Vec<i32> = fs::read_dir(format!("/proc/{pid}/task"))
-        .map_err(|e| format!("list threads of {pid}: {e}"))?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|t| *t != pid)
-        .collect();
+fn thread_quota(cg: &Cgroup, pid: i32, over: Duration) -> Result<Vec<(String, Value)>, String> {
+    let tids: Vec<i32> = threads(pid).into_iter().filter(|t| *t != pid).collect();
     // The busiest thread besides the main one (the others may be idle helpers).
     let moved = *tids
         .iter()
-        .max_by_key(|t| cpu_ticks_at(&format!("/proc/{pid}/task/{t}/stat")).unwrap_or(0))
+        .max_by_key(|t| thread_ticks(pid, **t).unwrap_or(0))
         .ok_or("the process has no second thread to move")?;
-    let cpu = cg.dir_of("cpu").ok_or("no cpu hierarchy")?;
-    let acct = cg.dir_of("cpuacct").unwrap_or(cpu);
+    let cpu = cg.dir("cpu").ok_or("no cpu hierarchy")?;
+    let acct = cg.dir("cpuacct").unwrap_or(cpu);
     let mut made = Vec::new();
     let result = (|| -> Result<Vec<(String, Value)>, String> {
         for dir in [cpu, acct] {
@@ -195,9 +199,8 @@ fn thread_quota(
             fs::write(dir.join("tasks"), moved.to_string())
                 .map_err(|e| format!("write TID {moved} to {}/tasks: {e}", dir.display()))?;
         }
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        let ticks = |tid: i32| cpu_ticks_at(&format!("/proc/{pid}/task/{tid}/stat"));
+        let hz = procfs::ticks_per_second() as f64;
+        let ticks = |tid: i32| thread_ticks(pid, tid);
         std::thread::sleep(Duration::from_millis(300));
         let before: Vec<(i32, u64)> = std::iter::once(pid)
             .chain(tids.iter().copied())
@@ -245,17 +248,17 @@ fn read_counter(pid: i32) -> Option<u64> {
 
 /// Freezes the cgroup while the container's counter (/tmp/counter inside,
 /// read through /proc/PID/root) runs, then thaws it.
-fn freeze(cg: &ContainerCgroup, pid: i32, over: Duration) -> Result<Vec<(String, Value)>, String> {
+fn freeze(cg: &Cgroup, pid: i32, over: Duration) -> Result<Vec<(String, Value)>, String> {
     let pause = Duration::from_millis(300);
     let counter = || read_counter(pid).ok_or("no counter in /tmp/counter of the container");
     let c0 = counter()?;
     std::thread::sleep(pause);
     let c1 = counter()?;
-    cg.set_frozen(true).map_err(|e| e.to_string())?;
+    cg.set_frozen(true)?;
     let f0 = counter()?;
     std::thread::sleep(over);
     let f1 = counter()?;
-    cg.set_frozen(false).map_err(|e| e.to_string())?;
+    cg.set_frozen(false)?;
     std::thread::sleep(pause);
     let a = counter()?;
     Ok(vec![
@@ -266,36 +269,41 @@ fn freeze(cg: &ContainerCgroup, pid: i32, over: Duration) -> Result<Vec<(String,
 }
 
 /// The CPUs the container's processes were seen on (proc(5) field 39, processor).
-fn cpu_placement(cg: &ContainerCgroup, over: Duration) -> Result<Vec<(String, Value)>, String> {
+fn cpu_placement(cg: &Cgroup, over: Duration) -> Result<Vec<(String, Value)>, String> {
     let mut seen = std::collections::BTreeSet::new();
     let deadline = Instant::now() + over;
     while Instant::now() < deadline {
         for pid in cg.pids() {
-            let tasks = fs::read_dir(format!("/proc/{pid}/task"))
-                .map(|rd| {
-                    rd.filter_map(Result::ok)
-                        .map(|e| e.path())
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default();
-            for t in tasks {
-                if let Some(cpu) = fs::read_to_string(t.join("stat")).ok().and_then(|s| {
-                    s.rsplit_once(')')?
-                        .1
-                        .split_whitespace()
-                        .nth(36)?
-                        .parse::<u32>()
-                        .ok()
-                }) {
-                    seen.insert(cpu);
+            let Ok(p) = procfs::process::Process::new(pid) else {
+                continue;
+            };
+            for t in p.tasks().into_iter().flatten().flatten() {
+                if let Some(cpu) = t.stat().ok().and_then(|s| s.processor) {
+                    seen.insert(cpu as u32);
                 }
             }
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     let list: Vec<u32> = seen.into_iter().collect();
-    Ok(vec![(
-        "cpus_seen".into(),
-        json!(kcell::cgroup::resources::format_cpu_list(&list)),
-    )])
+    Ok(vec![("cpus_seen".into(), json!(cpu_list(&list)))])
+}
+
+/// CPU numbers as a kernel list ("0-1,3").
+pub fn cpu_list(cpus: &[u32]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < cpus.len() {
+        let start = cpus[i];
+        while i + 1 < cpus.len() && cpus[i + 1] == cpus[i] + 1 {
+            i += 1;
+        }
+        out.push(if start == cpus[i] {
+            start.to_string()
+        } else {
+            format!("{start}-{}", cpus[i])
+        });
+        i += 1;
+    }
+    out.join(",")
 }

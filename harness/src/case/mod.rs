@@ -21,6 +21,8 @@
 //! why = "the name set in the new namespace"
 //! ```
 
+pub mod container;
+
 use serde::Deserialize;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -64,6 +66,9 @@ pub struct Case {
     /// Seconds the whole case may take (default 60: TCG guests are slow).
     #[serde(default = "default_timeout")]
     pub timeout: u64,
+    /// Every runtime (default), or kcell's own commands only.
+    #[serde(default)]
+    pub scope: Scope,
     /// Requirements probed before anything runs.
     #[serde(default)]
     pub requires: Requires,
@@ -135,74 +140,115 @@ pub struct Requires {
     pub block_device: bool,
 }
 
-/// Which root a run uses.
+/// Where a run's command runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum RootChoice {
-    /// The busybox image the harness built.
+pub enum RunOn {
+    /// In a container of the runtime under test.
     #[default]
-    Image,
-    /// The host's own `/` (only without a mnt namespace: the control runs).
+    Container,
+    /// As a plain process on the target, outside any container: the
+    /// control that sees what a container must not.
     Host,
 }
 
-/// One container run.
+/// One run: a container (or a host process, an exec into a held run, a
+/// command of kcell's own CLI) and what it does.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
 pub struct Run {
     /// Prefix of this run's observations.
     pub name: String,
-    /// `kcell run` flags; `{var}` is replaced (see runner.rs).
+    /// Container (default) or host.
     #[serde(default)]
-    pub args: Vec<String>,
-    /// The root.
-    #[serde(default)]
-    pub rootfs: RootChoice,
-    /// Run from this image of the store instead (`{var}` replaced), e.g.
-    /// `"{image.ref}"` of the image fixture.
-    #[serde(default)]
-    pub image: Option<String>,
-    /// The command inside (a container run).
+    pub on: RunOn,
+    /// The command (`{var}` replaced).
     #[serde(default)]
     pub command: Vec<String>,
-    /// Instead of a container: a runtime command, e.g. `["exec", "{held.id}",
-    /// "kcell-probe", "nsinfo"]` or `["ps"]`. Every container run has an ID,
-    /// `{<run>.id}`, given to it with --name.
+    /// Run the command in this held run's container (the runtime's exec).
+    #[serde(default)]
+    pub exec: Option<String>,
+    /// Instead of a container: a command of kcell's own CLI, e.g. `["ps"]`
+    /// (cases of scope "kcell" only). Every container run has an ID,
+    /// `{<run>.id}`.
     #[serde(default)]
     pub kcell: Vec<String>,
-    /// Run the runtime as this uid (and gid), e.g. 1000 for unprivileged cases.
+    /// A container of kcell's CLI from this image of its store (scope "kcell").
+    #[serde(default)]
+    pub image: Option<String>,
+    /// More flags of kcell's `run` (scope "kcell"): bridges, --dns, ...
+    #[serde(default)]
+    pub kcell_args: Vec<String>,
+    /// Run the runtime as this uid (and gid): a rootless container.
     #[serde(default)]
     pub as_user: Option<u32>,
     /// The command prints KCELL_READY and then waits for stdin to close; the
     /// fixtures and measurements observe while it waits.
     #[serde(default)]
     pub hold: bool,
-    /// Host-side measurements taken while the run holds.
+    /// Measurements taken while the run holds.
     #[serde(default)]
     pub measure: Vec<Measure>,
     /// Stay held after this run's observations, until the case ends, so
     /// later runs share the machine with it (and can measure it).
     #[serde(default)]
     pub keep: bool,
-    /// End a held run by SIGKILL to the runtime instead of closing stdin:
-    /// the crash that cleanup after the fact must survive.
+    /// End a held run by SIGKILL to kcell's runtime process instead of
+    /// closing stdin (scope "kcell"): the crash cleanup must survive.
     #[serde(default)]
     pub kill_runtime: bool,
     /// Seconds this run may take (default: the case's timeout).
     #[serde(default)]
     pub timeout: Option<u64>,
+    /// The container may not even start under its limits (64k of memory):
+    /// that is then the observed outcome (`<run>.outcome = "not started"`,
+    /// with the runtime's words), not an error, and the harness watches the
+    /// cgroup's OOM counter from before the create on (`<run>.oom_kills_seen`).
+    #[serde(default)]
+    pub may_not_start: bool,
+    /// The container.
+    #[serde(flatten)]
+    pub container: container::Container,
+}
+
+/// The keys of a run itself (besides its container's, [`container::KEYS`]).
+const RUN_KEYS: &[&str] = &[
+    "name",
+    "on",
+    "command",
+    "exec",
+    "kcell",
+    "image",
+    "kcell_args",
+    "as_user",
+    "hold",
+    "measure",
+    "keep",
+    "kill_runtime",
+    "timeout",
+    "may_not_start",
+];
+
+/// Whether a case runs on every runtime or exercises kcell's own commands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// A behaviour of the kernel every OCI runtime should show.
+    #[default]
+    Any,
+    /// kcell's own commands (images, ps, exec of its CLI, gc, bridges).
+    Kcell,
 }
 
 /// A host-side measurement taken during a held run (see probe.rs).
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Measure {
-    /// The probe's name.
-    pub probe: String,
+    /// What is measured (see observe::measure).
+    pub kind: String,
     /// Seconds to measure over, where the probe measures a rate.
     #[serde(default)]
     pub seconds: Option<f64>,
-    /// Prefix for this measurement's observations (default: the probe's name).
+    /// Prefix for this measurement's observations (default: the kind).
     #[serde(default)]
     pub name: Option<String>,
     /// Measure these held runs together (default: this run alone).
@@ -328,6 +374,30 @@ impl Case {
             let line = e.span().map_or(0, |s| line_of(text, s.start));
             err(line, e.message().to_string())
         })?;
+        // A run flattens its container's keys, which serde then cannot
+        // check: the raw tables are checked here instead.
+        if let Ok(raw) = text.parse::<toml::Table>() {
+            for run in raw
+                .get("run")
+                .and_then(|r| r.as_array())
+                .into_iter()
+                .flatten()
+            {
+                for key in run.as_table().into_iter().flat_map(|t| t.keys()) {
+                    if !RUN_KEYS.contains(&key.as_str()) && !container::KEYS.contains(&key.as_str())
+                    {
+                        return Err(err(
+                            find_line(text, key),
+                            format!(
+                                "unknown field `{key}` of a run: known are {}, {}",
+                                RUN_KEYS.join(", "),
+                                container::KEYS.join(", ")
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
         case.file = file.to_path_buf();
         // A case lives in cases/<ID>.toml: the runner finds a case by its file name.
         if let Some(stem) = file.file_stem().and_then(|s| s.to_str()) {
@@ -362,17 +432,52 @@ impl Case {
                     format!("run name '{}' is used twice", run.name),
                 ));
             }
+            let at = find_line(text, &format!("\"{}\"", run.name));
             if run.command.is_empty() == run.kcell.is_empty() {
-                return Err(err(find_line(text, &format!("\"{}\"", run.name)), format!("run '{}' needs either a command (a container) or kcell (a runtime command), not both", run.name)));
+                return Err(err(at, format!("run '{}' needs either a command (a container, a host process or an exec) or kcell (a command of kcell's CLI), not both", run.name)));
+            }
+            let kcell_only = !run.kcell.is_empty()
+                || run.image.is_some()
+                || !run.kcell_args.is_empty()
+                || run.kill_runtime;
+            if kcell_only && case.scope != Scope::Kcell {
+                return Err(err(at, format!("run '{}' uses kcell's own CLI (kcell, image, kcell_args or kill_runtime): the case needs scope = \"kcell\"", run.name)));
+            }
+            if let Some(problem) = run.container.problem() {
+                return Err(err(at, format!("run '{}': {problem}", run.name)));
+            }
+            if let Some(target) = &run.exec {
+                if !case
+                    .runs
+                    .iter()
+                    .any(|r| &r.name == target && r.hold && r.keep)
+                {
+                    return Err(err(
+                        at,
+                        format!(
+                            "run '{}' execs into '{target}', which is no earlier held and kept run",
+                            run.name
+                        ),
+                    ));
+                }
+            }
+            for (ns, owner) in run.container.joined() {
+                if !case
+                    .runs
+                    .iter()
+                    .any(|r| r.name == owner && r.hold && r.keep)
+                {
+                    return Err(err(at, format!("run '{}' joins the {ns} namespace of '{owner}', which is no held and kept run", run.name)));
+                }
             }
             for m in &run.measure {
-                if !crate::probe::KNOWN.contains(&m.probe.as_str()) {
+                if !crate::observe::measure::KINDS.contains(&m.kind.as_str()) {
                     return Err(err(
-                        find_line(text, &m.probe),
+                        find_line(text, &m.kind),
                         format!(
-                            "unknown probe '{}': known are {}",
-                            m.probe,
-                            crate::probe::KNOWN.join(", ")
+                            "unknown measurement '{}': known are {}",
+                            m.kind,
+                            crate::observe::measure::KINDS.join(", ")
                         ),
                     ));
                 }
@@ -427,13 +532,24 @@ impl Case {
     }
 }
 
-/// The `*.toml` files under `dir`, sorted by name (= by case ID).
+/// Whether `path` names a case file: `<ID>.toml`, the ID in capitals,
+/// digits and dashes (cases/differences.toml is not one).
+pub fn is_case_file(path: &Path) -> bool {
+    path.extension().is_some_and(|x| x == "toml")
+        && path.file_stem().and_then(|s| s.to_str()).is_some_and(|s| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
+/// The case files under `dir`, sorted by name (= by case ID).
 pub fn case_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(Result::ok)
                 .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .filter(|p| is_case_file(p))
                 .collect()
         })
         .unwrap_or_default();
@@ -460,7 +576,9 @@ fixtures = ["host_hostname"]
 root = true
 [[run]]
 name = "isolated"
-args = ["--hostname", "container"]
+hostname = "container"
+namespaces = { ipc = "host" }
+limits = { cpus = 0.2 }
 command = ["sh", "-c", "echo hostname=$(hostname)"]
 [[expect]]
 that = "isolated.hostname"
@@ -481,7 +599,10 @@ tolerance = 0.5
             "{renamed}"
         );
         assert_eq!(case.id, "NS-UTS-1");
-        assert_eq!(case.runs[0].args, vec!["--hostname", "container"]);
+        let c = &case.runs[0].container;
+        assert_eq!(c.hostname.as_deref(), Some("container"));
+        assert_eq!(c.limits.cpus, Some(0.2));
+        assert!(!c.new_namespaces().contains(&"ipc"));
         assert!(
             matches!(case.expects[0].equals, Some(Operand::Literal(Value::String(ref s))) if s == "container")
         );
@@ -505,7 +626,19 @@ tolerance = 0.5
     )]
     #[case::run_named_as_fixture("id = \"X\"\ntitle = \"t\"\nfixtures = [\"scratch\"]\n[[run]]\nname = \"scratch\"\ncommand = [\"true\"]\n", 3, "also a fixture's")]
     #[case::duplicate_run("id = \"X\"\ntitle = \"t\"\n[[run]]\nname = \"a\"\ncommand = [\"true\"]\n[[run]]\nname = \"a\"\ncommand = [\"true\"]\n", 4, "used twice")]
-    #[case::measure_without_hold("id = \"X\"\ntitle = \"t\"\n[[run]]\nname = \"a\"\ncommand = [\"true\"]\nmeasure = [{ probe = \"cgroup_stats\" }]\n", 4, "does not hold")]
+    #[case::unknown_run_field("id = \"X\"\ntitle = \"t\"\n[[run]]\nname = \"a\"\ncommand = [\"true\"]\nargs = [\"--x\"]\n", 6, "unknown field `args` of a run")]
+    #[case::kcell_cli_outside_its_scope(
+        "id = \"X\"\ntitle = \"t\"\n[[run]]\nname = \"a\"\nkcell = [\"ps\"]\n",
+        4,
+        "scope = \"kcell\""
+    )]
+    #[case::exec_into_nothing_held(
+        "id = \"X\"\ntitle = \"t\"\n[[run]]\nname = \"a\"\nexec = \"b\"\ncommand = [\"true\"]\n",
+        4,
+        "no earlier held and kept run"
+    )]
+    #[case::unknown_namespace("id = \"X\"\ntitle = \"t\"\n[[run]]\nname = \"a\"\ncommand = [\"true\"]\nnamespaces = { bogus = \"new\" }\n", 4, "unknown namespace 'bogus'")]
+    #[case::measure_without_hold("id = \"X\"\ntitle = \"t\"\n[[run]]\nname = \"a\"\ncommand = [\"true\"]\nmeasure = [{ kind = \"cgroup_stats\" }]\n", 4, "does not hold")]
     fn malformed_cases_name_file_line_and_problem(
         #[case] text: &str,
         #[case] line: usize,

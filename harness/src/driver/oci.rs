@@ -1,0 +1,473 @@
+//! A container of an OCI runtime, through its command line: the bundle
+//! written, `create --bundle --pid-file` with the harness's pipes as the
+//! container's stdio, `start`, and when the run ends `delete`. The harness
+//! is a child subreaper (set by the runner): once the runtime's create has
+//! returned, the container's first process is the harness's child, and its
+//! exit status comes from waitpid, whatever the runtime reports. Whatever
+//! the runtime leaves (processes in the cgroup the harness chose, the
+//! cgroup itself) the harness kills and removes.
+
+use super::{bundle, pipes, substitute, tail, wait_pid, Ended, How, RunCtx, Started};
+use crate::case::Run;
+use crate::observe::cgroupfs::Layout;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One runtime command of a run, with its error log: Ok(stdout) or an
+/// error naming the runtime, the step and what it said.
+fn runtime_cmd(
+    ctx: &RunCtx,
+    state: &Path,
+    as_user: Option<u32>,
+    step: &str,
+    args: &[String],
+    limit: Duration,
+    stdio: Option<super::ChildIo>,
+) -> Result<String, String> {
+    let log = ctx.work.join(format!("{step}-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let mut cmd = Command::new(&ctx.runtime.path);
+    cmd.arg("--root")
+        .arg(state)
+        .arg("--log")
+        .arg(&log)
+        .arg("--log-format")
+        .arg("json")
+        .arg(step)
+        .args(args);
+    let capture = stdio.is_none();
+    match stdio {
+        Some(io) => {
+            cmd.stdin(io.stdin).stdout(io.stdout).stderr(io.stderr);
+        }
+        None => {
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+        }
+    }
+    if let Some(uid) = as_user {
+        cmd.uid(uid).gid(uid);
+        cmd.env("XDG_RUNTIME_DIR", state);
+    }
+    let mut child = cmd.spawn().map_err(|e| {
+        format!(
+            "runtime {} ({}) {step}: cannot be run: {e}",
+            ctx.runtime.name,
+            ctx.runtime.path.display()
+        )
+    })?;
+    drop(cmd);
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break Some(s),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let (out, err) = if capture {
+        let mut o = String::new();
+        let mut e = String::new();
+        if let Some(mut s) = child.stdout.take() {
+            let _ = std::io::Read::read_to_string(&mut s, &mut o);
+        }
+        if let Some(mut s) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut s, &mut e);
+        }
+        (o, e)
+    } else {
+        (String::new(), String::new())
+    };
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    let said = || {
+        // The last error line of the JSON log (what containerd reads), else stderr.
+        let msg = logged
+            .lines()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["level"] == "error")
+            .and_then(|v| v["msg"].as_str().map(String::from))
+            .unwrap_or_else(|| tail(&format!("{logged}{err}")));
+        msg
+    };
+    match status {
+        Some(s) if s.success() => Ok(out),
+        Some(s) => Err(format!(
+            "runtime {} {step} exited with {}: {}",
+            ctx.runtime.version,
+            super::exit_code(s),
+            said()
+        )),
+        None => Err(format!(
+            "runtime {} {step} hung past {:.0} s and was killed: {}",
+            ctx.runtime.version,
+            limit.as_secs_f64(),
+            said()
+        )),
+    }
+}
+
+fn state_root(ctx: &RunCtx, as_user: Option<u32>) -> PathBuf {
+    match as_user {
+        Some(uid) => ctx.work.join(format!("state-{uid}")),
+        None => ctx.work.join("state"),
+    }
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// `create` and `start` of the run's container.
+pub fn start(run: &Run, ctx: &RunCtx, limit: Duration) -> Result<Started, String> {
+    let id = ctx
+        .vars
+        .iter()
+        .find(|(k, _)| *k == format!("{}.id", run.name))
+        .map(|(_, v)| v.clone())
+        .ok_or_else(|| format!("run '{}' has no ID", run.name))?;
+    let dir = ctx.work.join(&run.name);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    let c = &run.container;
+    let root = c
+        .root
+        .as_ref()
+        .map(|r| PathBuf::from(substitute(r, ctx.vars)))
+        .unwrap_or_else(|| ctx.target.rootfs.clone());
+    let resolv = if c.dns.is_empty() {
+        None
+    } else {
+        let path = dir.join("resolv.conf");
+        let text: String = c
+            .dns
+            .iter()
+            .map(|ip| format!("nameserver {ip}\n"))
+            .collect();
+        std::fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()))?;
+        Some(path)
+    };
+    let mut joined = Vec::new();
+    for (ns, owner) in c.joined() {
+        let (_, pid, _) = ctx
+            .held
+            .iter()
+            .find(|(n, _, _)| n == owner)
+            .ok_or_else(|| format!("run '{}' joins '{owner}', which is not held", run.name))?;
+        joined.push((ns.to_string(), format!("/proc/{pid}/ns/{ns}")));
+    }
+    let cgroup = format!("{}/{}", ctx.cgroup_parent, run.name);
+    let args: Vec<String> = run
+        .command
+        .iter()
+        .map(|a| substitute(a, ctx.vars))
+        .collect();
+    let rootless = run.as_user.map(|u| (u, u));
+    let mut container = c.clone();
+    container.mounts = c
+        .mounts
+        .iter()
+        .map(|m| {
+            let mut m = m.clone();
+            m.source = m.source.map(|s| substitute(&s, ctx.vars));
+            m.destination = substitute(&m.destination, ctx.vars);
+            m.options = m.options.iter().map(|o| substitute(o, ctx.vars)).collect();
+            m
+        })
+        .collect();
+    container.limits.read_bps = c
+        .limits
+        .read_bps
+        .iter()
+        .map(|r| substitute(r, ctx.vars))
+        .collect();
+    container.limits.write_bps = c
+        .limits
+        .write_bps
+        .iter()
+        .map(|r| substitute(r, ctx.vars))
+        .collect();
+    let config = bundle::config(
+        &container,
+        &bundle::Placement {
+            id: &id,
+            root: &root,
+            args: &args,
+            cgroups_path: rootless.is_none().then_some(cgroup.as_str()),
+            joined,
+            resolv_conf: resolv.as_deref(),
+            rootless,
+        },
+    )
+    .map_err(|e| format!("run '{}': {e}", run.name))?;
+    let text = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("config.json"), text).map_err(|e| format!("write config.json: {e}"))?;
+    let pid_file = dir.join("pid");
+    let state = state_root(ctx, run.as_user);
+    std::fs::create_dir_all(&state).map_err(|e| format!("mkdir {}: {e}", state.display()))?;
+    if let Some(uid) = run.as_user {
+        for d in [&dir, &state, &ctx.work.to_path_buf()] {
+            let _ = nix::unistd::chown(
+                d.as_path(),
+                Some(nix::unistd::Uid::from_raw(uid)),
+                Some(nix::unistd::Gid::from_raw(uid)),
+            );
+        }
+    }
+    let (theirs, ours) = pipes(run.hold)?;
+    let mut st = Started::new(
+        run,
+        How::Oci {
+            id: id.clone(),
+            state: state.clone(),
+            as_user: run.as_user,
+        },
+        ours,
+        limit,
+    );
+    if rootless.is_none() {
+        st.cgroup = Some(PathBuf::from(&cgroup));
+        if run.may_not_start {
+            st.oom_watch = Some(watch_oom(PathBuf::from(&cgroup)));
+        }
+    }
+    let step_limit = limit.min(Duration::from_secs(60));
+    let created = runtime_cmd(
+        ctx,
+        &state,
+        run.as_user,
+        "create",
+        &[
+            "--bundle".into(),
+            dir.display().to_string(),
+            "--pid-file".into(),
+            pid_file.display().to_string(),
+            id.clone(),
+        ],
+        step_limit,
+        Some(theirs),
+    )
+    .and_then(|_| {
+        read_pid(&pid_file).ok_or_else(|| {
+            format!(
+                "runtime {} create wrote no pid file at {}",
+                ctx.runtime.version,
+                pid_file.display()
+            )
+        })
+    })
+    .and_then(|pid| {
+        st.pid = Some(pid);
+        runtime_cmd(
+            ctx,
+            &state,
+            run.as_user,
+            "start",
+            std::slice::from_ref(&id),
+            step_limit,
+            None,
+        )
+        .map(|_| pid)
+    });
+    if let Err(e) = created {
+        clean_up(ctx, &st);
+        if run.may_not_start {
+            st.how = How::NotStarted(e);
+            return Ok(st);
+        }
+        return Err(format!("run '{}': {e}", run.name));
+    }
+    Ok(st)
+}
+
+/// Polls the OOM-kill counter of the cgroup at `path` every millisecond
+/// (from before the runtime makes it until the run ends) and returns the
+/// most it saw: a container killed while it is being made takes its
+/// cgroup along before any final reading.
+fn watch_oom(
+    path: PathBuf,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<u64>,
+) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = std::thread::spawn(move || {
+        let layout = Layout::read();
+        let cg = layout.cgroup(&path);
+        let mut most = 0;
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Some(n) = cg.counters().get("oom_kill") {
+                most = most.max(*n);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        most
+    });
+    (stop, handle)
+}
+
+/// `exec --detach --pid-file` into a held run's container.
+pub fn start_exec(run: &Run, into: &str, ctx: &RunCtx, limit: Duration) -> Result<Started, String> {
+    let (_, _, id) = ctx
+        .held
+        .iter()
+        .find(|(n, _, _)| n == into)
+        .ok_or_else(|| format!("run '{}' execs into '{into}', which is not held", run.name))?
+        .clone();
+    let dir = ctx.work.join(&run.name);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    let pid_file = dir.join("pid");
+    let (theirs, ours) = pipes(run.hold)?;
+    let mut st = Started::new(run, How::Exec, ours, limit);
+    let mut args = vec![
+        "--detach".to_string(),
+        "--pid-file".into(),
+        pid_file.display().to_string(),
+        id,
+    ];
+    args.extend(run.command.iter().map(|a| substitute(a, ctx.vars)));
+    let state = state_root(ctx, run.as_user);
+    runtime_cmd(
+        ctx,
+        &state,
+        run.as_user,
+        "exec",
+        &args,
+        limit.min(Duration::from_secs(60)),
+        Some(theirs),
+    )
+    .map_err(|e| format!("run '{}': {e}", run.name))?;
+    st.pid = Some(read_pid(&pid_file).ok_or_else(|| {
+        format!(
+            "run '{}': runtime exec --detach wrote no pid file",
+            run.name
+        )
+    })?);
+    Ok(st)
+}
+
+/// Deletes the container (force on failure) and removes what it left.
+fn clean_up(ctx: &RunCtx, st: &Started) {
+    if let How::Oci { id, state, as_user } = &st.how {
+        let limit = Duration::from_secs(15);
+        if runtime_cmd(
+            ctx,
+            state,
+            *as_user,
+            "delete",
+            std::slice::from_ref(id),
+            limit,
+            None,
+        )
+        .is_err()
+        {
+            let _ = runtime_cmd(
+                ctx,
+                state,
+                *as_user,
+                "delete",
+                &["--force".into(), id.clone()],
+                limit,
+                None,
+            );
+        }
+    }
+    if let Some(path) = &st.cgroup {
+        let top = ctx
+            .cgroup_parent
+            .trim_start_matches('/')
+            .split('/')
+            .next()
+            .unwrap_or("");
+        Layout::read().cgroup(path).remove(top);
+    }
+}
+
+/// Ends the run: stdin closed, the process reaped (killed past the
+/// deadline), the cgroup's counters read, the container deleted.
+pub fn finish(mut st: Started, ctx: &RunCtx) -> Result<Ended, String> {
+    drop(st.stdin.take());
+    if let How::NotStarted(why) = &st.how {
+        let why = why.clone();
+        let seen = stop_watch(&mut st);
+        let (stdout, stderr, seconds) = st.output();
+        return Ok(Ended {
+            exit: -1,
+            stdout,
+            stderr,
+            seconds,
+            outcome: "not started",
+            oom_kills_seen: seen,
+            start_error: Some(why),
+            ..Default::default()
+        });
+    }
+    let pid = st.pid;
+    let exit = pid.and_then(|p| wait_pid(p, st.deadline));
+    let timed_out = pid.is_some() && exit.is_none();
+    if timed_out {
+        if let (How::Oci { id, state, as_user }, Some(_)) = (&st.how, pid) {
+            let _ = runtime_cmd(
+                ctx,
+                state,
+                *as_user,
+                "kill",
+                &[id.clone(), "KILL".into()],
+                Duration::from_secs(10),
+                None,
+            );
+        }
+        if let Some(p) = pid {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = wait_pid(p, Instant::now() + Duration::from_secs(5));
+        }
+    }
+    // Read before delete: the counters go with the cgroup.
+    let counters = st
+        .cgroup
+        .as_ref()
+        .map(|c| Layout::read().cgroup(c).counters())
+        .unwrap_or_default();
+    let seen = stop_watch(&mut st).map(|s| s.max(counters.get("oom_kill").copied().unwrap_or(0)));
+    clean_up(ctx, &st);
+    let name = st.run.name.clone();
+    let limit = st.limit();
+    let (stdout, stderr, seconds) = st.output();
+    if timed_out {
+        return Err(format!(
+            "run '{name}' timed out after {:.1} s; stdout tail: {}; stderr tail: {}",
+            limit.as_secs_f64(),
+            tail(&stdout),
+            tail(&stderr)
+        ));
+    }
+    let exit = exit.unwrap_or(-1);
+    Ok(Ended {
+        exit,
+        stdout,
+        stderr,
+        seconds,
+        pid,
+        counters,
+        outcome: if exit > 128 { "killed" } else { "exited" },
+        oom_kills_seen: seen,
+        start_error: None,
+    })
+}
+
+fn stop_watch(st: &mut Started) -> Option<u64> {
+    let (stop, handle) = st.oom_watch.take()?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    handle.join().ok()
+}

@@ -1,0 +1,104 @@
+//! The matrix's axes: which runtimes run on which targets. KCELL_RUNTIMES
+//! names them (kcell, runc, crun, youki, runsc, or NAME=/path for a
+//! runtime of one's own); by default kcell runs on every target and the
+//! reference runtimes on the host and on the manifest's reference targets,
+//! so the default matrix stays fast.
+
+use std::path::{Path, PathBuf};
+
+/// The reference runtimes of the default matrix.
+pub const REFERENCES: &[&str] = &["runc", "crun", "youki"];
+
+/// One runtime asked for: its name and, for runtimes other than kcell,
+/// where its binary is (None: not found here).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    /// kcell, runc, ... or the user's name.
+    pub name: String,
+    /// The binary (kcell's is the host target's kcell-oci, known later).
+    pub path: Option<PathBuf>,
+    /// Run on every target (named by KCELL_RUNTIMES), not only the reference ones.
+    pub everywhere: bool,
+}
+
+/// Where a known runtime is: on PATH, or youki in kcell's cache.
+pub fn locate(name: &str, cache: &Path) -> Option<PathBuf> {
+    if name == "youki" {
+        let cached = cache.join("youki-0.7.0/bin/youki");
+        if cached.is_file() {
+            return Some(cached);
+        }
+    }
+    for dir in [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ] {
+        let p = Path::new(dir).join(name);
+        if p.is_file() {
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// The runtimes of `selection` (KCELL_RUNTIMES), or the default.
+pub fn wanted(selection: Option<&str>, cache: &Path) -> Vec<Wanted> {
+    match selection.map(str::trim).filter(|s| !s.is_empty()) {
+        None => std::iter::once("kcell")
+            .chain(REFERENCES.iter().copied())
+            .map(|n| Wanted {
+                name: n.to_string(),
+                path: (n != "kcell").then(|| locate(n, cache)).flatten(),
+                everywhere: n == "kcell",
+            })
+            .collect(),
+        Some(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|item| match item.split_once('=') {
+                Some((name, path)) => Wanted {
+                    name: name.to_string(),
+                    path: Some(PathBuf::from(path)),
+                    everywhere: true,
+                },
+                None => Wanted {
+                    name: item.to_string(),
+                    path: (item != "kcell").then(|| locate(item, cache)).flatten(),
+                    everywhere: true,
+                },
+            })
+            .collect(),
+    }
+}
+
+/// Whether `w` runs on a target that is (or is not) a reference target.
+pub fn runs_on(w: &Wanted, reference_target: bool) -> bool {
+    w.everywhere || reference_target
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_puts_kcell_everywhere_and_references_on_reference_targets() {
+        let w = wanted(None, Path::new("/nonexistent"));
+        let names: Vec<&str> = w.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["kcell", "runc", "crun", "youki"]);
+        assert!(runs_on(&w[0], false));
+        assert!(!runs_on(&w[1], false) && runs_on(&w[1], true));
+    }
+
+    #[test]
+    fn a_runtime_of_ones_own_by_path() {
+        let w = wanted(Some("kcell,mine=/opt/myrt"), Path::new("/x"));
+        assert_eq!(w[1].name, "mine");
+        assert_eq!(w[1].path.as_deref(), Some(Path::new("/opt/myrt")));
+        assert!(w.iter().all(|w| w.everywhere));
+    }
+}

@@ -1,0 +1,7 @@
+//! The harness's own readings of what the kernel did: cgroup counters and
+//! states from cgroupfs, process facts from /proc, measurements over time.
+//! None of it goes through the code of the runtime under test, and no
+//! reading comes from a file that runtime wrote.
+
+pub mod cgroupfs;
+pub mod measure;
