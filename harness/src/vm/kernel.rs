@@ -1,6 +1,7 @@
 //! Kernels of the matrix: the manifest (vm/kernels.toml), resolving a line
-//! to its newest package with apt-cache, fetching with `apt-get download`,
-//! verifying against the archive's SHA256, unpacking into the cache.
+//! to its newest package in its Debian suite (through the harness's own apt
+//! configuration, [`super::apt`]), fetching, verifying against the
+//! archive's SHA256, unpacking into the cache.
 
 use serde::Deserialize;
 use sha2::Digest;
@@ -24,6 +25,13 @@ pub struct KernelSpec {
     pub id: String,
     /// A regular expression matching the package names of its line.
     pub package: String,
+    /// The Debian suite it comes from (bullseye, bookworm, trixie, sid, ...).
+    #[serde(default = "bookworm")]
+    pub suite: String,
+    /// Further packages of a kernel split in parts (sid's modules and base
+    /// files), `{release}` replaced by the matched package's release.
+    #[serde(default)]
+    pub parts: Vec<String>,
     /// Part of the default matrix.
     #[serde(default)]
     pub default: bool,
@@ -55,6 +63,10 @@ impl Manifest {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
+}
+
+fn bookworm() -> String {
+    "bookworm".into()
 }
 
 /// A kernel ready to boot.
@@ -94,37 +106,28 @@ fn version_gt(a: &str, b: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// The newest package of a line: every name matching `pattern` that
-/// apt-cache knows, the one with the highest candidate version.
-pub fn resolve(spec: &KernelSpec) -> Result<(String, String), String> {
+/// The newest package of a line: every name matching `pattern` that the
+/// suite's lists know, the one with the highest candidate version.
+pub fn resolve(spec: &KernelSpec, apt: &super::apt::Apt) -> Result<(String, String), String> {
     let re = regex::Regex::new(&spec.package)
         .map_err(|e| format!("kernel {}: package pattern: {e}", spec.id))?;
-    let names = run(Command::new("apt-cache").args(["search", "--names-only", "^linux-image-"]))?;
     let mut best: Option<(String, String)> = None;
-    for name in names
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
+    for name in apt
+        .search("^linux-")?
+        .into_iter()
         .filter(|n| re.is_match(n))
     {
-        let policy = run(Command::new("apt-cache").args(["policy", name]))?;
-        let Some(candidate) = policy
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("Candidate: "))
-            .map(str::to_string)
-        else {
+        let Some(candidate) = apt.candidate(&name)? else {
             continue;
         };
-        if candidate == "(none)" {
-            continue;
-        }
         if best.as_ref().is_none_or(|(_, v)| version_gt(&candidate, v)) {
-            best = Some((name.to_string(), candidate));
+            best = Some((name, candidate));
         }
     }
     best.ok_or_else(|| {
         format!(
-            "kernel {}: no package matches {} (run apt-get update?)",
-            spec.id, spec.package
+            "kernel {}: no package of {} matches {}",
+            spec.id, spec.suite, spec.package
         )
     })
 }
@@ -136,82 +139,109 @@ fn sha256_of(path: &Path) -> Result<String, String> {
     Ok(format!("{:x}", hasher.finalize()))
 }
 
-/// Fetches (once), verifies and unpacks `spec` under `cache`.
+/// The kernel release a package name carries (linux-image-R-unsigned,
+/// linux-binary-unsigned-R).
+fn release_of(package: &str) -> String {
+    let p = package
+        .strip_prefix("linux-image-")
+        .or_else(|| package.strip_prefix("linux-binary-unsigned-"))
+        .unwrap_or(package);
+    p.strip_suffix("-unsigned").unwrap_or(p).to_string()
+}
+
+/// The first existing path of `candidates` under `root`.
+fn first(root: &Path, candidates: &[String]) -> Option<PathBuf> {
+    candidates
+        .iter()
+        .map(|c| root.join(c))
+        .find(|p| p.metadata().is_ok_and(|m| m.len() > 0 || m.is_dir()))
+}
+
+/// Fetches (once), verifies and unpacks `spec` under `cache`, through the
+/// harness's own apt configuration of its suite.
 pub fn fetch(spec: &KernelSpec, cache: &Path) -> Result<Kernel, String> {
-    let (package, version) = resolve(spec)?;
-    let dir = cache.join("kernels").join(format!("{package}_{version}"));
-    let stamp = dir.join(".kcell-ok");
+    let apt = super::apt::Apt::new(cache, &spec.suite)?;
     // Two targets of one kernel (v1 and v2) fetch it once: the second waits.
     std::fs::create_dir_all(cache.join("kernels"))
         .map_err(|e| format!("mkdir {}: {e}", cache.display()))?;
-    let lock_path = cache.join("kernels").join(format!("{package}.lock"));
+    let lock_path = cache.join("kernels").join(format!("{}.lock", spec.id));
     let lock_file = std::fs::File::create(&lock_path)
         .map_err(|e| format!("create {}: {e}", lock_path.display()))?;
     let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| format!("flock {}: {e}", lock_path.display()))?;
+    apt.update()?;
+    let (package, version) = resolve(spec, &apt)?;
+    let release = release_of(&package);
+    let dir = cache.join("kernels").join(format!("{package}_{version}"));
+    let stamp = dir.join(".kcell-ok");
+    let root = dir.join("root");
     if !stamp.exists() {
         std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
-        let expected =
-            run(Command::new("apt-cache").args(["show", &format!("{package}={version}")]))?
-                .lines()
-                .find_map(|l| l.strip_prefix("SHA256: ").map(str::to_string))
-                .ok_or_else(|| format!("apt-cache show {package}: no SHA256"))?;
         let dl = dir.join("download");
         let _ = std::fs::remove_dir_all(&dl);
         std::fs::create_dir_all(&dl).map_err(|e| format!("mkdir {}: {e}", dl.display()))?;
-        eprintln!("kcell: fetching {package} {version}");
-        run(Command::new("apt-get")
-            .args(["download", "-q", &format!("{package}={version}")])
-            .current_dir(&dl))?;
-        let deb = std::fs::read_dir(&dl)
-            .map_err(|e| e.to_string())?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|x| x == "deb"))
-            .ok_or_else(|| format!("apt-get download {package}: no .deb in {}", dl.display()))?;
-        let got = sha256_of(&deb)?;
-        if got != expected {
-            let _ = std::fs::remove_dir_all(&dir);
-            return Err(format!("{}: SHA256 {got} does not match the archive's {expected}: corrupt download, removed", deb.display()));
+        let mut packages = vec![package.clone()];
+        packages.extend(spec.parts.iter().map(|p| p.replace("{release}", &release)));
+        let mut sums = String::new();
+        for p in &packages {
+            let v = if *p == package {
+                version.clone()
+            } else {
+                apt.candidate(p)?
+                    .ok_or_else(|| format!("kernel {}: no {p} in {}", spec.id, spec.suite))?
+            };
+            let expected = apt.sha256(p, &v)?;
+            eprintln!("kcell: fetching {p} {v} ({})", spec.suite);
+            let deb = apt.download(p, &v, &dl)?;
+            let got = sha256_of(&deb)?;
+            if got != expected {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(format!("{}: SHA256 {got} does not match the archive's {expected}: corrupt download, removed", deb.display()));
+            }
+            run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+            sums.push_str(&format!("{p} {v} {got}\n"));
         }
-        let root = dir.join("root");
-        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
-        // The package ships no modules.dep: installing it would run depmod.
-        if let Some(release) = find_one(&root.join("boot"), "vmlinuz-").and_then(|p| {
-            p.file_name().map(|n| {
-                n.to_string_lossy()
-                    .trim_start_matches("vmlinuz-")
-                    .to_string()
-            })
-        }) {
+        // A merged-/usr package ships usr/lib/modules: depmod -b reads lib/modules.
+        if !root.join("lib").exists() && root.join("usr/lib").is_dir() {
+            std::os::unix::fs::symlink("usr/lib", root.join("lib"))
+                .map_err(|e| format!("symlink {}/lib: {e}", root.display()))?;
+        }
+        // The packages ship no modules.dep: installing them would run depmod.
+        if root.join("lib/modules").join(&release).is_dir() {
             run(Command::new(depmod()).arg("-b").arg(&root).arg(&release))
                 .map_err(|e| format!("{e} (install kmod for depmod)"))?;
         }
         let _ = std::fs::remove_dir_all(&dl);
-        std::fs::write(&stamp, format!("{package} {version} {got}\n"))
-            .map_err(|e| e.to_string())?;
+        std::fs::write(&stamp, sums).map_err(|e| e.to_string())?;
     }
-    let root = dir.join("root");
-    let image = find_one(&root.join("boot"), "vmlinuz-").ok_or_else(|| {
+    let image = first(
+        &root,
+        &[
+            format!("boot/vmlinuz-{release}"),
+            format!("usr/lib/modules/{release}/vmlinuz.unsigned"),
+            format!("usr/lib/modules/{release}/vmlinuz"),
+        ],
+    )
+    .ok_or_else(|| {
         format!(
-            "{}: no boot/vmlinuz-* (corrupt cache? remove {})",
+            "{}: no kernel image for {release} (corrupt cache? remove {})",
             root.display(),
             dir.display()
         )
     })?;
-    let release = image
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix("vmlinuz-"))
-        .unwrap_or_default()
-        .to_string();
     let modules = root.join("lib/modules").join(&release);
-    let config = root.join("boot").join(format!("config-{release}"));
+    let config = first(
+        &root,
+        &[
+            format!("boot/config-{release}"),
+            format!("usr/lib/modules/{release}/config"),
+        ],
+    );
     Ok(Kernel {
         id: spec.id.clone(),
         image,
         modules: modules.is_dir().then_some(modules),
-        config: config.is_file().then_some(config),
+        config,
         release,
         version,
     })
@@ -224,19 +254,6 @@ fn depmod() -> PathBuf {
         .map(PathBuf::from)
         .find(|p| p.exists())
         .unwrap_or_else(|| PathBuf::from("depmod"))
-}
-
-fn find_one(dir: &Path, prefix: &str) -> Option<PathBuf> {
-    std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(prefix))
-                && p.metadata().is_ok_and(|m| m.len() > 0)
-        })
 }
 
 /// A kernel the user points at: KCELL_KERNEL=bzImage (KCELL_MODULES=dir).
@@ -415,7 +432,14 @@ mod tests {
         let m = Manifest::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../vm/kernels.toml"))
             .expect("manifest");
         let ids: Vec<&str> = m.kernels.iter().map(|k| k.id.as_str()).collect();
-        for want in ["deb-6.1-cloud", "deb-6.12-cloud", "deb-6.1", "deb-6.12"] {
+        for want in [
+            "deb-5.10-cloud",
+            "deb-6.1-cloud",
+            "deb-6.12-cloud",
+            "deb-7.2-cloud",
+            "deb-6.1",
+            "deb-6.12",
+        ] {
             assert!(ids.contains(&want), "{want} missing from {ids:?}");
         }
         for k in &m.kernels {

@@ -2,6 +2,7 @@
 //! in a throwaway QEMU guest that runs the cases and reports verdicts. One
 //! boot serves every case of its target.
 
+pub mod apt;
 pub mod elf;
 pub mod guest;
 pub mod initramfs;
@@ -435,7 +436,7 @@ mod tests {
     }
 
     #[test]
-    fn default_matrix_is_both_cloud_kernels_under_both_versions() {
+    fn default_matrix_is_four_cloud_kernels_under_both_versions() {
         let names: Vec<String> = selected_targets(&manifest(), None, false)
             .iter()
             .map(VmTarget::name)
@@ -443,10 +444,14 @@ mod tests {
         assert_eq!(
             names,
             [
+                "deb-5.10-cloud/v1",
+                "deb-5.10-cloud/v2",
                 "deb-6.1-cloud/v1",
                 "deb-6.1-cloud/v2",
                 "deb-6.12-cloud/v1",
-                "deb-6.12-cloud/v2"
+                "deb-6.12-cloud/v2",
+                "deb-7.2-cloud/v1",
+                "deb-7.2-cloud/v2"
             ]
         );
     }
@@ -462,7 +467,7 @@ mod tests {
         };
         assert_eq!(names("deb-6.1/v2"), ["deb-6.1/v2"]);
         assert_eq!(names("deb-6.12"), ["deb-6.12/v1", "deb-6.12/v2"]);
-        assert_eq!(names("all").len(), 8);
+        assert_eq!(names("all").len(), 14);
         assert!(names("host").is_empty());
         assert_eq!(selected_targets(&m, Some("host"), true).len(), 2);
     }
