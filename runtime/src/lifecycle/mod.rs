@@ -195,19 +195,20 @@ pub fn start(state: &StateDir, id: &str) -> Result<(), LifecycleError> {
     let mut rec = read(state, id)?;
     match rec.status() {
         Status::Created => {}
+        // runc's wording (clients show it as it is), with the container.
         Status::Stopped => {
-            return Err(LifecycleError::WrongState(
-                "cannot start a container that has stopped".into(),
-            ))
+            return Err(LifecycleError::WrongState(format!(
+                "cannot start a container that has stopped: {id}"
+            )))
         }
         Status::Running => {
-            return Err(LifecycleError::WrongState(
-                "cannot start an already running container".into(),
-            ))
+            return Err(LifecycleError::WrongState(format!(
+                "cannot start an already running container: {id}"
+            )))
         }
         other => {
             return Err(LifecycleError::WrongState(format!(
-                "cannot start a container in the {} state",
+                "cannot start container {id} in the {} state (only a created one can be started)",
                 other.as_str()
             )))
         }
@@ -266,9 +267,10 @@ fn release_from_fifo(fifo: &std::path::Path, rec: &Record) -> Result<(), Lifecyc
             }
         }
         if !rec.is_running() {
-            return Err(LifecycleError::WrongState(
-                "cannot start a container that has stopped".into(),
-            ));
+            return Err(LifecycleError::WrongState(format!(
+                "cannot start a container that has stopped: {}",
+                rec.id
+            )));
         }
         if std::time::Instant::now() > deadline {
             return Err(SysError {

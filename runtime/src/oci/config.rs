@@ -41,7 +41,14 @@ pub fn load(bundle: &Path) -> Result<oci::Spec, ConfigError> {
     let text = std::fs::read_to_string(&path).map_err(|e| {
         ConfigError::Load(format!("JSON specification file {}: {e}", path.display()))
     })?;
-    serde_json::from_str(&text).map_err(|e| ConfigError::Load(format!("{}: {e}", path.display())))
+    serde_json::from_str(&text).map_err(|e| {
+        let what = if e.is_syntax() || e.is_eof() {
+            "is not JSON"
+        } else {
+            "is not a runtime-spec config"
+        };
+        ConfigError::Load(format!("{} {what}: {e}", path.display()))
+    })
 }
 
 /// The container `id` of the bundle at `bundle` (absolute) with config `c`.

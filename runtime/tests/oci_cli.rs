@@ -1,0 +1,372 @@
+//! The OCI command line as a client drives it: `kcell-oci` with a state
+//! root and bundles of the test's own. The lifecycle in runc's grammar
+//! (create, state, start, kill, delete; the states the spec names), and
+//! bad input: each a one-line error naming the value, exit status 1, and
+//! nothing left behind (no state entry, no cgroup, no mount). The test
+//! judges by what it reads itself: exit statuses, the state root's
+//! entries, /proc/self/mountinfo and the cgroup filesystems. Root only:
+//! without root each test says so and checks nothing.
+
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const KCELL: &str = env!("CARGO_BIN_EXE_kcell");
+const KCELL_OCI: &str = env!("CARGO_BIN_EXE_kcell-oci");
+
+/// A busybox root, a state root and the cgroup parent of the test's own.
+struct Setup {
+    dir: tempfile::TempDir,
+    rootfs: PathBuf,
+    state: PathBuf,
+    /// The cgroupsPath parent of this test's containers.
+    cgroup_parent: String,
+}
+
+fn setup(name: &str) -> Option<Setup> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: running containers needs root");
+        return None;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("kcell-oci-cli-")
+        .tempdir()
+        .expect("tempdir");
+    let rootfs = dir.path().join("rootfs");
+    let built = Command::new(KCELL)
+        .args(["rootfs", "busybox"])
+        .arg(&rootfs)
+        .output()
+        .expect("kcell rootfs");
+    assert!(built.status.success(), "kcell rootfs busybox: {built:?}");
+    let state = dir.path().join("state");
+    Some(Setup {
+        dir,
+        rootfs,
+        state,
+        cgroup_parent: format!("/kcell-oci-test-{name}-{}", std::process::id()),
+    })
+}
+
+/// What the host holds of the test's containers: state entries, mounts,
+/// and cgroup directories under the test's parent in every hierarchy.
+#[derive(Debug, PartialEq, Eq)]
+struct Census {
+    state: Vec<String>,
+    mounts: usize,
+    cgroups: Vec<PathBuf>,
+}
+
+impl Setup {
+    fn census(&self) -> Census {
+        let mut state: Vec<String> = std::fs::read_dir(&self.state)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        state.sort();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+            .expect("mountinfo")
+            .lines()
+            .count();
+        let mut cgroups = Vec::new();
+        for hierarchy in cgroup_mounts() {
+            let dir = hierarchy.join(self.cgroup_parent.trim_start_matches('/'));
+            if dir.exists() {
+                cgroups.push(dir);
+            }
+        }
+        Census {
+            state,
+            mounts,
+            cgroups,
+        }
+    }
+
+    /// A bundle named `name` with the default spec (`kcell-oci spec`), its
+    /// root this test's busybox, the process `args`, a cgroupsPath under
+    /// the test's parent, then `edit` applied to the JSON.
+    fn bundle(&self, name: &str, args: &[&str], edit: impl FnOnce(&mut Value)) -> PathBuf {
+        let bundle = self.dir.path().join(name);
+        std::fs::create_dir(&bundle).expect("mkdir bundle");
+        let made = Command::new(KCELL_OCI)
+            .args(["spec", "--bundle"])
+            .arg(&bundle)
+            .output()
+            .expect("kcell-oci spec");
+        assert!(made.status.success(), "kcell-oci spec: {made:?}");
+        let path = bundle.join("config.json");
+        let mut config: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+        config["root"] = json!({ "path": self.rootfs, "readonly": false });
+        config["process"]["args"] = json!(args);
+        config["process"]["terminal"] = json!(false);
+        config["linux"]["cgroupsPath"] = json!(format!("{}/{name}", self.cgroup_parent));
+        edit(&mut config);
+        std::fs::write(&path, serde_json::to_string_pretty(&config).expect("json")).expect("write");
+        bundle
+    }
+
+    /// Runs `kcell-oci --root STATE ARGS`. Its stdout and stderr are files,
+    /// not pipes: a container's process inherits the caller's stdio (as
+    /// with runc), so a pipe would stay open as long as the container.
+    fn oci(&self, args: &[&str]) -> Output {
+        let out_path = self.dir.path().join("oci.stdout");
+        let err_path = self.dir.path().join("oci.stderr");
+        let status = Command::new(KCELL_OCI)
+            .arg("--root")
+            .arg(&self.state)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&out_path).expect("stdout file"))
+            .stderr(std::fs::File::create(&err_path).expect("stderr file"))
+            .status()
+            .expect("kcell-oci");
+        let out = Output {
+            status,
+            stdout: std::fs::read(&out_path).expect("read stdout"),
+            stderr: std::fs::read(&err_path).expect("read stderr"),
+        };
+        eprintln!(
+            "kcell-oci {}: {:?} {}",
+            args.join(" "),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        out
+    }
+
+    fn status_of(&self, id: &str) -> String {
+        let out = self.oci(&["state", id]);
+        assert!(out.status.success(), "state {id}: {out:?}");
+        let v: Value = serde_json::from_slice(&out.stdout).expect("state is JSON");
+        v["status"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// Deletes `id` however it stands (for cleanup on the way out).
+    fn force_delete(&self, id: &str) {
+        let _ = self.oci(&["delete", "--force", id]);
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        for hierarchy in cgroup_mounts() {
+            let dir = hierarchy.join(self.cgroup_parent.trim_start_matches('/'));
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+}
+
+/// The mount points of the cgroup filesystems (v1 hierarchies and v2).
+fn cgroup_mounts() -> Vec<PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let fstype = post.split_whitespace().next()?;
+            let point = pre.split_whitespace().nth(4)?;
+            (fstype == "cgroup" || fstype == "cgroup2").then(|| PathBuf::from(point))
+        })
+        .collect()
+}
+
+/// The one-line error of a failed command: exit 1, one non-empty line on
+/// stderr, naming `value`.
+fn assert_refused(out: &Output, value: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "exit status; stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line of error, got: {stderr}");
+    assert!(
+        lines[0].contains(value),
+        "the error names {value:?}: {}",
+        lines[0]
+    );
+}
+
+fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_lifecycle_goes_through_the_states_the_spec_names() {
+    let Some(s) = setup("life") else { return };
+    let before = s.census();
+    let id = "kcell-life";
+    let bundle = s.bundle("life", &["sleep", "1000"], |_| {});
+    let pid_file = s.dir.path().join("life.pid");
+    let created = s.oci(&[
+        "create",
+        "--bundle",
+        bundle.to_str().expect("utf-8"),
+        "--pid-file",
+        pid_file.to_str().expect("utf-8"),
+        id,
+    ]);
+    let result = std::panic::catch_unwind(|| {
+        assert!(created.status.success(), "create: {created:?}");
+        assert_eq!(s.status_of(id), "created");
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .expect("pid file")
+            .trim()
+            .parse()
+            .expect("a pid");
+        // The process exists, waiting for start: not yet the command.
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).expect("cmdline");
+        assert!(!comm.starts_with("sleep"), "the command ran before start");
+        assert!(s.oci(&["start", id]).status.success());
+        wait_for(
+            || {
+                std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.starts_with("sleep"))
+            },
+            "the command to run after start",
+        );
+        assert_eq!(s.status_of(id), "running");
+        // A running container cannot be started again nor deleted without --force.
+        assert_refused(&s.oci(&["start", id]), id);
+        assert_refused(&s.oci(&["delete", id]), id);
+        assert!(s.oci(&["kill", id, "KILL"]).status.success());
+        wait_for(|| s.status_of(id) == "stopped", "stopped after kill");
+        assert!(s.oci(&["delete", id]).status.success());
+        assert_refused(&s.oci(&["state", id]), id);
+    });
+    s.force_delete(id);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+    assert_eq!(s.census(), before, "the lifecycle left something behind");
+}
+
+#[test]
+fn a_duplicate_id_is_refused_and_the_first_container_is_untouched() {
+    let Some(s) = setup("dup") else { return };
+    let id = "kcell-dup";
+    let first = s.bundle("dup1", &["sleep", "1000"], |_| {});
+    let second = s.bundle("dup2", &["sleep", "1000"], |_| {});
+    let created = s.oci(&["create", "--bundle", first.to_str().expect("utf-8"), id]);
+    let result = std::panic::catch_unwind(|| {
+        assert!(created.status.success(), "create: {created:?}");
+        let again = s.oci(&["create", "--bundle", second.to_str().expect("utf-8"), id]);
+        assert_refused(&again, id);
+        assert_eq!(s.status_of(id), "created");
+        let state: Value =
+            serde_json::from_slice(&s.oci(&["state", id]).stdout).expect("state JSON");
+        assert_eq!(
+            state["bundle"].as_str().map(PathBuf::from),
+            Some(first.clone()),
+            "the record is still the first container's"
+        );
+    });
+    s.force_delete(id);
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+    let after = s.census();
+    assert!(after.state.is_empty(), "state left: {:?}", after.state);
+    assert!(
+        after.cgroups.is_empty(),
+        "cgroups left: {:?}",
+        after.cgroups
+    );
+}
+
+/// A bundle that create must refuse: the edit that makes it bad and the
+/// value the error must name.
+#[rstest::rstest]
+#[case::config_not_json("notjson", "config.json")]
+#[case::missing_root("noroot", "/nonexistent-kcell-root")]
+#[case::unknown_namespace("badns", "bogus")]
+#[case::relative_mount_destination("reldest", "relative/dest")]
+#[case::unknown_field_kcell_does_not_implement("intelrdt", "intelRdt")]
+fn bad_input_is_one_line_naming_the_value_and_leaves_nothing(
+    #[case] which: &str,
+    #[case] named: &str,
+) {
+    let Some(s) = setup(which) else { return };
+    let before = s.census();
+    let bundle = s.bundle(which, &["true"], |c| match which {
+        "noroot" => c["root"]["path"] = json!("/nonexistent-kcell-root"),
+        "badns" => c["linux"]["namespaces"]
+            .as_array_mut()
+            .expect("namespaces")
+            .push(json!({ "type": "bogus" })),
+        "reldest" => c["mounts"]
+            .as_array_mut()
+            .expect("mounts")
+            .push(json!({ "destination": "relative/dest", "type": "tmpfs", "source": "tmpfs" })),
+        "intelrdt" => c["linux"]["intelRdt"] = json!({ "closID": "kcell" }),
+        _ => {}
+    });
+    if which == "notjson" {
+        std::fs::write(bundle.join("config.json"), "{ this is not json").expect("write");
+    }
+    let id = format!("kcell-bad-{which}");
+    let out = s.oci(&["create", "--bundle", bundle.to_str().expect("utf-8"), &id]);
+    s.force_delete(&id);
+    assert_refused(&out, named);
+    assert_eq!(s.census(), before, "a refused create left something behind");
+}
+
+#[test]
+fn signals_by_name_with_or_without_sig_and_by_number() {
+    let Some(s) = setup("sig") else { return };
+    // A PID 1 gets only the signals it handles: the shell traps the others.
+    let trapping = ["sh", "-c", "trap 'exit 3' TERM INT; sleep 1000 & wait"];
+    for (i, signal) in ["TERM", "SIGKILL", "9", "sigint"].iter().enumerate() {
+        let id = format!("kcell-sig-{i}");
+        let bundle = s.bundle(&format!("sig{i}"), &trapping, |_| {});
+        let result = std::panic::catch_unwind(|| {
+            assert!(s
+                .oci(&[
+                    "run",
+                    "--detach",
+                    "--bundle",
+                    bundle.to_str().expect("utf-8"),
+                    &id
+                ])
+                .status
+                .success());
+            assert!(
+                s.oci(&["kill", &id, signal]).status.success(),
+                "kill {signal}"
+            );
+            wait_for(|| s.status_of(&id) == "stopped", "stopped after the signal");
+        });
+        s.force_delete(&id);
+        if let Err(e) = result {
+            std::panic::resume_unwind(e);
+        }
+    }
+    assert_refused(&s.oci(&["kill", "kcell-sig-none", "NOSUCH"]), "NOSUCH");
+}
+
+#[test]
+fn the_state_root_is_the_only_place_state_goes() {
+    let Some(s) = setup("root") else { return };
+    let id = "kcell-rootcheck";
+    let bundle = s.bundle("rootcheck", &["true"], |_| {});
+    let out = s.oci(&["create", "--bundle", bundle.to_str().expect("utf-8"), id]);
+    let listed = s.oci(&["list", "--format", "json"]);
+    s.force_delete(id);
+    assert!(out.status.success(), "create: {out:?}");
+    let list: Value = serde_json::from_slice(&listed.stdout).expect("list JSON");
+    assert!(
+        list.as_array()
+            .is_some_and(|a| a.iter().any(|c| c["id"] == id)),
+        "list shows it: {list}"
+    );
+    assert!(
+        !Path::new("/run/kcell-oci").join(id).exists(),
+        "it went under --root only"
+    );
+}
