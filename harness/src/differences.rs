@@ -16,8 +16,9 @@ pub struct Difference {
     pub runtime: String,
     /// The case.
     pub case: String,
-    /// Targets it shows on: a prefix of the target name ("host",
-    /// "deb-5.10-cloud"), or "*" for all.
+    /// Targets it shows on: patterns of target names, comma-separated,
+    /// where `*` stands for any run of characters ("host", "deb-*/v1",
+    /// "host,deb-*/v1", "*" for all).
     #[serde(default = "any")]
     pub targets: String,
     /// The runtime versions it was seen with (a prefix of `--version`'s first line).
@@ -60,9 +61,30 @@ pub fn explains<'a>(
     list.iter().find(|d| {
         (d.runtime == "*" || d.runtime == runtime)
             && d.case == case
-            && (d.targets == "*" || target.starts_with(&d.targets))
+            && d.targets.split(',').any(|p| glob(p.trim(), target))
             && d.version.as_deref().is_none_or(|v| version.contains(v))
     })
+}
+
+/// Whether `name` matches `pattern`, in which `*` stands for any run of
+/// characters (and nothing else is special).
+fn glob(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 #[cfg(test)]
@@ -87,12 +109,26 @@ mod tests {
         }
     }
 
+    #[rstest::rstest]
+    #[case("*", "host", true)]
+    #[case("host", "host", true)]
+    #[case("host", "hostx", false)]
+    #[case("deb-*/v1", "deb-6.1-cloud/v1", true)]
+    #[case("deb-*/v1", "deb-6.1-cloud/v2", false)]
+    #[case("deb-*", "host", false)]
+    #[case("*/v2", "deb-7.2-cloud/v2", true)]
+    #[case("deb-*-cloud/*", "deb-5.10-cloud/v1", true)]
+    #[case("a*a", "a", false)]
+    fn target_patterns(#[case] pattern: &str, #[case] name: &str, #[case] matches: bool) {
+        assert_eq!(glob(pattern, name), matches, "{pattern} ~ {name}");
+    }
+
     #[test]
     fn matching_by_runtime_version_and_target() {
         let list = vec![Difference {
             runtime: "runc".into(),
             case: "NS-TIME-1".into(),
-            targets: "deb-".into(),
+            targets: "deb-*".into(),
             version: Some("1.1.".into()),
             found: "x".into(),
         }];

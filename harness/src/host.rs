@@ -52,3 +52,36 @@ pub fn prepare(dir: &Path, agent: &Path) -> Result<Target, String> {
         store: dir.join("store"),
     })
 }
+
+/// A runtime binary every user can run: `path` itself when it and each
+/// directory above it let others in, else a copy in `bin` (a case that
+/// runs a runtime as uid 1000 cannot reach youki in /root/.cache).
+pub fn runnable_by_all(name: &str, path: &Path, bin: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::MetadataExt;
+    let open_to_others =
+        |p: &Path, bits: u32| std::fs::metadata(p).is_ok_and(|m| m.mode() & bits == bits);
+    let reachable = open_to_others(path, 0o005)
+        && path
+            .ancestors()
+            .skip(1)
+            .all(|d| d.as_os_str().is_empty() || open_to_others(d, 0o001));
+    if reachable {
+        return Ok(path.to_path_buf());
+    }
+    let copy = bin.join(format!("runtime-{name}"));
+    let same = |a: &Path, b: &Path| match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.len() == y.len() && x.mtime() <= y.mtime(),
+        _ => false,
+    };
+    if same(path, &copy) {
+        return Ok(copy);
+    }
+    let staged = bin.join(format!(".runtime-{name}.{}", std::process::id()));
+    std::fs::copy(path, &staged)
+        .map_err(|e| format!("copy {} to {}: {e}", path.display(), staged.display()))?;
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("chmod {}: {e}", staged.display()))?;
+    std::fs::rename(&staged, &copy)
+        .map_err(|e| format!("rename {} to {}: {e}", staged.display(), copy.display()))?;
+    Ok(copy)
+}

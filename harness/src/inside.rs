@@ -465,9 +465,15 @@ fn clock_secs(id: nix::time::ClockId) -> f64 {
     nix::time::clock_gettime(id).map_or(0.0, |t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
 }
 
+/// The clocks a time namespace offsets, and their difference: read in one
+/// process a moment apart, `boot_minus_mono` does not depend on when the
+/// process ran, so two runs can be compared however slow a runtime is.
 fn clocks() -> Res {
-    out("monotonic", clock_secs(nix::time::ClockId::CLOCK_MONOTONIC));
-    out("boottime", clock_secs(nix::time::ClockId::CLOCK_BOOTTIME));
+    let monotonic = clock_secs(nix::time::ClockId::CLOCK_MONOTONIC);
+    let boottime = clock_secs(nix::time::ClockId::CLOCK_BOOTTIME);
+    out("monotonic", monotonic);
+    out("boottime", boottime);
+    out("boot_minus_mono", boottime - monotonic);
     let uptime = fs::read_to_string("/proc/uptime").unwrap_or_default();
     out("uptime", uptime.split_whitespace().next().unwrap_or("0"));
     Ok(())
@@ -910,9 +916,11 @@ fn netns_persist(dir: &str) -> Res {
 }
 
 /// A known workload in one process: touch SIZE bytes, spin SECONDS of CPU,
-/// then report the process's own CPU clock (which counts from its fork, so
-/// it includes the runtime's set-up in this process before exec).
+/// then report the process's own CPU clock: `cpu_ns` counts from its fork,
+/// so it includes the runtime's set-up in this process before exec;
+/// `work_cpu_ns` counts from this function's entry, the workload alone.
 fn work(size: &str, seconds: &str) -> Res {
+    let entry = cpu_time();
     let bytes = crate::driver::bundle::size(size)?;
     let secs: f64 = seconds
         .parse()
@@ -926,7 +934,9 @@ fn work(size: &str, seconds: &str) -> Res {
         }
     }
     out("touched", bytes);
-    out("cpu_ns", (cpu_time() * 1e9) as u64);
+    let now = cpu_time();
+    out("cpu_ns", (now * 1e9) as u64);
+    out("work_cpu_ns", ((now - entry) * 1e9) as u64);
     Ok(())
 }
 

@@ -110,6 +110,14 @@ pub fn run_case(case: &Case, target: &Target, runtime: &Runtime) -> Verdict {
         return verdict;
     }
     if case.scope == Scope::Any {
+        if let Some(why) = &runtime.unusable {
+            verdict.status = Status::Skip;
+            verdict.detail = format!(
+                "{} ({}) cannot run a minimal container on this target: {why}",
+                runtime.name, runtime.version
+            );
+            return verdict;
+        }
         if let Some(reason) = runtime.lacks(&Needs::of(&case.runs)) {
             verdict.status = Status::Skip;
             verdict.detail = reason;
@@ -396,6 +404,34 @@ pub fn trials<'a>(cases: &'a [Case], runtimes: &'a [Runtime]) -> Vec<(&'a Case, 
     out
 }
 
+/// The runtime this project builds: never skipped for failing the smoke
+/// run, since that failure is what its user must see in every trial.
+const UNDER_TEST: &str = "kcell";
+
+/// The smoke run: one container that runs `true`, through the same driver
+/// as the cases. A reference runtime that cannot do even this here (crun
+/// 1.8 on a hybrid cgroup layout says "cgroups in hybrid mode not
+/// supported") has each of its trials skipped with its own words, rather
+/// than fifty errors saying the same thing.
+fn smoke(target: &Target, runtime: &Runtime) -> Option<String> {
+    const SMOKE: &str = r#"
+id = "SMOKE"
+title = "The runtime runs a minimal container"
+[[run]]
+name = "minimal"
+command = ["true"]
+[[expect]]
+that = "minimal.exit"
+equals = 0
+"#;
+    let case = match Case::parse(SMOKE, Path::new("<smoke>")) {
+        Ok(c) => c,
+        Err(e) => return Some(format!("the smoke case does not parse: {e}")),
+    };
+    let v = run_case(&case, target, runtime);
+    (v.status != Status::Pass).then(|| v.detail.lines().next().unwrap_or_default().to_string())
+}
+
 /// Runs the case files `files` with `runtimes` (only the trials `only`
 /// names as `runtime::ID`, when given), emitting a progress frame before
 /// each trial and its verdict frame after it. A malformed case file becomes
@@ -435,7 +471,21 @@ pub fn run_all(
             }
         }
     }
-    let all = trials(&cases, runtimes);
+    let runtimes: Vec<Runtime> = runtimes
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            let wanted = cases.iter().any(|c| {
+                c.scope == Scope::Any
+                    && only.is_none_or(|o| o.contains(&format!("{}::{}", r.name, c.id)))
+            });
+            if wanted && r.name != UNDER_TEST {
+                r.unusable = smoke(target, &r);
+            }
+            r
+        })
+        .collect();
+    let all = trials(&cases, &runtimes);
     let chosen: Vec<&(&Case, &Runtime)> = all
         .iter()
         .filter(|(c, r)| only.is_none_or(|o| o.contains(&format!("{}::{}", r.name, c.id))))

@@ -185,6 +185,8 @@ fn run_on_host(
             }
         }
     };
+    let bin = target.kcell.parent().unwrap_or(Path::new("/"));
+    let path = kcell_harness::host::runnable_by_all(&runtime.name, &path, bin)?;
     // The kcell copy is the agent binary; under its own name it is the agent.
     let output = Command::new(&target.kcell)
         .arg0("kcell-agent")

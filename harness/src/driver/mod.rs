@@ -105,6 +105,9 @@ pub struct Started {
     err_reader: std::thread::JoinHandle<String>,
     /// The cgroup the harness chose for it (container runs of OCI runtimes).
     pub cgroup: Option<PathBuf>,
+    /// The cgroup's CPU counter when `create` returned: what the runtime's
+    /// own set-up cost inside the container's cgroup, before `start`.
+    pub cpu_at_start_ns: Option<u64>,
     /// A watcher of the cgroup's OOM counter: (stop, thread -> the most seen).
     pub oom_watch: Option<(
         std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -208,6 +211,7 @@ impl Started {
             out_reader,
             err_reader,
             cgroup: None,
+            cpu_at_start_ns: None,
             oom_watch: None,
             began,
             deadline: began + limit,

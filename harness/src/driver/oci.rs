@@ -88,15 +88,26 @@ fn runtime_cmd(
     let logged = std::fs::read_to_string(&log).unwrap_or_default();
     let _ = std::fs::remove_file(&log);
     let said = || {
-        // The last error line of the JSON log (what containerd reads), else stderr.
-        let msg = logged
+        // The last error line of the JSON log (what containerd reads:
+        // runc's and crun's "level":"error","msg"; youki's "ERROR" and
+        // "message"), else the log's and stderr's tails.
+        logged
             .lines()
             .rev()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|v| v["level"] == "error")
-            .and_then(|v| v["msg"].as_str().map(String::from))
-            .unwrap_or_else(|| tail(&format!("{logged}{err}")));
-        msg
+            .find(|v| {
+                v["level"]
+                    .as_str()
+                    .is_some_and(|l| l.eq_ignore_ascii_case("error"))
+            })
+            .and_then(|v| {
+                v["msg"]
+                    .as_str()
+                    .or(v["message"].as_str())
+                    .map(String::from)
+            })
+            .map(|m| one_paragraph(&m))
+            .unwrap_or_else(|| tail(&format!("{logged}{err}")))
     };
     match status {
         Some(s) if s.success() => Ok(out),
@@ -113,6 +124,13 @@ fn runtime_cmd(
             said()
         )),
     }
+}
+
+/// A runtime's error message on one line, without the backtrace a Rust
+/// runtime appends (youki's "Stack backtrace:" and its frames).
+fn one_paragraph(msg: &str) -> String {
+    let msg = msg.split("Stack backtrace:").next().unwrap_or(msg);
+    msg.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn state_root(ctx: &RunCtx, as_user: Option<u32>) -> PathBuf {
@@ -265,6 +283,10 @@ pub fn start(run: &Run, ctx: &RunCtx, limit: Duration) -> Result<Started, String
     })
     .and_then(|pid| {
         st.pid = Some(pid);
+        st.cpu_at_start_ns = st
+            .cgroup
+            .as_ref()
+            .and_then(|c| Layout::read().cgroup(c).cpu_usage_ns());
         runtime_cmd(
             ctx,
             &state,
@@ -282,7 +304,22 @@ pub fn start(run: &Run, ctx: &RunCtx, limit: Duration) -> Result<Started, String
             st.how = How::NotStarted(e);
             return Ok(st);
         }
-        return Err(format!("run '{}': {e}", run.name));
+        // `create` had the run's own stderr (crun writes its error there
+        // rather than in the log): what it said belongs in the message.
+        drop(st.stdin.take());
+        let (_, stderr, _) = st.output();
+        let said = one_paragraph(&tail(&stderr));
+        let last = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .map(one_paragraph)
+            .unwrap_or_default();
+        return Err(if said.is_empty() || e.contains(&last) {
+            format!("run '{}': {e}", run.name)
+        } else {
+            format!("run '{}': {e}; its stderr: {said}", run.name)
+        });
     }
     Ok(st)
 }
@@ -434,11 +471,17 @@ pub fn finish(mut st: Started, ctx: &RunCtx) -> Result<Ended, String> {
         }
     }
     // Read before delete: the counters go with the cgroup.
-    let counters = st
+    let mut counters = st
         .cgroup
         .as_ref()
         .map(|c| Layout::read().cgroup(c).counters())
         .unwrap_or_default();
+    // Split the CPU counter at `start`: before it is the runtime's set-up,
+    // after it the process the case ran.
+    if let (Some(at_start), Some(&total)) = (st.cpu_at_start_ns, counters.get("cpu_usage_ns")) {
+        counters.insert("cpu_at_start_ns", at_start);
+        counters.insert("cpu_since_start_ns", total.saturating_sub(at_start));
+    }
     let seen = stop_watch(&mut st).map(|s| s.max(counters.get("oom_kill").copied().unwrap_or(0)));
     clean_up(ctx, &st);
     let name = st.run.name.clone();

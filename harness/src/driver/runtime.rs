@@ -19,6 +19,9 @@ pub struct Runtime {
     pub version: String,
     /// `features` output, when the runtime has the command.
     pub features: Option<Value>,
+    /// Why it cannot run even a minimal container on this target (its own
+    /// error, from the smoke run), when it cannot.
+    pub unusable: Option<String>,
 }
 
 impl Runtime {
@@ -49,6 +52,7 @@ impl Runtime {
                 version
             },
             features,
+            unusable: None,
         })
     }
 
@@ -185,6 +189,7 @@ mod tests {
             path: "/usr/sbin/runc".into(),
             version: "runc version 1.1.5".into(),
             features: Some(json!({"linux": {"namespaces": ["mount", "pid"]}})),
+            unusable: None,
         };
         let needs = Needs {
             namespaces: vec!["pid".into(), "time".into()],
