@@ -17,6 +17,11 @@ mod net;
 /// Printed by held commands once they are ready to be observed.
 pub const READY: &str = "KCELL_READY";
 
+/// What a workload prints when the harness should read its cgroup's CPU
+/// counter (driver::Mark); the workload then sleeps a moment, so the
+/// reading lands before it uses CPU again.
+pub const MARK: &str = "KCELL_MARK";
+
 fn out(key: &str, value: impl std::fmt::Display) {
     println!("{}", observation_line(key, value));
 }
@@ -918,8 +923,12 @@ fn netns_persist(dir: &str) -> Res {
 /// A known workload in one process: touch SIZE bytes, spin SECONDS of CPU,
 /// then report the process's own CPU clock: `cpu_ns` counts from its fork,
 /// so it includes the runtime's set-up in this process before exec;
-/// `work_cpu_ns` counts from this function's entry, the workload alone.
+/// `work_cpu_ns` counts from the mark (printed first, see MARK), the
+/// workload alone.
 fn work(size: &str, seconds: &str) -> Res {
+    println!("{MARK}");
+    let _ = std::io::stdout().flush();
+    std::thread::sleep(std::time::Duration::from_millis(100));
     let entry = cpu_time();
     let bytes = crate::driver::bundle::size(size)?;
     let secs: f64 = seconds

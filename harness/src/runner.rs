@@ -409,10 +409,11 @@ pub fn trials<'a>(cases: &'a [Case], runtimes: &'a [Runtime]) -> Vec<(&'a Case, 
 const UNDER_TEST: &str = "kcell";
 
 /// The smoke run: one container that runs `true`, through the same driver
-/// as the cases. A reference runtime that cannot do even this here (crun
-/// 1.8 on a hybrid cgroup layout says "cgroups in hybrid mode not
-/// supported") has each of its trials skipped with its own words, rather
-/// than fifty errors saying the same thing.
+/// as the cases, made when a trial of a reference runtime errors. A
+/// runtime that cannot do even this here (crun 1.8 on a hybrid cgroup
+/// layout says "cgroups in hybrid mode not supported") has that trial and
+/// each later one skipped with its own words, rather than fifty errors
+/// saying the same thing.
 fn smoke(target: &Target, runtime: &Runtime) -> Option<String> {
     const SMOKE: &str = r#"
 id = "SMOKE"
@@ -471,21 +472,10 @@ pub fn run_all(
             }
         }
     }
-    let runtimes: Vec<Runtime> = runtimes
-        .iter()
-        .map(|r| {
-            let mut r = r.clone();
-            let wanted = cases.iter().any(|c| {
-                c.scope == Scope::Any
-                    && only.is_none_or(|o| o.contains(&format!("{}::{}", r.name, c.id)))
-            });
-            if wanted && r.name != UNDER_TEST {
-                r.unusable = smoke(target, &r);
-            }
-            r
-        })
-        .collect();
-    let all = trials(&cases, &runtimes);
+    // Whether a runtime can run anything here is asked only when one of its
+    // trials errors (the smoke run costs seconds under TCG).
+    let mut unusable: std::collections::HashMap<String, Option<String>> = Default::default();
+    let all = trials(&cases, runtimes);
     let chosen: Vec<&(&Case, &Runtime)> = all
         .iter()
         .filter(|(c, r)| only.is_none_or(|o| o.contains(&format!("{}::{}", r.name, c.id))))
@@ -498,7 +488,30 @@ pub fn run_all(
             &format!("{}::{}", runtime.name, case.id),
             case.timeout,
         ));
-        let verdict = run_case(case, target, runtime);
+        let known = unusable.get(&runtime.name).cloned().flatten();
+        let mut verdict = match known {
+            Some(why) => {
+                let mut r = (*runtime).clone();
+                r.unusable = Some(why);
+                run_case(case, target, &r)
+            }
+            None => run_case(case, target, runtime),
+        };
+        if verdict.status == Status::Error
+            && case.scope == Scope::Any
+            && runtime.name != UNDER_TEST
+            && !unusable.contains_key(&runtime.name)
+        {
+            let why = smoke(target, runtime);
+            if let Some(why) = &why {
+                let mut r = (*runtime).clone();
+                r.unusable = Some(why.clone());
+                let skipped = run_case(case, target, &r);
+                verdict.status = skipped.status;
+                verdict.detail = skipped.detail;
+            }
+            unusable.insert(runtime.name.clone(), why);
+        }
         if matches!(verdict.status, Status::Fail | Status::Error) {
             failed += 1;
         }

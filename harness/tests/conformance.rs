@@ -97,6 +97,21 @@ impl Drop for PhaseGuard<'_> {
 /// Maps a verdict to the trial's outcome (skip and inconclusive pass, with
 /// their reason printed; fail and error fail with the details).
 fn outcome(name: &str, title: &str, verdict: &Verdict) -> Result<(), Failed> {
+    // A mutant's trial is a cell of the kill matrix, judged as a whole at
+    // the end (killmatrix.rs): its own verdict fails nothing.
+    if kcell_harness::killmatrix::mutation_of(&verdict.runtime).is_some() {
+        let fate = match verdict.status {
+            Status::Fail => "killed".to_string(),
+            Status::Pass | Status::Inconclusive => "survived".to_string(),
+            other => format!(
+                "not judged ({}): {}",
+                other.as_str(),
+                verdict.detail.lines().next().unwrap_or_default()
+            ),
+        };
+        println!("{name}: {fate}");
+        return Ok(());
+    }
     let known = DIFFERENCES.get_or_init(|| {
         kcell_harness::differences::load(&cases_dir().join("differences.toml")).unwrap_or_else(
             |e| {
@@ -172,6 +187,15 @@ fn run_on_host(
     let target = host.get()?;
     let path = if runtime.name == "kcell" {
         target.kcell.with_file_name("kcell-oci")
+    } else if let Some((base, mutation)) = kcell_harness::killmatrix::mutation_of(&runtime.name) {
+        // The host's mutant wraps the host target's own kcell-oci.
+        let m = kcell_harness::mutant::named(mutation)
+            .ok_or_else(|| Failed::from(format!("unknown mutation {mutation}")))?;
+        let bin = target.kcell.parent().unwrap_or(Path::new("/"));
+        let links =
+            kcell_harness::mutant::make_links(&bin.join("mutants"), &target.kcell, base, &[m])
+                .map_err(Failed::from)?;
+        links[0].1.clone()
     } else {
         match &runtime.path {
             Some(p) => p.clone(),
@@ -248,6 +272,65 @@ fn split_baseline(mut args: Vec<String>) -> (Vec<String>, Option<PathBuf>) {
         ));
     }
     (args, baseline)
+}
+
+/// The mutant runtimes `which` names (all, or a comma list) of the base
+/// runtime KCELL_MUTANT_BASE (default kcell), as links to the agent in
+/// the cache (a guest's copy of the agent; the host trials make their own).
+fn mutant_runtimes(which: &str, cache: &Path) -> Result<Vec<Wanted>, String> {
+    use kcell_harness::mutant;
+    let base = std::env::var("KCELL_MUTANT_BASE").unwrap_or_else(|_| "kcell".into());
+    let chosen: Vec<&mutant::Mutation> = if which == "all" {
+        mutant::MUTATIONS.iter().collect()
+    } else {
+        which
+            .split(',')
+            .map(|n| {
+                mutant::named(n.trim()).ok_or_else(|| {
+                    let known: Vec<&str> = mutant::MUTATIONS.iter().map(|m| m.name).collect();
+                    format!(
+                        "KCELL_MUTANTS names no mutation '{}': known are all, {}",
+                        n.trim(),
+                        known.join(", ")
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let agent = Path::new(env!("CARGO_BIN_EXE_kcell-agent"));
+    let links = mutant::make_links(&cache.join("mutants"), agent, &base, &chosen)?;
+    Ok(links
+        .into_iter()
+        .map(|(name, path)| Wanted {
+            name,
+            path: Some(path),
+            everywhere: true,
+        })
+        .collect())
+}
+
+/// Writes mutants.md and mutants.json; false when a case proves nothing
+/// or a judged mutant is caught by no case, on some target.
+fn write_kill_matrix(verdicts: &[Verdict]) -> bool {
+    use kcell_harness::killmatrix;
+    let dir = report_dir();
+    let _ = std::fs::create_dir_all(&dir);
+    let scores = killmatrix::score(verdicts);
+    let _ = std::fs::write(
+        dir.join("mutants.json"),
+        serde_json::to_string_pretty(&scores).unwrap_or_default(),
+    );
+    let _ = std::fs::write(dir.join("mutants.md"), killmatrix::markdown(&scores));
+    let mut ok = true;
+    for (target, s) in &scores {
+        eprintln!(
+            "kill matrix {target}: {} of {} judged (case, mutant) pairs killed; cases proving nothing: {:?}; mutants no case kills: {:?}",
+            s.killed, s.judged, s.proving_nothing, s.uncaught
+        );
+        ok &= s.proving_nothing.is_empty() && s.uncaught.is_empty();
+    }
+    eprintln!("kill matrix: {}/mutants.{{md,json}}", dir.display());
+    ok
 }
 
 /// Writes report.json, report.xml and matrix.md; with a baseline, lists
@@ -327,15 +410,38 @@ struct GuestTarget {
     run: OnceLock<vm::TargetRun>,
 }
 
+/// Takes `--mutants` out of the arguments; with it (or KCELL_MUTANTS),
+/// the mutations to run: all, or a comma list of names.
+fn split_mutants(mut args: Vec<String>) -> (Vec<String>, Option<String>) {
+    let mut wanted = std::env::var("KCELL_MUTANTS")
+        .ok()
+        .filter(|s| !s.is_empty());
+    if let Some(i) = args.iter().position(|a| a == "--mutants") {
+        args.remove(i);
+        wanted.get_or_insert_with(|| "all".into());
+    }
+    (args, wanted)
+}
+
 fn main() -> ExitCode {
     let (args, baseline) = split_baseline(std::env::args().collect());
+    let (args, mutants) = split_mutants(args);
     let args = Arguments::from_iter(args);
     let selection = std::env::var("KCELL_TARGETS").ok();
     let host_wanted = selection
         .as_deref()
         .is_none_or(|s| s == "all" || s.split(',').any(|t| t.trim() == "host"));
     let cache = vm::cache_dir();
-    let runtimes = matrix::wanted(std::env::var("KCELL_RUNTIMES").ok().as_deref(), &cache);
+    let runtimes = match &mutants {
+        None => matrix::wanted(std::env::var("KCELL_RUNTIMES").ok().as_deref(), &cache),
+        Some(which) => match mutant_runtimes(which, &cache) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let host = Arc::new(HostTarget {
         dir: std::env::temp_dir().join(format!("kcell-host-{}", std::process::id())),
         target: OnceLock::new(),
@@ -382,7 +488,23 @@ fn main() -> ExitCode {
             Err(Failed::from(msg))
         }));
     }
-    let applies = |c: &Case, w: &Wanted| c.scope == Scope::Any || w.name == "kcell";
+    // A mutant runs only the cases whose config.json its mutation changes.
+    let configs: std::collections::HashMap<String, Vec<serde_json::Value>> = cases
+        .iter()
+        .map(|c| (c.id.clone(), kcell_harness::mutant::configs_of(c)))
+        .collect();
+    let applies = |c: &Case, w: &Wanted| match kcell_harness::killmatrix::mutation_of(&w.name) {
+        Some((_, m)) => {
+            c.scope == Scope::Any
+                && kcell_harness::mutant::named(m).is_some_and(|m| {
+                    kcell_harness::mutant::applies(
+                        m,
+                        configs.get(&c.id).map_or(&[][..], Vec::as_slice),
+                    )
+                })
+        }
+        None => c.scope == Scope::Any || w.name == "kcell",
+    };
 
     let mut host_trials_list = Vec::new();
     if host_wanted {
@@ -436,6 +558,10 @@ fn main() -> ExitCode {
             let targets: Vec<(VmTarget, Vec<Wanted>)> =
                 vm::selected_targets(&manifest, selection.as_deref(), custom)
                     .into_iter()
+                    // The kill matrix defaults to the reference targets.
+                    .filter(|t| {
+                        mutants.is_none() || selection.is_some() || manifest.is_reference(t)
+                    })
                     .map(|t| {
                         let reference = manifest.is_reference(&t);
                         let rts = runtimes
@@ -561,6 +687,13 @@ fn main() -> ExitCode {
                 format!("{boot}, {:.0} s in all{retry}{problem}", run.seconds),
             );
         }
+    }
+    if mutants.is_some() {
+        return if verdicts.is_empty() || write_kill_matrix(&verdicts) {
+            conclusion.exit_code()
+        } else {
+            ExitCode::from(101)
+        };
     }
     let baseline_ok = verdicts.is_empty() || write_reports(&verdicts, &notes, baseline.as_deref());
     drop(host);

@@ -1,8 +1,9 @@
 //! `kcell-agent`: runs cases and prints one framed JSON verdict per line.
 //! A multi-call binary: invoked as `kcell` it is kcell's CLI, as
 //! `kcell-oci` kcell's OCI command line, as `kcell-probe` the in-container
-//! helper, as `init` a guest's PID 1; so one static file serves the host,
-//! the container image and the VM guest.
+//! helper, as `init` a guest's PID 1, as `kcell-mutant@M@BASE` a mutant
+//! runtime; so one static file serves the host, the container image and
+//! the VM guest.
 
 use kcell_harness::case::case_files;
 use kcell_harness::driver::{Runtime, Target};
@@ -33,6 +34,10 @@ fn main() {
         "kcell-probe" => kcell_harness::inside::main(&args[1..]),
         // PID 1 of a VM guest.
         "init" => kcell_harness::vm::guest::init_main(&mut guest_work),
+        // A mutant runtime (kcell-mutant@MUTATION@BASE): see mutant.rs.
+        n if n.starts_with(kcell_harness::mutant::LINK_PREFIX) => {
+            kcell_harness::mutant::main(&args[0], &args[1..])
+        }
         _ => agent(&args[1..]),
     };
     std::process::exit(code);

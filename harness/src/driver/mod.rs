@@ -108,6 +108,8 @@ pub struct Started {
     /// The cgroup's CPU counter when `create` returned: what the runtime's
     /// own set-up cost inside the container's cgroup, before `start`.
     pub cpu_at_start_ns: Option<u64>,
+    /// The cgroup's CPU counter when the process printed its mark.
+    pub mark: std::sync::Arc<std::sync::Mutex<Mark>>,
     /// A watcher of the cgroup's OOM counter: (stop, thread -> the most seen).
     pub oom_watch: Option<(
         std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -181,13 +183,35 @@ pub(crate) fn pipes(hold: bool) -> Result<(ChildIo, OurIo), String> {
     ))
 }
 
+/// A reading taken when a workload prints `KCELL_MARK` (inside::MARK):
+/// the cgroup's CPU counter at that moment, read by the thread that reads
+/// its stdout, so the counter and the workload's own clock can be compared
+/// over the same window (exec and set-up excluded).
+#[derive(Debug, Default)]
+pub struct Mark {
+    /// The run's cgroup (known once the runtime's create is under way).
+    pub cgroup: Option<PathBuf>,
+    /// The counter at the mark, ns.
+    pub cpu_ns: Option<u64>,
+}
+
 impl Started {
     pub(crate) fn new(run: &Run, how: How, io: OurIo, limit: Duration) -> Started {
         let (line_tx, lines) = mpsc::channel::<String>();
         let out = io.out;
+        let mark = std::sync::Arc::new(std::sync::Mutex::new(Mark::default()));
+        let marked = mark.clone();
         let out_reader = std::thread::spawn(move || {
             let mut all = String::new();
             for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if line == crate::inside::MARK {
+                    let mut m = marked.lock().unwrap_or_else(|e| e.into_inner());
+                    m.cpu_ns = m.cgroup.as_ref().and_then(|c| {
+                        crate::observe::cgroupfs::Layout::read()
+                            .cgroup(c)
+                            .cpu_usage_ns()
+                    });
+                }
                 let _ = line_tx.send(line.clone());
                 all.push_str(&line);
                 all.push('\n');
@@ -212,6 +236,7 @@ impl Started {
             err_reader,
             cgroup: None,
             cpu_at_start_ns: None,
+            mark,
             oom_watch: None,
             began,
             deadline: began + limit,

@@ -252,6 +252,7 @@ pub fn start(run: &Run, ctx: &RunCtx, limit: Duration) -> Result<Started, String
     );
     if rootless.is_none() {
         st.cgroup = Some(PathBuf::from(&cgroup));
+        st.mark.lock().unwrap_or_else(|e| e.into_inner()).cgroup = st.cgroup.clone();
         if run.may_not_start {
             st.oom_watch = Some(watch_oom(PathBuf::from(&cgroup)));
         }
@@ -478,9 +479,15 @@ pub fn finish(mut st: Started, ctx: &RunCtx) -> Result<Ended, String> {
         .unwrap_or_default();
     // Split the CPU counter at `start`: before it is the runtime's set-up,
     // after it the process the case ran.
-    if let (Some(at_start), Some(&total)) = (st.cpu_at_start_ns, counters.get("cpu_usage_ns")) {
-        counters.insert("cpu_at_start_ns", at_start);
-        counters.insert("cpu_since_start_ns", total.saturating_sub(at_start));
+    if let Some(&total) = counters.get("cpu_usage_ns") {
+        if let Some(at_start) = st.cpu_at_start_ns {
+            counters.insert("cpu_at_start_ns", at_start);
+            counters.insert("cpu_since_start_ns", total.saturating_sub(at_start));
+        }
+        let marked = st.mark.lock().unwrap_or_else(|e| e.into_inner()).cpu_ns;
+        if let Some(at_mark) = marked {
+            counters.insert("cpu_since_mark_ns", total.saturating_sub(at_mark));
+        }
     }
     let seen = stop_watch(&mut st).map(|s| s.max(counters.get("oom_kill").copied().unwrap_or(0)));
     clean_up(ctx, &st);

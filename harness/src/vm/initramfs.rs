@@ -205,6 +205,14 @@ pub struct Inputs<'a> {
     pub extra: &'a [(String, PathBuf)],
 }
 
+/// Whether `file` is the agent binary itself (through a symlink).
+pub fn is_agent(file: &Path, agent: &Path) -> bool {
+    match (std::fs::canonicalize(file), std::fs::canonicalize(agent)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
 /// A copy of `agent` without debug info (TCG unpacks every byte at boot).
 fn stripped(agent: &Path, cache: &Path) -> Result<PathBuf, String> {
     let bytes = std::fs::read(agent).map_err(|e| format!("{}: {e}", agent.display()))?;
@@ -300,7 +308,11 @@ pub fn build(inputs: &Inputs, cache: &Path) -> Result<PathBuf, String> {
     h.update(inputs.kernel.release.as_bytes());
     for (at, file) in inputs.extra {
         h.update(at.as_bytes());
-        h.update(std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?);
+        if is_agent(file, inputs.agent) {
+            h.update(b"-> /init");
+        } else {
+            h.update(std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?);
+        }
     }
     let out = cache.join(format!(
         "initramfs-{}-{:x}.cpio",
@@ -352,6 +364,11 @@ pub fn build(inputs: &Inputs, cache: &Path) -> Result<PathBuf, String> {
     cpio.symlink(guest_paths::RUNTIME, "/init").map_err(io)?;
     cpio.symlink(guest_paths::OCI, "/init").map_err(io)?;
     for (at, file) in inputs.extra {
+        // The agent under another name (a mutant runtime) is a link to it.
+        if is_agent(file, inputs.agent) {
+            cpio.symlink(at, "/init").map_err(io)?;
+            continue;
+        }
         let mode = std::fs::metadata(file)
             .map(|m| m.mode() & 0o7777)
             .unwrap_or(0o755);

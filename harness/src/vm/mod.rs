@@ -118,7 +118,7 @@ type Files = Vec<(String, PathBuf)>;
 
 /// The runtimes' binaries and libraries as they go into a guest, and
 /// where each runtime's binary is there.
-fn runtime_files(runtimes: &[(String, PathBuf)]) -> Result<(Files, Files), String> {
+fn runtime_files(runtimes: &[(String, PathBuf)], agent: &Path) -> Result<(Files, Files), String> {
     let mut files: Vec<(String, PathBuf)> = Vec::new();
     let mut at = vec![(
         "kcell".to_string(),
@@ -130,7 +130,13 @@ fn runtime_files(runtimes: &[(String, PathBuf)]) -> Result<(Files, Files), Strin
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_else(|| name.clone());
         let guest = format!("{}/{name}/{file}", initramfs::guest_paths::RUNTIMES);
-        for (p, f) in elf::closure(host).map_err(|e| format!("runtime {name}: {e}"))? {
+        // The agent under another name needs nothing more: it is /init.
+        let needs = if initramfs::is_agent(host, agent) {
+            Vec::new()
+        } else {
+            elf::closure(host).map_err(|e| format!("runtime {name}: {e}"))?
+        };
+        for (p, f) in needs {
             if !files.iter().any(|(q, _)| *q == p) {
                 files.push((p, f));
             }
@@ -232,7 +238,7 @@ pub fn run_target(
         }
     };
     let kernel_label = format!("{} ({})", kernel.release, kernel.version);
-    let (extra, runtime_paths) = match runtime_files(&inputs.runtimes) {
+    let (extra, runtime_paths) = match runtime_files(&inputs.runtimes, &inputs.agent) {
         Ok(x) => x,
         Err(e) => {
             fail_all(&mut run, format!("runtimes: {e}"), &kernel_label);
