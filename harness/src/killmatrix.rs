@@ -16,8 +16,10 @@ use std::collections::{BTreeMap, BTreeSet};
 pub enum Fate {
     /// The case failed: it noticed the broken guarantee.
     Killed,
-    /// The case passed (or was inconclusive) with the guarantee broken.
+    /// The case passed with the guarantee broken.
     Survived,
+    /// The case's control failed: the machine could not tell, this time.
+    Inconclusive(String),
     /// The case skipped, with its reason (a kernel's, usually).
     Skipped(String),
     /// The trial errored (the base runtime refused the mutated config).
@@ -53,7 +55,8 @@ pub fn score(verdicts: &[Verdict]) -> BTreeMap<String, TargetScore> {
         };
         let fate = match v.status {
             Status::Fail => Fate::Killed,
-            Status::Pass | Status::Inconclusive => Fate::Survived,
+            Status::Pass => Fate::Survived,
+            Status::Inconclusive => Fate::Inconclusive(first_line(&v.detail)),
             Status::Skip => Fate::Skipped(first_line(&v.detail)),
             Status::Error => Fate::Errored(first_line(&v.detail)),
         };
@@ -126,6 +129,7 @@ pub fn markdown(scores: &BTreeMap<String, TargetScore>) -> String {
                 .filter_map(|(m, f)| match f {
                     Fate::Skipped(why) => Some(format!("{m} (skip: {why})")),
                     Fate::Errored(why) => Some(format!("{m} (error: {why})")),
+                    Fate::Inconclusive(why) => Some(format!("{m} (inconclusive: {why})")),
                     _ => None,
                 })
                 .collect();

@@ -68,12 +68,33 @@ fn empty(v: &mut Value, pointer: &str) -> bool {
     }
 }
 
+/// A runtime that silently drops a namespace also drops what only that
+/// namespace makes possible (a runtime MUST refuse a hostname without a
+/// UTS namespace, id maps without a user namespace, offsets without a
+/// time namespace): those go with it, so the result is a config a
+/// runtime accepts, only without the isolation.
+fn drop_namespace_and_its_fields(v: &mut Value, ns: &str) -> bool {
+    let dropped = drop_namespace(v, ns);
+    if dropped {
+        let (at, fields): (&str, &[&str]) = match ns {
+            "uts" => ("", &["hostname", "domainname"]),
+            "user" => ("/linux", &["uidMappings", "gidMappings"]),
+            "time" => ("/linux", &["timeOffsets"]),
+            _ => ("", &[]),
+        };
+        for f in fields {
+            remove(v, at, f);
+        }
+    }
+    dropped
+}
+
 macro_rules! ns {
     ($name:literal, $ty:literal, $what:literal) => {
         Mutation {
             name: $name,
             breaks: $what,
-            apply: |v| drop_namespace(v, $ty),
+            apply: |v| drop_namespace_and_its_fields(v, $ty),
         }
     };
 }
@@ -255,7 +276,7 @@ pub const MUTATIONS: &[Mutation] = &[
     },
     Mutation {
         name: "drop-case-mounts",
-        breaks: "the mounts a case adds (bind, tmpfs, overlay: all but the standard ones)",
+        breaks: "the mounts a case adds (binds, tmpfs, its resolv.conf: all but the standard ones)",
         apply: |v| {
             let Some(list) = v.get_mut("mounts").and_then(Value::as_array_mut) else {
                 return false;
@@ -266,6 +287,54 @@ pub const MUTATIONS: &[Mutation] = &[
                 STANDARD_DESTINATIONS.contains(&d)
             });
             list.len() != before
+        },
+    },
+    Mutation {
+        name: "move-cgroup",
+        breaks: "the cgroupsPath (the container goes elsewhere)",
+        apply: |v| match v.pointer_mut("/linux/cgroupsPath") {
+            Some(Value::String(p)) => {
+                p.push_str("-elsewhere");
+                true
+            }
+            _ => false,
+        },
+    },
+    Mutation {
+        name: "drop-all-caps",
+        breaks: "the capabilities a case grants (none at all)",
+        apply: |v| {
+            let mut changed = false;
+            for set in [
+                "bounding",
+                "effective",
+                "permitted",
+                "inheritance",
+                "ambient",
+            ] {
+                if v["process"]["capabilities"][set]
+                    .as_array()
+                    .is_some_and(|a| !a.is_empty())
+                {
+                    v["process"]["capabilities"][set] = json!([]);
+                    changed = true;
+                }
+            }
+            changed
+        },
+    },
+    Mutation {
+        name: "bind-host-root",
+        breaks: "the root's isolation (the host's / is bound at /host)",
+        apply: |v| match v.get_mut("mounts").and_then(Value::as_array_mut) {
+            Some(list) => {
+                list.push(
+                    json!({"destination": "/host", "type": "bind", "source": "/",
+                                 "options": ["rbind", "ro"]}),
+                );
+                true
+            }
+            None => false,
         },
     },
     Mutation {
@@ -284,7 +353,6 @@ const STANDARD_DESTINATIONS: &[&str] = &[
     "/dev/pts",
     "/dev/shm",
     "/tmp",
-    "/etc/resolv.conf",
 ];
 
 /// The mutation named `name`.
@@ -506,6 +574,21 @@ pub fn configs_of(case: &crate::case::Case) -> Vec<Value> {
         .iter()
         .filter(|r| r.on == RunOn::Container && r.exec.is_none() && r.kcell.is_empty())
         .filter_map(|r| {
+            // A throttled device is a fixture's ("{block_device.majmin}"):
+            // any device number makes the same config for this purpose.
+            let mut container = r.container.clone();
+            for rates in [
+                &mut container.limits.read_bps,
+                &mut container.limits.write_bps,
+            ] {
+                for rate in rates.iter_mut() {
+                    if let (Some(a), Some(b)) = (rate.find('{'), rate.find('}')) {
+                        if a < b {
+                            rate.replace_range(a..=b, "0:0");
+                        }
+                    }
+                }
+            }
             let joined = r
                 .container
                 .joined()
@@ -514,7 +597,7 @@ pub fn configs_of(case: &crate::case::Case) -> Vec<Value> {
                 .collect();
             let resolv = Path::new("/resolv.conf");
             crate::driver::bundle::config(
-                &r.container,
+                &container,
                 &crate::driver::bundle::Placement {
                     id: "mutant",
                     root: Path::new("/"),

@@ -102,7 +102,7 @@ fn outcome(name: &str, title: &str, verdict: &Verdict) -> Result<(), Failed> {
     if kcell_harness::killmatrix::mutation_of(&verdict.runtime).is_some() {
         let fate = match verdict.status {
             Status::Fail => "killed".to_string(),
-            Status::Pass | Status::Inconclusive => "survived".to_string(),
+            Status::Pass => "survived".to_string(),
             other => format!(
                 "not judged ({}): {}",
                 other.as_str(),

@@ -21,6 +21,20 @@ pub const STEPS: &[&str] = &[
     "running",
 ];
 
+/// The steps of the OCI commands where a kill is worst: within `create`
+/// (its record, cgroup and first process made one after the other), after
+/// `create` before `start` ("oci-created"), inside `start` and inside
+/// `delete`. `kcell-oci delete --force` (and `kcell gc`) must remove what
+/// any of them leaves.
+pub const OCI_STEPS: &[&str] = &[
+    "after-record",
+    "after-cgroup",
+    "after-clone",
+    "oci-created",
+    "oci-start",
+    "oci-delete",
+];
+
 /// Kills the runtime here when `KCELL_FAULT` names `step`.
 pub fn point(step: &str) {
     if std::env::var_os("KCELL_FAULT").is_some_and(|v| v == step) {

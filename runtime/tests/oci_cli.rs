@@ -370,3 +370,75 @@ fn the_state_root_is_the_only_place_state_goes() {
         "it went under --root only"
     );
 }
+
+/// Every process whose command line holds `marker`.
+fn processes_with(marker: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+        })
+        .collect()
+}
+
+#[test]
+fn a_runtime_killed_at_any_oci_step_leaves_nothing_delete_force_does_not_remove() {
+    use std::os::unix::process::ExitStatusExt;
+    let Some(s) = setup("fault") else { return };
+    let before = s.census();
+    let marker = format!("kcell-fault-{}", std::process::id());
+    let script = format!("sleep 1000; echo {marker}");
+    for step in kcell::fault::OCI_STEPS {
+        for round in 0..3 {
+            let id = format!("kcell-fault-{step}-{round}");
+            let bundle = s.bundle(&id, &["sh", "-c", &script], |_| {});
+            let b = bundle.to_str().expect("utf-8");
+            let faulted = |args: &[&str]| {
+                let out = Command::new(KCELL_OCI)
+                    .env("KCELL_FAULT", step)
+                    .arg("--root")
+                    .arg(&s.state)
+                    .args(args)
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .expect("kcell-oci");
+                assert_eq!(
+                    out.signal(),
+                    Some(9),
+                    "{step}: {args:?} was not killed there ({out:?})"
+                );
+            };
+            match *step {
+                "oci-start" => {
+                    assert!(s.oci(&["create", "--bundle", b, &id]).status.success());
+                    faulted(&["start", &id]);
+                }
+                "oci-delete" => {
+                    assert!(s
+                        .oci(&["run", "--detach", "--bundle", b, &id])
+                        .status
+                        .success());
+                    assert!(s.oci(&["kill", &id, "KILL"]).status.success());
+                    wait_for(|| s.status_of(&id) == "stopped", "stopped");
+                    faulted(&["delete", &id]);
+                }
+                _ => faulted(&["create", "--bundle", b, &id]),
+            }
+            let _ = s.oci(&["delete", "--force", &id]);
+            wait_for(
+                || processes_with(&marker).is_empty(),
+                "the container's processes to go",
+            );
+            assert_eq!(
+                s.census(),
+                before,
+                "killed at {step} (round {round}): left behind"
+            );
+        }
+    }
+}

@@ -108,6 +108,9 @@ pub struct Started {
     /// The cgroup's CPU counter when `create` returned: what the runtime's
     /// own set-up cost inside the container's cgroup, before `start`.
     pub cpu_at_start_ns: Option<u64>,
+    /// Whether the first process was, after `create`, in the cgroup the
+    /// config named (cgroupsPath): the cgroup the harness reads.
+    pub placed: Option<bool>,
     /// The cgroup's CPU counter when the process printed its mark.
     pub mark: std::sync::Arc<std::sync::Mutex<Mark>>,
     /// A watcher of the cgroup's OOM counter: (stop, thread -> the most seen).
@@ -236,6 +239,7 @@ impl Started {
             err_reader,
             cgroup: None,
             cpu_at_start_ns: None,
+            placed: None,
             mark,
             oom_watch: None,
             began,

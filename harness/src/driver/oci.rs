@@ -288,6 +288,16 @@ pub fn start(run: &Run, ctx: &RunCtx, limit: Duration) -> Result<Started, String
             .cgroup
             .as_ref()
             .and_then(|c| Layout::read().cgroup(c).cpu_usage_ns());
+        st.placed = st.cgroup.as_ref().map(|want| {
+            let layout = Layout::read();
+            let expected = layout.cgroup(want);
+            layout.of_pid(pid).is_some_and(|actual| {
+                actual
+                    .dirs
+                    .iter()
+                    .any(|(c, d)| expected.dir(c) == Some(d.as_path()))
+            })
+        });
         runtime_cmd(
             ctx,
             &state,
@@ -479,6 +489,9 @@ pub fn finish(mut st: Started, ctx: &RunCtx) -> Result<Ended, String> {
         .unwrap_or_default();
     // Split the CPU counter at `start`: before it is the runtime's set-up,
     // after it the process the case ran.
+    if let Some(placed) = st.placed {
+        counters.insert("placed", u64::from(placed));
+    }
     if let Some(&total) = counters.get("cpu_usage_ns") {
         if let Some(at_start) = st.cpu_at_start_ns {
             counters.insert("cpu_at_start_ns", at_start);

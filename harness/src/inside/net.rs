@@ -2,7 +2,8 @@
 //! ICMP echo, a TCP connection, and a TCP server that tells each client the
 //! address it saw (so a client observes what the far end saw, NAT included).
 
-use super::{io_errno, out, Res};
+#[allow(unused_imports)]
+use super::*;
 use std::io::{BufRead, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -178,4 +179,148 @@ pub fn tcp_serve(port: &str) -> Res {
             std::process::exit(0)
         }
     }
+}
+
+pub(super) fn link_names() -> Result<Vec<String>, String> {
+    let mut names: Vec<String> = nix::net::if_::if_nameindex()
+        .map_err(|e| format!("if_nameindex: {e}"))?
+        .iter()
+        .map(|i| i.name().to_string_lossy().to_string())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+pub(super) fn lo_up() -> bool {
+    kcell::netdev::flags("lo").is_ok_and(|f| f & libc::IFF_UP as libc::c_short != 0)
+}
+
+pub(super) fn links() -> Res {
+    let names = link_names()?;
+    out("count", names.len());
+    out("links", names.join(","));
+    out("lo_up", lo_up());
+    Ok(())
+}
+
+/// TCP over 127.0.0.1 within this network namespace.
+pub(super) fn tcp_loopback() -> Result<String, String> {
+    let listener = match std::net::TcpListener::bind("127.0.0.1:0") {
+        Ok(l) => l,
+        Err(e) => return Ok(format!("bind:{}", io_errno(&e))),
+    };
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    Ok(
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(_) => "ok".to_string(),
+            Err(e) => io_errno(&e),
+        },
+    )
+}
+
+/// The document's sequence in a brand-new network namespace: only lo, down;
+/// after bringing it up, loopback traffic works.
+pub(super) fn fresh_netns() -> Res {
+    use nix::unistd::{fork, ForkResult};
+    // SAFETY: single-threaded.
+    match unsafe { fork() }.map_err(|e| e.to_string())? {
+        ForkResult::Child => {
+            let code = (|| -> Res {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| format!("unshare net: {e}"))?;
+                let names = link_names()?;
+                out("fresh_links", names.join(","));
+                out("fresh_lo_up", lo_up());
+                out("fresh_tcp_before_up", tcp_loopback()?);
+                kcell::netdev::set_up("lo").map_err(|e| e.to_string())?;
+                out("fresh_lo_up_after", lo_up());
+                out("fresh_tcp_after_up", tcp_loopback()?);
+                Ok(())
+            })();
+            let _ = std::io::stdout().flush();
+            std::process::exit(i32::from(code.is_err()));
+        }
+        ForkResult::Parent { child } => {
+            let status = nix::sys::wait::waitpid(child, None).map_err(|e| e.to_string())?;
+            match status {
+                nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
+                other => Err(format!("fresh-netns child: {other:?}")),
+            }
+        }
+    }
+}
+
+/// A network namespace kept by a bind mount of /proc/PID/ns/net after its
+/// creator exits (what `ip netns add` does): the creator sets lo up with MTU
+/// 1234; afterwards setns on the bind-mounted file must find it so. The
+/// control: the same namespace without the bind mount is gone (its
+/// /proc/PID/ns/net with it).
+pub(super) fn netns_persist(dir: &str) -> Res {
+    use nix::unistd::{fork, ForkResult};
+    let holder = Path::new(dir).join("kcell-netns");
+    fs::write(&holder, "").map_err(|e| format!("create {}: {e}", holder.display()))?;
+    let (r, w) = nix::unistd::pipe().map_err(|e| e.to_string())?;
+    let (r2, w2) = nix::unistd::pipe().map_err(|e| e.to_string())?;
+    // SAFETY: single-threaded.
+    let child = match unsafe { fork() }.map_err(|e| e.to_string())? {
+        ForkResult::Child => {
+            let ok = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).is_ok()
+                && kcell::netdev::set_up("lo").is_ok()
+                && kcell::netdev::set_mtu("lo", 1234).is_ok();
+            let _ = nix::unistd::write(&w, if ok { b"y" } else { b"n" });
+            // Wait until the parent has (or has not) bound the namespace.
+            let mut b = [0u8; 1];
+            let _ = nix::unistd::read(r2.as_raw_fd(), &mut b);
+            std::process::exit(0);
+        }
+        ForkResult::Parent { child } => child,
+    };
+    drop(w);
+    drop(r2);
+    let mut b = [0u8; 1];
+    let _ = nix::unistd::read(r.as_raw_fd(), &mut b);
+    if b[0] != b'y' {
+        return Err("the creator could not make and configure its network namespace".into());
+    }
+    let ns = format!("/proc/{child}/ns/net");
+    nix::mount::mount(
+        Some(ns.as_str()),
+        &holder,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| format!("bind {ns}: {e}"))?;
+    let _ = nix::unistd::write(&w2, b"x");
+    let _ = nix::sys::wait::waitpid(child, None);
+    out("creator_gone", !Path::new(&ns).exists());
+    // Enter the kept namespace in a child, so this process keeps its own.
+    // SAFETY: single-threaded.
+    match unsafe { fork() }.map_err(|e| e.to_string())? {
+        ForkResult::Child => {
+            let code = (|| -> Res {
+                let f = fs::File::open(&holder)
+                    .map_err(|e| format!("open {}: {e}", holder.display()))?;
+                nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| format!("setns: {e}"))?;
+                out("setns", "ok");
+                out("kept_lo_up", lo_up());
+                out(
+                    "kept_lo_mtu",
+                    kcell::netdev::mtu("lo").map_err(|e| e.to_string())?,
+                );
+                Ok(())
+            })();
+            if let Err(e) = code {
+                out("setns", e);
+            }
+            let _ = std::io::stdout().flush();
+            std::process::exit(0);
+        }
+        ForkResult::Parent { child } => {
+            let _ = nix::sys::wait::waitpid(child, None);
+        }
+    }
+    let _ = nix::mount::umount2(&holder, nix::mount::MntFlags::MNT_DETACH);
+    Ok(())
 }
