@@ -39,3 +39,7 @@ pub const GUEST_DISK: &str = "/dev/vda";
 /// Names a disk set aside for the I/O cases (the guest init sets it; a host
 /// never gets its own /dev/vda used by accident).
 pub const DISK_ENV: &str = "KCELL_TEST_DISK";
+
+/// Where the in-container helper (the agent as `kcell-probe`) is in the
+/// busybox image of every target.
+pub const PROBE_IN_IMAGE: &str = "/usr/bin/kcell-probe";

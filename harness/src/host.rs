@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Where the probe helper sits inside the image.
-pub const PROBE_IN_IMAGE: &str = "/usr/bin/kcell-probe";
+pub use crate::guestinfo::PROBE_IN_IMAGE;
 
 /// Builds the image root and the runtime under `dir` from `agent`, a
 /// multi-call binary: named `kcell` it is the runtime, named `kcell-probe`

@@ -33,8 +33,12 @@ pub struct TargetScore {
     pub fates: BTreeMap<String, BTreeMap<String, Fate>>,
     /// Cases with at least one judged mutant, none killed.
     pub proving_nothing: Vec<String>,
-    /// Mutations judged by at least one case, killed by none.
+    /// Mutations judged by at least one case, killed by none, and no case
+    /// that could have was kept from it by the target.
     pub uncaught: Vec<String>,
+    /// Mutations killed by none here, with the cases that skipped them and
+    /// why (a controller or swap the target lacks): the target's reason.
+    pub explained: BTreeMap<String, Vec<String>>,
     /// Judged (killed or survived) pairs, and how many were killed.
     pub judged: usize,
     /// Of them, killed.
@@ -88,10 +92,25 @@ pub fn score(verdicts: &[Verdict]) -> BTreeMap<String, TargetScore> {
                 }
             }
         }
-        s.uncaught = judged_mutants
+        let survivors: Vec<String> = judged_mutants
             .difference(&caught)
             .map(|m| m.to_string())
             .collect();
+        for m in survivors {
+            let skipped: Vec<String> = s
+                .fates
+                .iter()
+                .filter_map(|(case, f)| match f.get(&m) {
+                    Some(Fate::Skipped(why)) => Some(format!("{case} skipped: {why}")),
+                    _ => None,
+                })
+                .collect();
+            if skipped.is_empty() {
+                s.uncaught.push(m);
+            } else {
+                s.explained.insert(m, skipped);
+            }
+        }
     }
     out
 }
@@ -114,6 +133,15 @@ pub fn markdown(scores: &BTreeMap<String, TargetScore>) -> String {
             list_or_none(&s.proving_nothing),
             list_or_none(&s.uncaught)
         ));
+        for (m, why) in &s.explained {
+            md.push_str(&format!(
+                "- `{m}` survives here for the target's reason: {}.\n",
+                why.join("; ")
+            ));
+        }
+        if !s.explained.is_empty() {
+            md.push('\n');
+        }
         md.push_str("| case | killed | survived | not judged |\n|---|---|---|---|\n");
         for (case, fates) in &s.fates {
             let pick = |want: fn(&Fate) -> bool| {
@@ -195,6 +223,8 @@ mod tests {
             v("NS-UTS-1", "kcell+drop-memory", Status::Skip),
             v("FS-ROOT-1", "kcell+drop-seccomp", Status::Pass),
             v("FS-ROOT-1", "kcell+drop-ns-mnt", Status::Error),
+            v("CG-MEM-1", "kcell+drop-swap", Status::Pass),
+            v("CG-MEM-3", "kcell+drop-swap", Status::Skip),
             // An ordinary runtime's verdict is not part of the kill matrix.
             v("FS-ROOT-1", "runc", Status::Fail),
         ];
@@ -206,7 +236,8 @@ mod tests {
         );
         assert_eq!(s.proving_nothing, ["FS-ROOT-1"]);
         assert_eq!(s.uncaught, ["drop-seccomp"]);
-        assert_eq!((s.judged, s.killed), (4, 2));
+        assert_eq!(s.explained["drop-swap"], ["CG-MEM-3 skipped: why"]);
+        assert_eq!((s.judged, s.killed), (5, 2));
         let md = markdown(&score(&verdicts));
         assert!(md.contains("| drop-seccomp | the seccomp profile | **nothing** |"));
         assert!(md.contains("drop-ns-mnt (error: why)"));

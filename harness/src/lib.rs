@@ -27,5 +27,6 @@ pub mod observe;
 pub mod report;
 pub mod requires;
 pub mod runner;
+pub mod text;
 pub mod verdict;
 pub mod vm;

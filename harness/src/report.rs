@@ -208,22 +208,30 @@ pub fn junit_xml(verdicts: &[Verdict]) -> String {
                 xml_escape(&v.case),
                 v.seconds
             );
-            let body = match v.status {
-                Status::Pass => None,
-                Status::Fail => Some(format!("<failure message=\"{}\"/>", xml_escape(&v.detail))),
-                Status::Error => Some(format!("<error message=\"{}\"/>", xml_escape(&v.detail))),
-                Status::Skip | Status::Inconclusive => Some(format!(
+            let outcome = match v.status {
+                Status::Pass => String::new(),
+                Status::Fail => format!("<failure message=\"{}\"/>", xml_escape(&v.detail)),
+                Status::Error => format!("<error message=\"{}\"/>", xml_escape(&v.detail)),
+                Status::Skip | Status::Inconclusive => format!(
                     "<skipped message=\"{}: {}\"/>",
                     v.status.as_str(),
                     xml_escape(&v.detail)
-                )),
+                ),
             };
-            match body {
-                None => out.push_str("/>\n"),
-                Some(b) => {
-                    let _ = writeln!(out, ">{b}</testcase>");
-                }
-            }
+            // What the trial ran on, for a CI that groups or filters by it.
+            let properties: String = [
+                ("runtime", &v.runtime),
+                ("runtime_version", &v.runtime_version),
+                ("kernel", &v.kernel),
+                ("cgroup", &v.cgroup),
+            ]
+            .iter()
+            .map(|(k, val)| format!("<property name=\"{k}\" value=\"{}\"/>", xml_escape(val)))
+            .collect();
+            let _ = writeln!(
+                out,
+                "><properties>{properties}</properties>{outcome}</testcase>"
+            );
         }
         out.push_str("  </testsuite>\n");
     }

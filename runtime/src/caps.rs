@@ -1,5 +1,5 @@
 //! Capabilities of the container's process: the five sets of its
-//! [`crate::spec::Capabilities`] (kcell's default: Docker's set in bounding,
+//! [`Capabilities`] (kcell's default: Docker's set in bounding,
 //! effective and permitted, changed by `--cap-add` / `--cap-drop`; the
 //! inheritable and ambient sets empty), then no_new_privs, so nothing the
 //! command execs can gain more (capabilities(7)).
@@ -7,6 +7,37 @@
 use crate::sys::{SysContext, SysError};
 use nix::errno::Errno;
 use std::fmt;
+
+/// The five capability sets (capabilities(7)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Capabilities {
+    /// What the process and its children can ever have.
+    pub bounding: CapSet,
+    /// What it uses.
+    pub effective: CapSet,
+    /// What it may make effective.
+    pub permitted: CapSet,
+    /// What survives an exec with file capabilities.
+    pub inheritable: CapSet,
+    /// What survives an exec of an ordinary program.
+    pub ambient: CapSet,
+}
+
+impl Capabilities {
+    /// Docker's default: its fourteen in bounding, effective and permitted;
+    /// none inheritable or ambient. A non-root user keeps the bounding set
+    /// and nothing effective or permitted, as Docker gives it.
+    pub fn docker_default(set: CapSet, root: bool) -> Capabilities {
+        let held = if root { set } else { CapSet(0) };
+        Capabilities {
+            bounding: set,
+            effective: held,
+            permitted: held,
+            inheritable: CapSet(0),
+            ambient: CapSet(0),
+        }
+    }
+}
 
 /// Capability names in kernel order (CAP_CHOWN = 0 ... CAP_CHECKPOINT_RESTORE = 40).
 pub const NAMES: &[&str] = &[
@@ -191,7 +222,7 @@ pub fn drop_bounding(keep: CapSet) -> Result<(), SysError> {
 /// ambient one. What this process does not hold itself it cannot grant
 /// (ALL means all of what the runtime has: a runtime that runs without some
 /// capability cannot give it), so each set is bounded by what it holds.
-pub fn apply(caps: &crate::spec::Capabilities) -> Result<(), SysError> {
+pub fn apply(caps: &Capabilities) -> Result<(), SysError> {
     let held = capget()?;
     let permitted = u64::from(held[0].permitted) | (u64::from(held[1].permitted) << 32);
     let bound = |s: CapSet| CapSet(s.0 & permitted);

@@ -53,3 +53,15 @@ impl SysError {
         }
     }
 }
+
+/// clap's error as one line naming the value and what is allowed (its
+/// hints follow only with --help).
+pub fn one_line(text: &str) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines.join(" ").trim_start_matches("error: ").to_string()
+}

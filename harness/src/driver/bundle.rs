@@ -195,20 +195,7 @@ fn held_caps() -> u64 {
         .unwrap_or(u64::MAX)
 }
 
-/// A size such as 64k, 10m or 1g in bytes.
-pub fn size(text: &str) -> Result<u64, String> {
-    let t = text.trim().to_ascii_lowercase();
-    let (digits, shift) = match t.chars().last() {
-        Some('k') => (&t[..t.len() - 1], 10),
-        Some('m') => (&t[..t.len() - 1], 20),
-        Some('g') => (&t[..t.len() - 1], 30),
-        _ => (t.as_str(), 0),
-    };
-    digits
-        .parse::<u64>()
-        .map(|n| n << shift)
-        .map_err(|_| format!("size '{text}' is not a number with k, m or g"))
-}
+pub use crate::text::size;
 
 fn rate(text: &str) -> Result<Value, String> {
     let mut p = text.splitn(3, ':');

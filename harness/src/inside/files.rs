@@ -87,7 +87,7 @@ pub(super) fn cgroup() -> Res {
 /// O_DIRECT reads or writes of SIZE bytes in 64 KiB blocks; prints the rate.
 pub(super) fn direct_io(op: &str, dev: &str, size: &str) -> Res {
     use std::os::unix::fs::OpenOptionsExt;
-    let bytes = crate::driver::bundle::size(size)?;
+    let bytes = crate::text::size(size)?;
     const BLOCK: usize = 64 << 10;
     let write = match op {
         "read" => false,
@@ -174,7 +174,7 @@ pub(super) fn open_device(path: &str) -> Res {
 }
 
 pub(super) fn listing(dir: &Path) -> String {
-    crate::fixture::sorted_names(dir).join(",")
+    crate::text::sorted_names(dir).join(",")
 }
 
 pub(super) fn content(path: &Path) -> String {

@@ -111,7 +111,7 @@ pub(super) fn busy() -> ! {
 /// them until stdin closes. "started" is printed first, so a run that dies
 /// shows whether it got as far as running this code at all.
 pub(super) fn alloc(size: &str, hold: bool) -> Res {
-    let bytes = crate::driver::bundle::size(size)?;
+    let bytes = crate::text::size(size)?;
     out("started", true);
     let _ = std::io::stdout().flush();
     let mut chunks: Vec<Vec<u8>> = Vec::new();
@@ -172,7 +172,7 @@ pub(super) fn work(size: &str, seconds: &str) -> Res {
     let _ = std::io::stdout().flush();
     std::thread::sleep(std::time::Duration::from_millis(100));
     let entry = cpu_time();
-    let bytes = crate::driver::bundle::size(size)?;
+    let bytes = crate::text::size(size)?;
     let secs: f64 = seconds
         .parse()
         .map_err(|_| format!("work: bad seconds {seconds}"))?;

@@ -8,15 +8,7 @@ use serde_json::{json, Value};
 use std::fs;
 use std::time::{Duration, Instant};
 
-/// The measurements a case may name in `measure`.
-pub const KINDS: &[&str] = &[
-    "cpu_share",
-    "process_shares",
-    "cgroup_stats",
-    "freeze",
-    "cpu_placement",
-    "thread_quota",
-];
+pub use crate::case::MEASURE_KINDS as KINDS;
 
 fn seconds(m: &Measure, default: f64) -> Duration {
     Duration::from_secs_f64(m.seconds.unwrap_or(default))

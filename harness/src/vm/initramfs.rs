@@ -290,7 +290,8 @@ pub fn build(inputs: &Inputs, cache: &Path) -> Result<PathBuf, String> {
         .map_err(|e| format!("{}: {e}", inputs.cases.display()))?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| crate::case::is_case_file(p))
+        // Every TOML file: the agent in the guest picks the cases among them.
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
         .collect();
     cases.sort();
 
@@ -329,7 +330,10 @@ pub fn build(inputs: &Inputs, cache: &Path) -> Result<PathBuf, String> {
     kcell::rootfs::busybox::build(
         &image,
         inputs.busybox,
-        &[(agent.clone(), PathBuf::from(crate::host::PROBE_IN_IMAGE))],
+        &[(
+            agent.clone(),
+            PathBuf::from(crate::guestinfo::PROBE_IN_IMAGE),
+        )],
     )
     .map_err(|e| e.to_string())?;
 
@@ -351,7 +355,11 @@ pub fn build(inputs: &Inputs, cache: &Path) -> Result<PathBuf, String> {
         cpio.dir(d, mode).map_err(io)?;
     }
     // The image, but its two big binaries go in as hard links below.
-    let probe = format!("{}{}", guest_paths::ROOTFS, crate::host::PROBE_IN_IMAGE);
+    let probe = format!(
+        "{}{}",
+        guest_paths::ROOTFS,
+        crate::guestinfo::PROBE_IN_IMAGE
+    );
     let image_busybox = format!("{}/bin/busybox", guest_paths::ROOTFS);
     cpio.tree(&image, guest_paths::ROOTFS, &[&probe, &image_busybox])
         .map_err(io)?;

@@ -336,7 +336,7 @@ where
                 let _ = e.print();
                 return 0;
             }
-            eprintln!("{}", crate::cli::one_line(&e.to_string()));
+            eprintln!("{}", crate::sys::one_line(&e.to_string()));
             return 1;
         }
     };

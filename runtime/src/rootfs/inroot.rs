@@ -47,17 +47,7 @@ pub struct PathError {
     pub why: String,
 }
 
-/// What a destination must be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Need {
-    /// A directory; missing ones are made with this mode.
-    Dir(u32),
-    /// A regular file (or any non-directory, e.g. a device node); a missing
-    /// one is made empty, its parents as directories of mode 0755.
-    File,
-    /// Whatever is there (a mount over an existing path of either kind).
-    Existing,
-}
+pub use crate::spec::mount::Need;
 
 /// What a resolved destination is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -319,12 +319,23 @@ pub fn standard_mounts(dev: DevKind, user_ns: bool, own_cgroup: bool) -> Vec<Mou
     m
 }
 
+/// What a destination must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// A directory; missing ones are made with this mode.
+    Dir(u32),
+    /// A regular file (or any non-directory, e.g. a device node); a missing
+    /// one is made empty, its parents as directories of mode 0755.
+    File,
+    /// Whatever is there (a mount over an existing path of either kind).
+    Existing,
+}
+
 /// Every path a default `kcell run` creates or mounts on inside the root,
 /// with what it must be: the standard mounts, the device nodes and /dev
 /// links, `--dns`'s /etc/resolv.conf and the default working directory
 /// (the fuzz target for layers resolves each in a fuzzed root).
-pub fn default_destinations() -> Vec<(&'static str, crate::rootfs::inroot::Need)> {
-    use crate::rootfs::inroot::Need;
+pub fn default_destinations() -> Vec<(&'static str, Need)> {
     let mut v: Vec<(&'static str, Need)> = vec![
         ("/proc", Need::Dir(0o755)),
         ("/sys", Need::Dir(0o755)),

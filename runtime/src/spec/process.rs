@@ -2,40 +2,11 @@
 //! capabilities, limits and seccomp filter (the OCI config's `process`).
 //! The first process and every `exec` are one of these.
 
-use crate::caps::CapSet;
 use crate::seccomp::Profile;
 use std::path::PathBuf;
 
-/// The five capability sets (capabilities(7)).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Capabilities {
-    /// What the process and its children can ever have.
-    pub bounding: CapSet,
-    /// What it uses.
-    pub effective: CapSet,
-    /// What it may make effective.
-    pub permitted: CapSet,
-    /// What survives an exec with file capabilities.
-    pub inheritable: CapSet,
-    /// What survives an exec of an ordinary program.
-    pub ambient: CapSet,
-}
-
-impl Capabilities {
-    /// Docker's default: its fourteen in bounding, effective and permitted;
-    /// none inheritable or ambient. A non-root user keeps the bounding set
-    /// and nothing effective or permitted, as Docker gives it.
-    pub fn docker_default(set: CapSet, root: bool) -> Capabilities {
-        let held = if root { set } else { CapSet(0) };
-        Capabilities {
-            bounding: set,
-            effective: held,
-            permitted: held,
-            inheritable: CapSet(0),
-            ambient: CapSet(0),
-        }
-    }
-}
+use crate::caps::CapSet;
+pub use crate::caps::Capabilities;
 
 /// A resource limit (setrlimit(2)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
