@@ -613,44 +613,49 @@ fn main() -> ExitCode {
                     )
                 })
                 .collect();
-            // Case by case across targets: the first trials of two targets go
-            // to the two test threads, so their guests boot in parallel.
+            // Case by case, and within a case runtime by runtime across the
+            // targets: every target's first trial comes before any target's
+            // second, so a test thread never waits on a guest the other
+            // thread is running while a target of its own could boot.
+            let slots = guests.iter().map(|(_, r)| r.len()).max().unwrap_or(0);
             for case in &cases {
-                for (g, rts) in &guests {
-                    for w in rts.iter().filter(|w| applies(case, w)) {
-                        let name = format!("{}/{}::{}", g.target.name(), w.name, case.id);
-                        let key = format!("{}::{}", w.name, case.id);
-                        let (g, phase, inputs, verdicts, title) = (
-                            g.clone(),
-                            phase.clone(),
-                            inputs.clone(),
-                            verdicts.clone(),
-                            case.title.clone(),
-                        );
-                        trials.push(Trial::test(name.clone(), move || {
-                            phase.wait();
-                            let run = g.run.get_or_init(|| {
-                                let _shared = measurement_lock(false);
-                                let run = vm::run_target(
-                                    &g.target,
-                                    &inputs,
-                                    &g.keys,
-                                    &mut |line: &str| eprintln!("{line}"),
-                                );
-                                verdicts
-                                    .lock()
-                                    .unwrap_or_else(|e| e.into_inner())
-                                    .extend(run.verdicts.iter().cloned());
-                                run
-                            });
-                            match run.verdicts.iter().find(|v| v.key() == key) {
-                                Some(v) => outcome(&name, &title, v),
-                                None => Err(Failed::from(format!(
-                                    "no verdict for {key} from {}",
-                                    g.target.name()
-                                ))),
-                            }
-                        }));
+                for slot in 0..slots {
+                    for (g, rts) in &guests {
+                        for w in rts.iter().filter(|w| applies(case, w)).skip(slot).take(1) {
+                            let name = format!("{}/{}::{}", g.target.name(), w.name, case.id);
+                            let key = format!("{}::{}", w.name, case.id);
+                            let (g, phase, inputs, verdicts, title) = (
+                                g.clone(),
+                                phase.clone(),
+                                inputs.clone(),
+                                verdicts.clone(),
+                                case.title.clone(),
+                            );
+                            trials.push(Trial::test(name.clone(), move || {
+                                phase.wait();
+                                let run = g.run.get_or_init(|| {
+                                    let _shared = measurement_lock(false);
+                                    let run = vm::run_target(
+                                        &g.target,
+                                        &inputs,
+                                        &g.keys,
+                                        &mut |line: &str| eprintln!("{line}"),
+                                    );
+                                    verdicts
+                                        .lock()
+                                        .unwrap_or_else(|e| e.into_inner())
+                                        .extend(run.verdicts.iter().cloned());
+                                    run
+                                });
+                                match run.verdicts.iter().find(|v| v.key() == key) {
+                                    Some(v) => outcome(&name, &title, v),
+                                    None => Err(Failed::from(format!(
+                                        "no verdict for {key} from {}",
+                                        g.target.name()
+                                    ))),
+                                }
+                            }));
+                        }
                     }
                 }
             }

@@ -157,129 +157,77 @@ impl fmt::Display for CapSet {
     }
 }
 
-/// The highest capability the running kernel knows.
-fn last_cap() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40)
+/// The `caps` crate's capability of number `n`, if this build knows it.
+fn capability(n: u32) -> Option<caps::Capability> {
+    caps::all().into_iter().find(|c| u32::from(c.index()) == n)
 }
 
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
+/// The `caps` crate's set of the capabilities in `set`.
+fn hash_set(set: CapSet) -> caps::CapsHashSet {
+    caps::all()
+        .into_iter()
+        .filter(|c| set.has(u32::from(c.index())))
+        .collect()
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
+fn caps_error(
+    call: &'static str,
+    subject: impl fmt::Display,
+) -> impl FnOnce(caps::errors::CapsError) -> SysError {
+    move |e| SysError {
+        call,
+        subject: format!("{subject} ({e})"),
+        // The crate made the call; errno is still its result.
+        errno: Errno::last(),
+    }
 }
 
-const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-
-fn capget() -> Result<[CapData; 2], SysError> {
-    let mut header = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let mut held = [CapData::default(); 2];
-    // SAFETY: header and two data words, as capget(2) fills for version 3.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_capget,
-            &mut header as *mut CapHeader,
-            held.as_mut_ptr(),
-        )
-    };
-    Errno::result(rc).sys("capget", "the runtime's own sets")?;
-    Ok(held)
-}
-
-/// Drops from the bounding set every capability `keep` lacks (needs CAP_SETPCAP).
+/// Drops from the bounding set every capability `keep` lacks (needs
+/// CAP_SETPCAP). A capability this kernel does not have is already absent.
 pub fn drop_bounding(keep: CapSet) -> Result<(), SysError> {
-    for cap in 0..=last_cap() {
-        if !keep.has(cap) {
-            // SAFETY: prctl with integer arguments.
-            let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
-            // EINVAL: a capability this kernel does not have.
-            if rc != 0 && Errno::last() != Errno::EINVAL {
-                return Err(SysError {
-                    call: "prctl PR_CAPBSET_DROP",
-                    subject: NAMES.get(cap as usize).unwrap_or(&"?").to_string(),
-                    errno: Errno::last(),
-                });
-            }
+    let held = caps::read(None, caps::CapSet::Bounding)
+        .map_err(caps_error("prctl PR_CAPBSET_READ", "the bounding set"))?;
+    for cap in held {
+        if !keep.has(u32::from(cap.index())) {
+            caps::drop(None, caps::CapSet::Bounding, cap)
+                .map_err(caps_error("prctl PR_CAPBSET_DROP", cap))?;
         }
     }
     Ok(())
 }
 
-/// Sets the effective, permitted and inheritable sets of `caps`, then the
-/// ambient one. What this process does not hold itself it cannot grant
-/// (ALL means all of what the runtime has: a runtime that runs without some
-/// capability cannot give it), so each set is bounded by what it holds.
+/// Sets the inheritable, effective and permitted sets of `caps` (in that
+/// order: raising an inheritable capability needs the permitted set still
+/// whole), then the ambient one. What this process does not hold itself it
+/// cannot grant (ALL means all of what the runtime has: a runtime that runs
+/// without some capability cannot give it), so each set is bounded by what
+/// it holds.
 pub fn apply(caps: &Capabilities) -> Result<(), SysError> {
-    let held = capget()?;
-    let permitted = u64::from(held[0].permitted) | (u64::from(held[1].permitted) << 32);
-    let bound = |s: CapSet| CapSet(s.0 & permitted);
+    let permitted = caps::read(None, caps::CapSet::Permitted)
+        .map_err(caps_error("capget", "the runtime's own sets"))?;
+    let held = CapSet(permitted.iter().fold(0, |m, c| m | 1 << c.index()));
+    let bound = |s: CapSet| CapSet(s.0 & held.0);
     let (e, p, i) = (
         bound(caps.effective),
         bound(caps.permitted),
         bound(caps.inheritable),
     );
-    let mut data = [CapData::default(); 2];
-    for (w, d) in data.iter_mut().enumerate() {
-        d.effective = (e.0 >> (32 * w)) as u32;
-        d.permitted = (p.0 >> (32 * w)) as u32;
-        d.inheritable = (i.0 >> (32 * w)) as u32;
+    for (set, which, name) in [
+        (caps::CapSet::Inheritable, i, "inheritable"),
+        (caps::CapSet::Effective, e, "effective"),
+        (caps::CapSet::Permitted, p, "permitted"),
+    ] {
+        caps::set(None, set, &hash_set(which))
+            .map_err(caps_error("capset", format!("{name}={which}")))?;
     }
-    let mut header = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    // SAFETY: header and two data words, as capset(2) takes for version 3.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_capset,
-            &mut header as *mut CapHeader,
-            data.as_ptr(),
-        )
-    };
-    Errno::result(rc).sys(
-        "capset",
-        format!("effective={e} permitted={p} inheritable={i}"),
-    )?;
-    // SAFETY: prctl with integer arguments.
-    let rc = unsafe {
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
-    };
-    Errno::result(rc).sys("prctl PR_CAP_AMBIENT_CLEAR_ALL", "ambient set")?;
-    for cap in 0..=last_cap() {
-        if caps.ambient.has(cap) && p.has(cap) && i.has(cap) {
-            // SAFETY: prctl with integer arguments.
-            let rc = unsafe {
-                libc::prctl(
-                    libc::PR_CAP_AMBIENT,
-                    libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
-                    cap as libc::c_ulong,
-                    0,
-                    0,
-                )
-            };
-            Errno::result(rc).sys(
-                "prctl PR_CAP_AMBIENT_RAISE",
-                NAMES.get(cap as usize).unwrap_or(&"?"),
-            )?;
+    caps::clear(None, caps::CapSet::Ambient)
+        .map_err(caps_error("prctl PR_CAP_AMBIENT_CLEAR_ALL", "ambient set"))?;
+    for n in 0..64 {
+        if caps.ambient.has(n) && p.has(n) && i.has(n) {
+            if let Some(cap) = capability(n) {
+                caps::raise(None, caps::CapSet::Ambient, cap)
+                    .map_err(caps_error("prctl PR_CAP_AMBIENT_RAISE", cap))?;
+            }
         }
     }
     Ok(())
@@ -287,20 +235,12 @@ pub fn apply(caps: &Capabilities) -> Result<(), SysError> {
 
 /// PR_SET_KEEPCAPS: whether the permitted set survives a switch from uid 0.
 pub fn keep_caps(keep: bool) -> Result<(), SysError> {
-    // SAFETY: prctl with integer arguments.
-    let rc = unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, libc::c_ulong::from(keep), 0, 0, 0) };
-    Errno::result(rc)
-        .map(|_| ())
-        .sys("prctl PR_SET_KEEPCAPS", keep)
+    nix::sys::prctl::set_keepcaps(keep).sys("prctl PR_SET_KEEPCAPS", keep)
 }
 
 /// PR_SET_NO_NEW_PRIVS: nothing exec'd can gain privileges.
 pub fn no_new_privs() -> Result<(), SysError> {
-    // SAFETY: prctl with integer arguments.
-    let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-    Errno::result(rc)
-        .map(|_| ())
-        .sys("prctl PR_SET_NO_NEW_PRIVS", "1")
+    nix::sys::prctl::set_no_new_privs().sys("prctl PR_SET_NO_NEW_PRIVS", "1")
 }
 
 #[cfg(test)]

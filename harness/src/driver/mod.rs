@@ -187,15 +187,17 @@ pub(crate) fn pipes(hold: bool) -> Result<(ChildIo, OurIo), String> {
 }
 
 /// A reading taken when a workload prints `KCELL_MARK` (inside::MARK):
-/// the cgroup's CPU counter at that moment, read by the thread that reads
+/// the cgroup's CPU and memory counters at that moment, read by the thread that reads
 /// its stdout, so the counter and the workload's own clock can be compared
 /// over the same window (exec and set-up excluded).
 #[derive(Debug, Default)]
 pub struct Mark {
     /// The run's cgroup (known once the runtime's create is under way).
     pub cgroup: Option<PathBuf>,
-    /// The counter at the mark, ns.
+    /// The CPU counter at the mark, ns.
     pub cpu_ns: Option<u64>,
+    /// The memory in use at the mark (v1 usage_in_bytes, v2 memory.current).
+    pub memory_bytes: Option<u64>,
 }
 
 impl Started {
@@ -209,11 +211,15 @@ impl Started {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 if line == crate::inside::MARK {
                     let mut m = marked.lock().unwrap_or_else(|e| e.into_inner());
-                    m.cpu_ns = m.cgroup.as_ref().and_then(|c| {
+                    let counters = m.cgroup.as_ref().map(|c| {
                         crate::observe::cgroupfs::Layout::read()
                             .cgroup(c)
-                            .cpu_usage_ns()
+                            .counters()
                     });
+                    if let Some(c) = counters {
+                        m.cpu_ns = c.get("cpu_usage_ns").copied();
+                        m.memory_bytes = c.get("memory_bytes").copied();
+                    }
                 }
                 let _ = line_tx.send(line.clone());
                 all.push_str(&line);

@@ -502,6 +502,14 @@ pub fn finish(mut st: Started, ctx: &RunCtx) -> Result<Ended, String> {
             counters.insert("cpu_since_mark_ns", total.saturating_sub(at_mark));
         }
     }
+    if let Some(m) = st
+        .mark
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .memory_bytes
+    {
+        counters.insert("memory_at_mark_bytes", m);
+    }
     let seen = stop_watch(&mut st).map(|s| s.max(counters.get("oom_kill").copied().unwrap_or(0)));
     clean_up(ctx, &st);
     let name = st.run.name.clone();

@@ -165,19 +165,20 @@ pub(super) fn fork_until_fail(limit: &str) -> Res {
 /// A known workload in one process: touch SIZE bytes, spin SECONDS of CPU,
 /// then report the process's own CPU clock: `cpu_ns` counts from its fork,
 /// so it includes the runtime's set-up in this process before exec;
-/// `work_cpu_ns` counts from the mark (printed first, see MARK), the
-/// workload alone.
+/// `work_cpu_ns` counts from the mark (printed once the memory is
+/// touched, see MARK), the spinning alone.
 pub(super) fn work(size: &str, seconds: &str) -> Res {
-    println!("{MARK}");
-    let _ = std::io::stdout().flush();
-    std::thread::sleep(std::time::Duration::from_millis(100));
-    let entry = cpu_time();
     let bytes = crate::text::size(size)?;
     let secs: f64 = seconds
         .parse()
         .map_err(|_| format!("work: bad seconds {seconds}"))?;
     let memory = vec![0x5au8; bytes as usize];
     std::hint::black_box(&memory);
+    // The memory is in use: the harness reads the counters now.
+    println!("{MARK}");
+    let _ = std::io::stdout().flush();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let entry = cpu_time();
     let start = cpu_time();
     while cpu_time() - start < secs {
         for _ in 0..100_000 {

@@ -106,30 +106,37 @@ fn version_gt(a: &str, b: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// The newest package of a line: every name matching `pattern` that the
-/// suite's lists know, the one with the highest candidate version.
-pub fn resolve(spec: &KernelSpec, apt: &super::apt::Apt) -> Result<(String, String), String> {
+/// The packages of a line, newest first: every name matching `pattern`
+/// that the suite's lists know, with its candidate version.
+pub fn resolve(spec: &KernelSpec, apt: &super::apt::Apt) -> Result<Vec<(String, String)>, String> {
     let re = regex::Regex::new(&spec.package)
         .map_err(|e| format!("kernel {}: package pattern: {e}", spec.id))?;
-    let mut best: Option<(String, String)> = None;
+    let mut all: Vec<(String, String)> = Vec::new();
     for name in apt
         .search("^linux-")?
         .into_iter()
         .filter(|n| re.is_match(n))
     {
-        let Some(candidate) = apt.candidate(&name)? else {
-            continue;
-        };
-        if best.as_ref().is_none_or(|(_, v)| version_gt(&candidate, v)) {
-            best = Some((name, candidate));
+        if let Some(candidate) = apt.candidate(&name)? {
+            all.push((name, candidate));
         }
     }
-    best.ok_or_else(|| {
-        format!(
+    // Insertion by dpkg's ordering (a handful of names).
+    let mut sorted: Vec<(String, String)> = Vec::new();
+    for c in all {
+        let at = sorted
+            .iter()
+            .position(|(_, v)| version_gt(&c.1, v))
+            .unwrap_or(sorted.len());
+        sorted.insert(at, c);
+    }
+    if sorted.is_empty() {
+        return Err(format!(
             "kernel {}: no package of {} matches {}",
             spec.id, spec.suite, spec.package
-        )
-    })
+        ));
+    }
+    Ok(sorted)
 }
 
 fn sha256_of(path: &Path) -> Result<String, String> {
@@ -170,16 +177,77 @@ pub fn fetch(spec: &KernelSpec, cache: &Path) -> Result<Kernel, String> {
     let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| format!("flock {}: {e}", lock_path.display()))?;
     apt.update()?;
-    let (package, version) = resolve(spec, &apt)?;
+    // The newest that can be had: a mirror may list a version (a security
+    // update) whose file it does not serve; that one is marked and the next
+    // newest taken, and tried again a day later.
+    let mut tried = Vec::new();
+    for (package, version) in resolve(spec, &apt)? {
+        let dir = cache.join("kernels").join(format!("{package}_{version}"));
+        let unavailable = dir.join(".kcell-unavailable");
+        let fresh = |p: &Path| {
+            p.metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|e| e.as_secs() < 86_400))
+        };
+        if fresh(&unavailable) {
+            tried.push(format!(
+                "{package} {version}: {}",
+                std::fs::read_to_string(&unavailable)
+                    .unwrap_or_default()
+                    .trim()
+            ));
+            continue;
+        }
+        match unpack(spec, &apt, &package, &version, &dir) {
+            Ok(k) => return Ok(k),
+            Err(Fetch::Unavailable(e)) => {
+                let _ = std::fs::create_dir_all(&dir);
+                let _ = std::fs::write(&unavailable, &e);
+                eprintln!(
+                    "kcell: {package} {version} cannot be fetched ({e}); trying the next newest"
+                );
+                tried.push(format!("{package} {version}: {e}"));
+            }
+            Err(Fetch::Failed(e)) => return Err(e),
+        }
+    }
+    Err(format!(
+        "kernel {}: no package of its line could be fetched from {}: {}",
+        spec.id,
+        spec.suite,
+        tried.join("; ")
+    ))
+}
+
+/// Why a kernel package could not be had.
+enum Fetch {
+    /// The mirror does not serve it: try an older one.
+    Unavailable(String),
+    /// Anything else (checksum, unpacking): stop.
+    Failed(String),
+}
+
+/// Fetches, verifies and unpacks one kernel package (and its parts) into
+/// `dir`, once: a finished one is stamped.
+fn unpack(
+    spec: &KernelSpec,
+    apt: &super::apt::Apt,
+    package: &str,
+    version: &str,
+    dir: &Path,
+) -> Result<Kernel, Fetch> {
+    let failed = Fetch::Failed;
+    let package = package.to_string();
+    let version = version.to_string();
     let release = release_of(&package);
-    let dir = cache.join("kernels").join(format!("{package}_{version}"));
     let stamp = dir.join(".kcell-ok");
     let root = dir.join("root");
     if !stamp.exists() {
-        std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| failed(format!("mkdir {}: {e}", dir.display())))?;
         let dl = dir.join("download");
         let _ = std::fs::remove_dir_all(&dl);
-        std::fs::create_dir_all(&dl).map_err(|e| format!("mkdir {}: {e}", dl.display()))?;
+        std::fs::create_dir_all(&dl).map_err(|e| failed(format!("mkdir {}: {e}", dl.display())))?;
         let mut packages = vec![package.clone()];
         packages.extend(spec.parts.iter().map(|p| p.replace("{release}", &release)));
         let mut sums = String::new();
@@ -187,32 +255,33 @@ pub fn fetch(spec: &KernelSpec, cache: &Path) -> Result<Kernel, String> {
             let v = if *p == package {
                 version.clone()
             } else {
-                apt.candidate(p)?
-                    .ok_or_else(|| format!("kernel {}: no {p} in {}", spec.id, spec.suite))?
+                apt.candidate(p)
+                    .map_err(failed)?
+                    .ok_or_else(|| Fetch::Unavailable(format!("no {p} in {}", spec.suite)))?
             };
-            let expected = apt.sha256(p, &v)?;
+            let expected = apt.sha256(p, &v).map_err(failed)?;
             eprintln!("kcell: fetching {p} {v} ({})", spec.suite);
-            let deb = apt.download(p, &v, &dl)?;
-            let got = sha256_of(&deb)?;
+            let deb = apt.download(p, &v, &dl).map_err(Fetch::Unavailable)?;
+            let got = sha256_of(&deb).map_err(failed)?;
             if got != expected {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(format!("{}: SHA256 {got} does not match the archive's {expected}: corrupt download, removed", deb.display()));
+                let _ = std::fs::remove_dir_all(dir);
+                return Err(failed(format!("{}: SHA256 {got} does not match the archive's {expected}: corrupt download, removed", deb.display())));
             }
-            run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+            run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root)).map_err(failed)?;
             sums.push_str(&format!("{p} {v} {got}\n"));
         }
         // A merged-/usr package ships usr/lib/modules: depmod -b reads lib/modules.
         if !root.join("lib").exists() && root.join("usr/lib").is_dir() {
             std::os::unix::fs::symlink("usr/lib", root.join("lib"))
-                .map_err(|e| format!("symlink {}/lib: {e}", root.display()))?;
+                .map_err(|e| failed(format!("symlink {}/lib: {e}", root.display())))?;
         }
         // The packages ship no modules.dep: installing them would run depmod.
         if root.join("lib/modules").join(&release).is_dir() {
             run(Command::new(depmod()).arg("-b").arg(&root).arg(&release))
-                .map_err(|e| format!("{e} (install kmod for depmod)"))?;
+                .map_err(|e| failed(format!("{e} (install kmod for depmod)")))?;
         }
         let _ = std::fs::remove_dir_all(&dl);
-        std::fs::write(&stamp, sums).map_err(|e| e.to_string())?;
+        std::fs::write(&stamp, sums).map_err(|e| failed(e.to_string()))?;
     }
     let image = first(
         &root,
@@ -223,11 +292,11 @@ pub fn fetch(spec: &KernelSpec, cache: &Path) -> Result<Kernel, String> {
         ],
     )
     .ok_or_else(|| {
-        format!(
+        failed(format!(
             "{}: no kernel image for {release} (corrupt cache? remove {})",
             root.display(),
             dir.display()
-        )
+        ))
     })?;
     let modules = root.join("lib/modules").join(&release);
     let config = first(
