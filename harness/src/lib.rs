@@ -18,6 +18,7 @@ pub mod fixture;
 pub mod frames;
 pub mod guestinfo;
 pub mod host;
+pub mod html;
 pub mod inside;
 pub mod killmatrix;
 pub mod matrix;

@@ -234,7 +234,7 @@ pub const MUTATIONS: &[Mutation] = &[
         name: "grant-all-caps",
         breaks: "the capability sets (all granted)",
         apply: |v| {
-            let all: Vec<String> = crate::driver::bundle::ALL_CAPS
+            let all: Vec<String> = crate::driver::bundle::all_caps()
                 .iter()
                 .map(|c| format!("CAP_{c}"))
                 .collect();

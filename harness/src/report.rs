@@ -45,10 +45,9 @@ pub fn column(v: &Verdict) -> String {
     }
 }
 
-/// The kernel x runtime x case matrix as Markdown, with the divergences
-/// between runtimes and the skip, failure and error reasons under it.
-pub fn matrix_markdown(verdicts: &[Verdict], notes: &BTreeMap<String, String>) -> String {
-    // The host first, then the guests by name; kcell first on each.
+/// The (target, runtime) columns of `verdicts`: the host first, then the
+/// guests by name; kcell first on each.
+pub fn columns(verdicts: &[Verdict]) -> Vec<(String, String)> {
     let mut columns: Vec<(String, String)> = verdicts
         .iter()
         .map(|v| (v.target.clone(), v.runtime.clone()))
@@ -56,6 +55,13 @@ pub fn matrix_markdown(verdicts: &[Verdict], notes: &BTreeMap<String, String>) -
         .into_iter()
         .collect();
     columns.sort_by_key(|(t, r)| (t != "host", t.clone(), r != "kcell", r.clone()));
+    columns
+}
+
+/// The kernel x runtime x case matrix as Markdown, with the divergences
+/// between runtimes and the skip, failure and error reasons under it.
+pub fn matrix_markdown(verdicts: &[Verdict], notes: &BTreeMap<String, String>) -> String {
+    let columns = columns(verdicts);
     let cases: BTreeSet<&str> = verdicts.iter().map(|v| v.case.as_str()).collect();
     let by: BTreeMap<(&str, String), &Verdict> = verdicts
         .iter()

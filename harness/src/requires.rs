@@ -26,6 +26,74 @@ pub fn kernel_config() -> Option<String> {
     std::fs::read_to_string(format!("/boot/config-{release}")).ok()
 }
 
+/// Whether the kernel has what `option` builds, by trying it: for the
+/// options cases ask for where a kernel's config is not readable (a kernel
+/// of one's own without /proc/config.gz). None: no way to try it.
+pub fn try_feature(option: &str) -> Option<bool> {
+    match option {
+        "CONFIG_OVERLAY_FS" => Some(try_overlay()),
+        "CONFIG_POSIX_MQUEUE" => {
+            use nix::mqueue::{mq_open, mq_unlink, MQ_OFlag};
+            let name = format!("/kcell-try-{}", std::process::id());
+            match mq_open(
+                name.as_str(),
+                MQ_OFlag::O_CREAT | MQ_OFlag::O_RDWR,
+                nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+                None,
+            ) {
+                Ok(_) => {
+                    let _ = mq_unlink(name.as_str());
+                    Some(true)
+                }
+                Err(nix::errno::Errno::ENOSYS) => Some(false),
+                Err(_) => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Mounts an overlay of empty directories in a temporary directory, and
+/// unmounts it: whether the kernel can.
+fn try_overlay() -> bool {
+    if std::fs::read_to_string("/proc/filesystems")
+        .is_ok_and(|t| t.lines().any(|l| l.ends_with("\toverlay")))
+    {
+        return true;
+    }
+    let Ok(dir) = tempfile::Builder::new()
+        .prefix("kcell-try-overlay-")
+        .tempdir()
+    else {
+        return false;
+    };
+    let p = dir.path();
+    for d in ["lower", "upper", "work", "merged"] {
+        if std::fs::create_dir(p.join(d)).is_err() {
+            return false;
+        }
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        p.join("lower").display(),
+        p.join("upper").display(),
+        p.join("work").display()
+    );
+    let merged = p.join("merged");
+    let mounted = nix::mount::mount(
+        Some("overlay"),
+        &merged,
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .is_ok();
+    if mounted {
+        let _ = nix::mount::umount2(&merged, nix::mount::MntFlags::MNT_DETACH);
+    }
+    mounted
+}
+
 /// The state of CONFIG_NAME in `config`: "y", "m", or None (unset or absent).
 pub fn config_value(config: &str, name: &str) -> Option<String> {
     config
@@ -156,17 +224,30 @@ pub fn unmet(req: &Requires) -> Option<String> {
         }
     }
     if !req.kernel_config.is_empty() {
-        match kernel_config() {
-            None => return Some(
-                "cannot read the kernel config (/proc/config.gz or /boot/config-RELEASE) to check "
-                    .to_string()
-                    + &req.kernel_config.join(", "),
-            ),
-            Some(cfg) => {
-                for opt in &req.kernel_config {
-                    if !matches!(config_value(&cfg, opt).as_deref(), Some("y") | Some("m")) {
-                        return Some(format!("the kernel is built without {opt}"));
-                    }
+        let cfg = kernel_config();
+        for opt in &req.kernel_config {
+            // The config where it can be read; else the feature, tried.
+            let have = match &cfg {
+                Some(c) => Some(matches!(
+                    config_value(c, opt).as_deref(),
+                    Some("y") | Some("m")
+                )),
+                None => try_feature(opt),
+            };
+            match have {
+                Some(true) => {}
+                Some(false) if cfg.is_some() => {
+                    return Some(format!("the kernel is built without {opt}"))
+                }
+                Some(false) => {
+                    return Some(format!(
+                        "the kernel lacks {opt}: trying the feature failed (its config is not readable)"
+                    ))
+                }
+                None => {
+                    return Some(format!(
+                        "cannot read the kernel config (/proc/config.gz or /boot/config-RELEASE) to check {opt}, and it cannot be tried"
+                    ))
                 }
             }
         }

@@ -234,20 +234,21 @@ fn execute(
     let mut kept: Vec<Started> = Vec::new();
     let mut held: Vec<(String, i32, String)> = Vec::new();
     let mut result = Ok(());
+    let context = |held: &[(String, i32, String)]| RunCtx {
+        work: &work.dir,
+        cgroup_parent: &work.cgroup_parent,
+        vars: &vars,
+        runtime,
+        target,
+        held: held.to_vec(),
+        scope_kcell: case.scope == Scope::Kcell,
+    };
     for run in &case.runs {
         let left = deadline.saturating_duration_since(Instant::now());
         let limit = run
             .timeout
             .map_or(left, |t| Duration::from_secs(t).min(left));
-        let run_ctx = RunCtx {
-            work: &work.dir,
-            cgroup_parent: &work.cgroup_parent,
-            vars: &vars,
-            runtime,
-            target,
-            held: held.clone(),
-            scope_kcell: case.scope == Scope::Kcell,
-        };
+        let run_ctx = context(&held);
         let started = match driver::start(run, &run_ctx, limit) {
             Ok(s) => s,
             Err(e) => {
@@ -272,15 +273,7 @@ fn execute(
         }
     }
     // Kept runs end with the case, also when it failed half way, last first.
-    let run_ctx = RunCtx {
-        work: &work.dir,
-        cgroup_parent: &work.cgroup_parent,
-        vars: &vars,
-        runtime,
-        target,
-        held: held.clone(),
-        scope_kcell: case.scope == Scope::Kcell,
-    };
+    let run_ctx = context(&held);
     while let Some(started) = kept.pop() {
         let finished = end(started, &run_ctx, &fixtures, obs);
         if result.is_ok() {

@@ -339,6 +339,7 @@ fn write_reports(
     verdicts: &[Verdict],
     notes: &std::collections::BTreeMap<String, String>,
     baseline: Option<&Path>,
+    titles: &std::collections::BTreeMap<String, String>,
 ) -> bool {
     use kcell_harness::report;
     let dir = report_dir();
@@ -350,20 +351,29 @@ fn write_reports(
         dir.join("matrix.md"),
         report::matrix_markdown(verdicts, notes),
     );
-    eprintln!(
-        "reports: {}/{{report.json,report.xml,matrix.md}}",
-        dir.display()
-    );
-    let Some(path) = baseline else { return true };
-    let old: Vec<Verdict> = match std::fs::read_to_string(path)
-        .map_err(|e| e.to_string())
-        .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
-    {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("baseline {}: {e}", path.display());
+    let old: Option<Vec<Verdict>> = match baseline.map(|path| {
+        std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+            .map_err(|e| format!("baseline {}: {e}", path.display()))
+    }) {
+        None => None,
+        Some(Ok(v)) => Some(v),
+        Some(Err(e)) => {
+            eprintln!("{e}");
             return false;
         }
+    };
+    let _ = std::fs::write(
+        dir.join("report.html"),
+        kcell_harness::html::render(verdicts, old.as_deref(), titles),
+    );
+    eprintln!(
+        "reports: {}/{{report.json,report.xml,matrix.md,report.html}}",
+        dir.display()
+    );
+    let (Some(path), Some(old)) = (baseline, old) else {
+        return true;
     };
     let cmp = report::compare(&old, verdicts);
     for (c, t, was, now) in &cmp.improvements {
@@ -408,6 +418,52 @@ struct GuestTarget {
     /// `runtime::CASE` of the selected trials.
     keys: Vec<String>,
     run: OnceLock<vm::TargetRun>,
+}
+
+/// For a kernel of one's own (KCELL_KERNEL): each option of
+/// vm/kernel.config its config lacks, with the cases that will skip.
+fn report_custom_kernel_gaps(cases: &[Case]) {
+    use kcell_harness::vm::kconfig;
+    let Some(image) = std::env::var_os("KCELL_KERNEL") else {
+        return;
+    };
+    let modules = std::env::var_os("KCELL_MODULES").map(PathBuf::from);
+    let kernel = match vm::kernel::local(Path::new(&image), modules.as_deref()) {
+        Ok(k) => k,
+        Err(e) => return eprintln!("custom kernel: {e}"),
+    };
+    let Some(config) = kernel
+        .config
+        .as_ref()
+        .and_then(|c| std::fs::read_to_string(c).ok())
+    else {
+        eprintln!("custom kernel: no config to check against vm/kernel.config (set KCELL_KERNEL_CONFIG to its .config); cases needing what it lacks will skip as the guest finds out");
+        return;
+    };
+    let fragment =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../vm/kernel.config"))
+            .map(|t| kconfig::parse_fragment(&t))
+            .unwrap_or_default();
+    let needs: Vec<kconfig::CaseNeeds> = cases
+        .iter()
+        .map(|c| kconfig::CaseNeeds {
+            id: c.id.clone(),
+            namespaces: c.requires.namespaces.clone(),
+            controllers: c.requires.controllers.clone(),
+            options: c.requires.kernel_config.clone(),
+            swap: c.requires.swap,
+        })
+        .collect();
+    for (option, skipped) in kconfig::gaps(&config, &fragment, &needs) {
+        eprintln!(
+            "custom kernel lacks {option}: {}",
+            if skipped.is_empty() {
+                "no case needs it".to_string()
+            } else {
+                format!("{} will skip ({})", skipped.len(), skipped.join(", "))
+            }
+        );
+    }
 }
 
 /// Takes `--mutants` out of the arguments; with it (or KCELL_MUTANTS),
@@ -551,6 +607,9 @@ fn main() -> ExitCode {
         );
     }
 
+    if !args.list {
+        report_custom_kernel_gaps(&cases);
+    }
     let manifest_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../vm/kernels.toml");
     let guest_targets: Vec<Arc<GuestTarget>> = match vm::kernel::Manifest::load(&manifest_path) {
         Ok(manifest) => {
@@ -700,7 +759,12 @@ fn main() -> ExitCode {
             ExitCode::from(101)
         };
     }
-    let baseline_ok = verdicts.is_empty() || write_reports(&verdicts, &notes, baseline.as_deref());
+    let titles: std::collections::BTreeMap<String, String> = cases
+        .iter()
+        .map(|c| (c.id.clone(), c.title.clone()))
+        .collect();
+    let baseline_ok =
+        verdicts.is_empty() || write_reports(&verdicts, &notes, baseline.as_deref(), &titles);
     drop(host);
     if baseline_ok {
         conclusion.exit_code()

@@ -110,3 +110,80 @@ fn a_flooding_guest_is_killed_at_the_console_cap() {
         .console_tail
         .contains("flooding the console on purpose"));
 }
+
+/// The QEMU processes whose parent is `pid`.
+fn qemu_children(pid: u32) -> Vec<i32> {
+    procfs::process::all_processes()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|p| {
+            let stat = p.stat().ok()?;
+            (stat.ppid == pid as i32 && stat.comm.starts_with("qemu-system")).then_some(p.pid)
+        })
+        .collect()
+}
+
+/// The process that boots the guest, killed with SIGKILL mid-guest, takes
+/// its QEMU with it within 2 s (PR_SET_PDEATHSIG on QEMU): nothing is left
+/// running on a core. The test runs itself as that process: with
+/// KCELL_FAULT_CHILD set it only boots a guest that hangs in a case.
+#[test]
+fn a_runner_killed_mid_guest_leaves_no_qemu() {
+    if std::env::var_os("KCELL_FAULT_CHILD").is_some() {
+        let long = qemu::Limits {
+            boot: Duration::from_secs(600),
+            case_slack: Duration::from_secs(600),
+            console_bytes: 4 << 20,
+        };
+        let _ = boot_with("hang", long);
+        return;
+    }
+    // The kernel and initramfs are fetched and built here, not in the child.
+    let _ = guest();
+    let mut child = std::process::Command::new(std::env::current_exe().expect("exe"))
+        .args([
+            "a_runner_killed_mid_guest_leaves_no_qemu",
+            "--exact",
+            "--nocapture",
+        ])
+        .env("KCELL_FAULT_CHILD", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the booting process");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let qemu = loop {
+        if let Some(q) = qemu_children(child.id()).first() {
+            break *q;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the child started no QEMU within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Let it get into the guest.
+    std::thread::sleep(Duration::from_secs(2));
+    child.kill().expect("SIGKILL the booting process");
+    let killed = std::time::Instant::now();
+    let _ = child.wait();
+    while Path::new(&format!("/proc/{qemu}")).exists()
+        && procfs::process::Process::new(qemu)
+            .and_then(|p| p.stat())
+            .is_ok_and(|s| s.state != 'Z')
+    {
+        if killed.elapsed() > Duration::from_secs(2) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(qemu),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            panic!("QEMU {qemu} outlived the process that booted it by more than 2 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "QEMU gone {:.0} ms after its parent was killed",
+        killed.elapsed().as_secs_f64() * 1000.0
+    );
+}

@@ -29,6 +29,9 @@ fn main() {
         })
         .unwrap_or_default();
     let code = match name.as_str() {
+        // The suite's own subcommands of the one binary; the rest is kcell's CLI.
+        "kcell" if args.get(1).is_some_and(|a| a == "report") => report(&args[2..]),
+        "kcell" if args.get(1).is_some_and(|a| a == "vm") => vm(&args[2..]),
         "kcell" => kcell::cli::main(std::env::args_os()),
         "kcell-oci" => kcell::oci::main(std::env::args_os()),
         "kcell-probe" => kcell_harness::inside::main(&args[1..]),
@@ -64,6 +67,10 @@ fn guest_work(target: &str, emit: &mut dyn FnMut(&str)) {
             return;
         }
     };
+    if let Some(program) = &plan.program {
+        kcell_harness::vm::program::run_in_guest(program, emit);
+        return;
+    }
     let t = Target {
         name: target.to_string(),
         agent: guest_paths::RUNTIME.into(),
@@ -119,6 +126,102 @@ fn agent(args: &[String]) -> i32 {
         Some("run") => run(&args[1..]),
         _ => usage(),
     }
+}
+
+/// `kcell report OLD.json NEW.json [-o FILE] [--cases DIR]`: the HTML page
+/// of NEW against OLD, without rerunning anything.
+fn report(args: &[String]) -> i32 {
+    let mut files = Vec::new();
+    let mut out = PathBuf::from("report.html");
+    let mut cases: Option<PathBuf> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-o" | "--output" => match it.next() {
+                Some(v) => out = v.into(),
+                None => return report_usage("-o needs a file"),
+            },
+            "--cases" => match it.next() {
+                Some(v) => cases = Some(v.into()),
+                None => return report_usage("--cases needs a directory"),
+            },
+            other if other.starts_with('-') => {
+                return report_usage(&format!("unknown option '{other}'"))
+            }
+            other => files.push(PathBuf::from(other)),
+        }
+    }
+    let read = |p: &Path| -> Result<Vec<kcell_harness::verdict::Verdict>, String> {
+        let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        serde_json::from_str(&text).map_err(|e| format!("{}: not a report.json: {e}", p.display()))
+    };
+    let (old, new) = match files.as_slice() {
+        [new] => (None, read(new)),
+        [old, new] => (Some(read(old)), read(new)),
+        _ => return report_usage("give NEW.json, or OLD.json NEW.json"),
+    };
+    let (old, new) = match (old.transpose(), new) {
+        (Ok(o), Ok(n)) => (o, n),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("kcell report: {e}");
+            return 1;
+        }
+    };
+    let titles: std::collections::BTreeMap<String, String> = cases
+        .map(|d| {
+            kcell_harness::case::load_dir(&d)
+                .into_iter()
+                .flatten()
+                .map(|c| (c.id, c.title))
+                .collect()
+        })
+        .unwrap_or_default();
+    let page = kcell_harness::html::render(&new, old.as_deref(), &titles);
+    match std::fs::write(&out, page) {
+        Ok(()) => {
+            println!("{}", out.display());
+            0
+        }
+        Err(e) => {
+            eprintln!("kcell report: write {}: {e}", out.display());
+            1
+        }
+    }
+}
+
+const VM_USAGE: &str = "usage: kcell vm [--kernel ID|PATH] [--cgroup v1|v2] [--cpus N] [--memory SIZE]
+                [--share DIR[:ro]] [--env K=V] [--timeout S] [--keep-console FILE] -- PROGRAM ARGS...
+  boots a throwaway guest (the conformance suite's), runs PROGRAM in it with its libraries,
+  streams its output and exits with its status; 125 when the guest fails (console tail on stderr).
+  As a cargo runner: runner = [\"kcell\", \"vm\", \"--kernel\", \"deb-5.10-cloud\", \"--cgroup\", \"v1\", \"--\"]";
+
+/// `kcell vm ...`: a program in a throwaway guest (vm::program).
+fn vm(args: &[String]) -> i32 {
+    if args.first().is_some_and(|a| a == "--help" || a == "-h") {
+        println!("{VM_USAGE}");
+        return 0;
+    }
+    let options = match kcell_harness::vm::program::parse(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("kcell vm: {e}\n{VM_USAGE}");
+            return 125;
+        }
+    };
+    match std::env::current_exe() {
+        Ok(me) => kcell_harness::vm::program::run(&options, &me),
+        Err(e) => {
+            eprintln!("kcell vm: where am I? {e}");
+            125
+        }
+    }
+}
+
+fn report_usage(why: &str) -> i32 {
+    eprintln!(
+        "kcell report: {why}\nusage: kcell report [OLD.json] NEW.json [-o FILE] [--cases DIR]"
+    );
+    2
 }
 
 fn usage() -> i32 {

@@ -28,50 +28,15 @@ pub const DEFAULT_CAPS: &[&str] = &[
     "AUDIT_WRITE",
 ];
 
-/// Every capability name the kernel has (CAP_CHOWN = 0 ... CAP_CHECKPOINT_RESTORE = 40).
-pub const ALL_CAPS: &[&str] = &[
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "DAC_READ_SEARCH",
-    "FOWNER",
-    "FSETID",
-    "KILL",
-    "SETGID",
-    "SETUID",
-    "SETPCAP",
-    "LINUX_IMMUTABLE",
-    "NET_BIND_SERVICE",
-    "NET_BROADCAST",
-    "NET_ADMIN",
-    "NET_RAW",
-    "IPC_LOCK",
-    "IPC_OWNER",
-    "SYS_MODULE",
-    "SYS_RAWIO",
-    "SYS_CHROOT",
-    "SYS_PTRACE",
-    "SYS_PACCT",
-    "SYS_ADMIN",
-    "SYS_BOOT",
-    "SYS_NICE",
-    "SYS_RESOURCE",
-    "SYS_TIME",
-    "SYS_TTY_CONFIG",
-    "MKNOD",
-    "LEASE",
-    "AUDIT_WRITE",
-    "AUDIT_CONTROL",
-    "SETFCAP",
-    "MAC_OVERRIDE",
-    "MAC_ADMIN",
-    "SYSLOG",
-    "WAKE_ALARM",
-    "BLOCK_SUSPEND",
-    "AUDIT_READ",
-    "PERFMON",
-    "BPF",
-    "CHECKPOINT_RESTORE",
-];
+/// Every capability name this build knows (the `caps` crate's list, in
+/// kernel order), without the CAP_ prefix.
+pub fn all_caps() -> Vec<String> {
+    let mut all: Vec<caps::Capability> = caps::all().into_iter().collect();
+    all.sort_by_key(|c| c.index());
+    all.iter()
+        .map(|c| c.to_string().trim_start_matches("CAP_").to_string())
+        .collect()
+}
 
 /// The calls the default profile answers with EPERM (Docker's default
 /// profile denies them to a container without extra capabilities).
@@ -148,51 +113,43 @@ fn oci_namespace(ns: &str) -> &str {
 }
 
 fn caps(c: &Container) -> Result<Vec<String>, String> {
-    let mut set: Vec<&str> = DEFAULT_CAPS.to_vec();
+    let all = all_caps();
+    let mut set: Vec<String> = DEFAULT_CAPS.iter().map(|c| c.to_string()).collect();
     for d in &c.capabilities.drop {
         if d.eq_ignore_ascii_case("ALL") {
             set.clear();
         } else {
             let name = d.to_ascii_uppercase();
-            set.retain(|c| *c != name.trim_start_matches("CAP_"));
+            set.retain(|c| c != name.trim_start_matches("CAP_"));
         }
     }
     for a in &c.capabilities.add {
         if a.eq_ignore_ascii_case("ALL") {
             // All that the harness holds itself: a runtime cannot grant more
             // (this machine's root may lack some, e.g. CAP_SYS_RESOURCE).
-            let held = held_caps();
-            set = ALL_CAPS
+            let held: Vec<String> = caps::read(None, caps::CapSet::Permitted)
+                .map(|h| h.iter().map(|c| c.to_string()).collect())
+                .unwrap_or_default();
+            set = all
                 .iter()
-                .enumerate()
-                .filter(|(i, _)| held & (1u64 << i) != 0)
-                .map(|(_, c)| *c)
+                .filter(|c| held.is_empty() || held.contains(&format!("CAP_{c}")))
+                .cloned()
                 .collect();
             continue;
         }
         let name = a.to_ascii_uppercase();
         let bare = name.trim_start_matches("CAP_").to_string();
-        let known = ALL_CAPS
-            .iter()
-            .find(|c| **c == bare)
-            .ok_or_else(|| format!("unknown capability '{a}'"))?;
-        if !set.contains(known) {
-            set.push(known);
+        if !all.contains(&bare) {
+            return Err(format!(
+                "unknown capability '{a}': allowed are ALL or one of {}",
+                all.join(", ")
+            ));
+        }
+        if !set.contains(&bare) {
+            set.push(bare);
         }
     }
     Ok(set.iter().map(|c| format!("CAP_{c}")).collect())
-}
-
-/// This process's permitted capabilities (CapPrm of /proc/self/status).
-fn held_caps() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("CapPrm:"))
-                .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
-        })
-        .unwrap_or(u64::MAX)
 }
 
 pub use crate::text::size;

@@ -338,10 +338,16 @@ pub fn local(image: &Path, modules: Option<&Path>) -> Result<Kernel, String> {
         id: "custom".into(),
         image: image.to_path_buf(),
         modules: modules.map(Path::to_path_buf),
-        config: modules.and_then(|m| {
-            let c = m.join("../../../boot").join(format!("config-{release}"));
-            c.is_file().then_some(c)
-        }),
+        // KCELL_KERNEL_CONFIG, else boot/config-RELEASE beside its modules.
+        config: std::env::var_os("KCELL_KERNEL_CONFIG")
+            .map(PathBuf::from)
+            .filter(|c| c.is_file())
+            .or_else(|| {
+                modules.and_then(|m| {
+                    let c = m.join("../../../boot").join(format!("config-{release}"));
+                    c.is_file().then_some(c)
+                })
+            }),
         release,
         version: "local".into(),
     })

@@ -6,7 +6,9 @@ pub mod apt;
 pub mod elf;
 pub mod guest;
 pub mod initramfs;
+pub mod kconfig;
 pub mod kernel;
+pub mod program;
 pub mod qemu;
 
 use crate::verdict::{Status, Verdict};
@@ -102,6 +104,9 @@ pub struct Plan {
     pub runtimes: Vec<(String, PathBuf)>,
     /// `runtime::CASE`.
     pub trials: Vec<String>,
+    /// Instead of trials: a program of one's own (`kcell vm`).
+    #[serde(default)]
+    pub program: Option<program::Program>,
 }
 
 impl Plan {
@@ -313,6 +318,7 @@ pub fn run_target(
         let plan = Plan {
             runtimes: runtime_paths.clone(),
             trials: pending.clone(),
+            program: None,
         };
         let plan_json = serde_json::to_vec(&plan).unwrap_or_default();
         if let Err(e) = initramfs::with_files(
@@ -334,6 +340,8 @@ pub fn run_target(
                 progress(&format!("[{name}] trial {n} of {total}: {id}"))
             }
             Event::Verdict(v) => progress(&format!("[{name}] {} {}", v.key(), v.status.as_str())),
+            // A program's frames (kcell vm); a case guest sends none.
+            Event::Output { .. } | Event::Exit(_) => {}
         };
         let boot = qemu::boot(&config, Limits::default(), &mut on_event);
         run.boot_seconds = run.boot_seconds.or(boot.boot_seconds);

@@ -140,6 +140,15 @@ pub enum Event {
     },
     /// A verdict arrived.
     Verdict(Box<Verdict>),
+    /// A `kcell vm` program wrote to its stdout (1) or stderr (2).
+    Output {
+        /// 1 or 2.
+        stream: u8,
+        /// What it wrote.
+        text: String,
+    },
+    /// A `kcell vm` program ended with this status.
+    Exit(i32),
 }
 
 /// How a boot ended.
@@ -272,6 +281,11 @@ pub fn boot(c: &BootConfig, limits: Limits, on_event: &mut dyn FnMut(&Event)) ->
                 deadline = Instant::now() + Duration::from_secs(t) + limits.case_slack;
                 result.in_progress = Some(id.clone());
                 on_event(&Event::Case { n, total, id });
+            } else if let Some((stream, text)) = super::program::parse_out(&line) {
+                on_event(&Event::Output { stream, text });
+            } else if let Some(code) = super::program::parse_exit(&line) {
+                result.in_progress = None;
+                on_event(&Event::Exit(code));
             } else if let Some(v) = Verdict::from_line(&line) {
                 if result.in_progress.as_deref() == Some(v.key().as_str()) {
                     result.in_progress = None;

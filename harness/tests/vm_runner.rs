@@ -1,0 +1,151 @@
+//! `kcell vm`: a program of one's own in a throwaway guest. A small static
+//! program (built here with rustc) prints to stdout and stderr, reads a
+//! shared file and exits with a chosen status, which kcell returns with the
+//! output in order; in another run it panics the guest's kernel, which is
+//! 125 with the console's tail; a dynamically linked program (Debian's
+//! runc) runs with its libraries. Boots the 6.1 cloud kernel (fetched into
+//! the cache like the matrix does).
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const PROGRAM: &str = r#"
+use std::io::Write;
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    println!("one");
+    std::io::stdout().flush().unwrap();
+    eprintln!("two");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    println!("three");
+    match std::fs::read_to_string("/mnt/share/data.txt") {
+        Ok(t) => println!("shared={}", t.trim()),
+        Err(e) => println!("shared=<{e}>"),
+    }
+    println!("cgroup={}", if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() { "v2" } else { "v1" });
+    if args.get(1).map(String::as_str) == Some("panic") {
+        std::fs::write("/proc/sysrq-trigger", "c").unwrap();
+    }
+    std::process::exit(args.get(1).and_then(|a| a.parse().ok()).unwrap_or(0));
+}
+"#;
+
+/// The test program, built static with rustc, once per test process.
+fn program(dir: &Path) -> PathBuf {
+    let src = dir.join("prog.rs");
+    std::fs::write(&src, PROGRAM).expect("write the program");
+    let out = dir.join("prog");
+    let built = Command::new("rustc")
+        .args([
+            "-O",
+            "-C",
+            "target-feature=+crt-static",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+            "-o",
+        ])
+        .arg(&out)
+        .arg(&src)
+        .output()
+        .expect("rustc");
+    assert!(
+        built.status.success(),
+        "rustc: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    out
+}
+
+fn kcell_vm(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_kcell-agent"))
+        .arg0("kcell")
+        .arg("vm")
+        .args(args)
+        .output()
+        .expect("kcell vm")
+}
+
+#[test]
+fn a_program_runs_in_a_guest_with_its_output_status_and_shared_files() {
+    let dir = tempfile::Builder::new()
+        .prefix("kcell-vmrun-")
+        .tempdir()
+        .expect("tempdir");
+    let prog = program(dir.path());
+    let share = dir.path().join("share");
+    std::fs::create_dir(&share).expect("mkdir");
+    std::fs::write(share.join("data.txt"), "from-the-host\n").expect("write");
+    for cgroup in ["v1", "v2"] {
+        let out = kcell_vm(&[
+            "--kernel",
+            "deb-6.1-cloud",
+            "--cgroup",
+            cgroup,
+            "--share",
+            share.to_str().expect("utf-8"),
+            "--",
+            prog.to_str().expect("utf-8"),
+            "7",
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(7),
+            "the program's status; stderr: {stderr}"
+        );
+        assert_eq!(
+            stdout,
+            format!("one\nthree\nshared=from-the-host\ncgroup={cgroup}\n"),
+            "stdout in order"
+        );
+        assert!(stderr.contains("two"), "stderr: {stderr}");
+    }
+}
+
+#[test]
+fn a_guest_that_panics_is_125_with_the_console_tail() {
+    let dir = tempfile::Builder::new()
+        .prefix("kcell-vmrun-")
+        .tempdir()
+        .expect("tempdir");
+    let prog = program(dir.path());
+    let out = kcell_vm(&[
+        "--kernel",
+        "deb-6.1-cloud",
+        "--",
+        prog.to_str().expect("utf-8"),
+        "panic",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "stderr: {stderr}");
+    assert!(
+        stderr.contains("sysrq") || stderr.contains("Kernel panic"),
+        "console tail: {stderr}"
+    );
+}
+
+#[test]
+fn a_dynamically_linked_program_runs_with_its_libraries() {
+    let runc = Path::new("/usr/sbin/runc");
+    assert!(
+        runc.exists(),
+        "runc is not installed: scripts/install-deps installs Debian's runc"
+    );
+    let out = kcell_vm(&[
+        "--kernel",
+        "deb-6.1-cloud",
+        "--",
+        "/usr/sbin/runc",
+        "--version",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("runc version"), "{stdout}");
+}
