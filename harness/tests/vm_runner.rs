@@ -1,6 +1,6 @@
 //! `kcell vm`: a program of one's own in a throwaway guest. A small static
 //! program (built here with rustc) prints to stdout and stderr, reads a
-//! shared file and exits with a chosen status, which kcell returns with the
+//! shared file and a file copied to its own path and exits with a chosen status, which kcell returns with the
 //! output in order; in another run it panics the guest's kernel, which is
 //! 125 with the console's tail; a dynamically linked program (Debian's
 //! runc) runs with its libraries. Boots the 6.1 cloud kernel (fetched into
@@ -22,6 +22,9 @@ fn main() {
     match std::fs::read_to_string("/mnt/share/data.txt") {
         Ok(t) => println!("shared={}", t.trim()),
         Err(e) => println!("shared=<{e}>"),
+    }
+    if let Ok(path) = std::env::var("MARKER") {
+        println!("file={}", std::fs::read_to_string(path).unwrap_or_default().trim());
     }
     println!("cgroup={}", if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() { "v2" } else { "v1" });
     if args.get(1).map(String::as_str) == Some("panic") {
@@ -76,6 +79,12 @@ fn a_program_runs_in_a_guest_with_its_output_status_and_shared_files() {
     let share = dir.path().join("share");
     std::fs::create_dir(&share).expect("mkdir");
     std::fs::write(share.join("data.txt"), "from-the-host\n").expect("write");
+    // --file: a host file at the same absolute path in the guest (what a
+    // test binary names by its build path); --env passes that path.
+    let marker = dir.path().join("marker.txt");
+    std::fs::write(&marker, "at-its-own-path\n").expect("write");
+    let marker = marker.to_str().expect("utf-8");
+    let env = format!("MARKER={marker}");
     for cgroup in ["v1", "v2"] {
         let out = kcell_vm(&[
             "--kernel",
@@ -84,6 +93,10 @@ fn a_program_runs_in_a_guest_with_its_output_status_and_shared_files() {
             cgroup,
             "--share",
             share.to_str().expect("utf-8"),
+            "--file",
+            marker,
+            "--env",
+            &env,
             "--",
             prog.to_str().expect("utf-8"),
             "7",
@@ -97,7 +110,7 @@ fn a_program_runs_in_a_guest_with_its_output_status_and_shared_files() {
         );
         assert_eq!(
             stdout,
-            format!("one\nthree\nshared=from-the-host\ncgroup={cgroup}\n"),
+            format!("one\nthree\nshared=from-the-host\nfile=at-its-own-path\ncgroup={cgroup}\n"),
             "stdout in order"
         );
         assert!(stderr.contains("two"), "stderr: {stderr}");

@@ -190,7 +190,8 @@ fn report(args: &[String]) -> i32 {
 }
 
 const VM_USAGE: &str = "usage: kcell vm [--kernel ID|PATH] [--cgroup v1|v2] [--cpus N] [--memory SIZE]
-                [--share DIR[:ro]] [--env K=V] [--timeout S] [--keep-console FILE] -- PROGRAM ARGS...
+                [--share DIR[:ro]] [--file /ABS/PATH] [--env K=V] [--timeout S] [--keep-console FILE]
+                -- PROGRAM ARGS...
   boots a throwaway guest (the conformance suite's), runs PROGRAM in it with its libraries,
   streams its output and exits with its status; 125 when the guest fails (console tail on stderr).
   As a cargo runner: runner = [\"kcell\", \"vm\", \"--kernel\", \"deb-5.10-cloud\", \"--cgroup\", \"v1\", \"--\"]";

@@ -205,6 +205,32 @@ pub struct Inputs<'a> {
     pub extra: &'a [(String, PathBuf)],
 }
 
+/// The applets of a busybox binary (`busybox --list`), or the few the
+/// init itself uses when it cannot say.
+fn applets(busybox: &Path) -> Vec<String> {
+    let listed = std::process::Command::new(busybox)
+        .arg("--list")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::trim)
+                .filter(|a| !a.is_empty() && *a != "busybox" && !a.contains('/'))
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    if listed.is_empty() {
+        ["sh", "cat", "ls", "mount", "dmesg"]
+            .map(String::from)
+            .to_vec()
+    } else {
+        listed
+    }
+}
+
 /// Whether `file` is the agent binary itself (through a symlink).
 pub fn is_agent(file: &Path, agent: &Path) -> bool {
     match (std::fs::canonicalize(file), std::fs::canonicalize(agent)) {
@@ -393,7 +419,8 @@ pub fn build(inputs: &Inputs, cache: &Path) -> Result<PathBuf, String> {
         0o755,
     )
     .map_err(io)?;
-    for applet in ["sh", "cat", "ls", "mount", "dmesg"] {
+    // Every applet, so a program of one's own (kcell vm) finds cp, tar, ...
+    for applet in applets(inputs.busybox) {
         cpio.symlink(&format!("bin/{applet}"), "/bin/busybox")
             .map_err(io)?;
     }

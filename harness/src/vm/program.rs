@@ -23,7 +23,15 @@ pub struct Program {
     pub cwd: String,
     /// Seconds it may take.
     pub timeout: u64,
+    /// Absolute paths of `--file`s: the initramfs carries each under
+    /// [`FILES`] and the guest copies it to its path once its own mounts
+    /// are made (a tmpfs on /tmp would hide it otherwise).
+    #[serde(default)]
+    pub files: Vec<String>,
 }
+
+/// Where `--file`s wait in the initramfs: `FILES` + their absolute path.
+const FILES: &str = "/opt/kcell/files";
 
 /// The prefix of an output frame: `KCELL-OUT <1|2> <JSON string>`.
 pub const OUT: &str = "KCELL-OUT ";
@@ -43,6 +51,10 @@ pub struct Options {
     pub memory_mib: u32,
     /// Host directories, read-only or not (copied in either way).
     pub shares: Vec<(PathBuf, bool)>,
+    /// Host files copied to the same absolute path in the guest (what a
+    /// test binary names by its build path, e.g. CARGO_BIN_EXE_*), with
+    /// their libraries.
+    pub files: Vec<PathBuf>,
     /// K=V for the program.
     pub env: Vec<(String, String)>,
     /// Seconds.
@@ -64,6 +76,7 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
         cpus: 2,
         memory_mib: 1024,
         shares: Vec::new(),
+        files: Vec::new(),
         env: Vec::new(),
         timeout: 600,
         keep_console: None,
@@ -114,6 +127,14 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
                     return Err(format!("--share '{dir}': not a directory"));
                 }
                 o.shares.push((PathBuf::from(dir), ro));
+            }
+            "--file" => {
+                let v = value(a)?;
+                let p = PathBuf::from(&v);
+                if !p.is_absolute() || !p.is_file() {
+                    return Err(format!("--file '{v}': an absolute path of a file"));
+                }
+                o.files.push(p);
             }
             "--env" => {
                 let v = value(a)?;
@@ -227,11 +248,14 @@ fn prepare_and_boot(o: &Options, agent: &Path) -> Result<i32, String> {
                 share_path(0)
             },
             timeout: o.timeout,
+            files: o.files.iter().map(|f| f.display().to_string()).collect(),
         }),
         ..Plan::default()
     };
     let initrd = work.path().join("initramfs.cpio");
-    append(&base, &initrd, &plan, &program, &in_guest, &o.shares)?;
+    append(
+        &base, &initrd, &plan, &program, &in_guest, &o.shares, &o.files,
+    )?;
     let disk = work.path().join("disk.img");
     std::fs::File::create(&disk)
         .and_then(|f| f.set_len(64 << 20))
@@ -304,6 +328,7 @@ fn append(
     program: &Path,
     in_guest: &str,
     shares: &[(PathBuf, bool)],
+    files: &[PathBuf],
 ) -> Result<(), String> {
     let mut bytes = std::fs::read(base).map_err(|e| format!("{}: {e}", base.display()))?;
     let mut cpio = initramfs::Cpio::new(Vec::new());
@@ -316,6 +341,15 @@ fn append(
     for (at, file) in super::elf::closure(program)? {
         let data = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
         cpio.file(&at, &data, 0o755).map_err(io)?;
+    }
+    for file in files {
+        let data = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        cpio.file(&format!("{FILES}{}", file.display()), &data, 0o755)
+            .map_err(io)?;
+        for (at, lib) in super::elf::closure(file).unwrap_or_default() {
+            let data = std::fs::read(&lib).map_err(|e| format!("{}: {e}", lib.display()))?;
+            cpio.file(&at, &data, 0o755).map_err(io)?;
+        }
     }
     for (i, (dir, _ro)) in shares.iter().enumerate() {
         cpio.tree(dir, &share_path(i), &[]).map_err(io)?;
@@ -330,6 +364,18 @@ pub fn run_in_guest(p: &Program, emit: &mut dyn FnMut(&str)) {
     use std::io::Read;
     use std::process::{Command, Stdio};
     emit(&crate::frames::progress(1, 1, "kcell::PROGRAM", p.timeout));
+    for file in &p.files {
+        let staged = format!("{FILES}{file}");
+        let placed = Path::new(file)
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::copy(&staged, file));
+        if let Err(e) = placed {
+            emit(&out_frame(2, &format!("kcell vm: --file {file}: {e}\n")));
+            emit(&format!("{EXIT}125"));
+            return;
+        }
+    }
     let mut cmd = Command::new(&p.argv[0]);
     cmd.args(&p.argv[1..])
         .current_dir(&p.cwd)
