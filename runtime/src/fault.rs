@@ -35,6 +35,11 @@ pub const OCI_STEPS: &[&str] = &[
     "oci-delete",
 ];
 
+/// The step of `kcell pull` where a kill is worst: a layer half written
+/// to its partial download after another layer finished. The next pull
+/// must resume it and not fetch the finished one again.
+pub const PULL_STEPS: &[&str] = &["pull-mid-layer"];
+
 /// Kills the runtime here when `KCELL_FAULT` names `step`.
 pub fn point(step: &str) {
     if std::env::var_os("KCELL_FAULT").is_some_and(|v| v == step) {

@@ -44,6 +44,113 @@ pub(super) enum ImageCommand {
     Ls,
 }
 
+/// How `pull` and `push` reach a registry.
+#[derive(clap::Args, Debug)]
+pub(super) struct RegistryArgs {
+    /// Verify the registry's TLS certificate (false: unverified, and plain HTTP allowed).
+    #[arg(long, value_name = "true|false", default_value_t = true, action = clap::ArgAction::Set)]
+    tls_verify: bool,
+    /// A registry (host:port) spoken to over plain HTTP (repeatable).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    insecure_registry: Vec<String>,
+    /// A directory of CA certificates (*.crt) trusted besides the system's.
+    #[arg(long, value_name = "DIR")]
+    cert_dir: Option<PathBuf>,
+    /// The user name to log in with (the password from --password-stdin).
+    #[arg(long, requires = "password_stdin")]
+    username: Option<String>,
+    /// Read the password from standard input.
+    #[arg(long, requires = "username")]
+    password_stdin: bool,
+    /// A Docker config.json whose `auths` give credentials
+    /// (default: $REGISTRY_AUTH_FILE, $DOCKER_CONFIG/config.json, ~/.docker/config.json).
+    #[arg(long, value_name = "FILE")]
+    authfile: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub(super) struct PullArgs {
+    /// The platform an image index's entry is chosen for (OS/ARCH[/VARIANT]).
+    #[arg(long, value_name = "OS/ARCH")]
+    platform: Option<String>,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    /// [REGISTRY/]REPOSITORY[:TAG][@sha256:DIGEST].
+    reference: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub(super) struct PushArgs {
+    #[command(flatten)]
+    registry: RegistryArgs,
+    /// Where to: [REGISTRY/]REPOSITORY[:TAG].
+    reference: String,
+    /// The stored image to send (NAME[:TAG] or ID; default: REFERENCE itself).
+    source: Option<String>,
+}
+
+fn registry_options(
+    args: &RegistryArgs,
+    platform: Option<&str>,
+) -> Result<crate::image::registry::Options, CliError> {
+    use crate::image::registry::{Options, Platform, RegistryError};
+    let credentials = match (&args.username, args.password_stdin) {
+        (Some(user), true) => {
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .map_err(|e| RegistryError::Config {
+                    what: "--password-stdin".into(),
+                    why: e.to_string(),
+                })
+                .map_err(ImageError::from)?;
+            Some((
+                user.clone(),
+                password.trim_end_matches(['\r', '\n']).to_string(),
+            ))
+        }
+        _ => None,
+    };
+    Ok(Options {
+        platform: match platform {
+            Some(p) => Platform::parse(p).map_err(ImageError::from)?,
+            None => Platform::host(),
+        },
+        tls_verify: args.tls_verify,
+        insecure_registries: args.insecure_registry.clone(),
+        cert_dir: args.cert_dir.clone(),
+        credentials,
+        auth_file: args.authfile.clone(),
+        ..Options::default()
+    })
+}
+
+pub(super) fn pull(store: &Store, args: PullArgs) -> Result<i32, CliError> {
+    let options = registry_options(&args.registry, args.platform.as_deref())?;
+    let pulled = crate::image::registry::pull(store, &args.reference, &options)?;
+    println!(
+        "Pulled {} {} (layers: {} fetched, {} resumed, {} downloaded before, {} already stored)",
+        pulled.image.short_id(),
+        pulled.digest,
+        pulled.fetched,
+        pulled.resumed,
+        pulled.reused,
+        pulled.present
+    );
+    Ok(0)
+}
+
+pub(super) fn push(store: &Store, args: PushArgs) -> Result<i32, CliError> {
+    let options = registry_options(&args.registry, None)?;
+    let pushed =
+        crate::image::registry::push(store, &args.reference, args.source.as_deref(), &options)?;
+    println!(
+        "Pushed {} {} ({} blobs sent, {} the registry had)",
+        args.reference, pushed.digest, pushed.uploaded, pushed.skipped
+    );
+    Ok(0)
+}
+
 /// Bytes as Docker shows them (decimal units).
 fn human(bytes: u64) -> String {
     let units = ["B", "kB", "MB", "GB", "TB"];
@@ -62,8 +169,8 @@ fn human(bytes: u64) -> String {
 
 pub(super) fn list(store: &Store) -> Result<i32, CliError> {
     println!(
-        "{:<40} {:<14} {:<10} CREATED",
-        "REPOSITORY:TAG", "IMAGE ID", "SIZE"
+        "{:<40} {:<14} {:<10} {:<21} CREATED",
+        "REPOSITORY:TAG", "IMAGE ID", "SIZE", "DIGEST"
     );
     for img in store.images() {
         let tags = if img.tags.is_empty() {
@@ -72,11 +179,19 @@ pub(super) fn list(store: &Store) -> Result<i32, CliError> {
             img.tags.clone()
         };
         for tag in tags {
+            // The registry digest of the tag's repository, as `docker images --digests`.
+            let repo = tag.rsplit_once(':').map_or(tag.as_str(), |(r, _)| r);
+            let digest = img
+                .digests
+                .iter()
+                .find_map(|d| d.strip_prefix(&format!("{repo}@")))
+                .map_or("-".to_string(), |d| d[..d.len().min(19)].to_string());
             println!(
-                "{:<40} {:<14} {:<10} {}",
+                "{:<40} {:<14} {:<10} {:<21} {}",
                 tag,
                 img.short_id(),
                 human(img.size),
+                digest,
                 if img.created.is_empty() {
                     "-"
                 } else {

@@ -46,6 +46,11 @@ enum Command {
         #[arg(required = true)]
         images: Vec<String>,
     },
+    /// Fetch an image from a registry into the store (Docker Hub unless
+    /// the reference names a registry).
+    Pull(image::PullArgs),
+    /// Send an image of the store to a registry.
+    Push(image::PushArgs),
     /// Import, pack and inspect images.
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -185,6 +190,8 @@ fn execute(cli: Cli) -> Result<i32, CliError> {
         Command::Images => image::list(&store),
         Command::Rmi { force, images } => image::remove(&store, &images, force),
         Command::Image(cmd) => image::execute(&store, cmd),
+        Command::Pull(args) => image::pull(&store, args),
+        Command::Push(args) => image::push(&store, args),
         Command::Gc => {
             for id in manage::gc(&state, &store) {
                 println!("{id}");

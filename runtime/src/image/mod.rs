@@ -21,6 +21,7 @@
 
 pub mod layer;
 pub mod pack;
+pub mod registry;
 pub mod source;
 pub mod store;
 
@@ -35,6 +36,9 @@ pub enum ImageError {
     /// A file operation failed.
     #[error(transparent)]
     Sys(#[from] SysError),
+    /// A registry request or what it returned.
+    #[error(transparent)]
+    Registry(#[from] registry::RegistryError),
     /// The input is neither a docker save tarball nor an OCI layout.
     #[error("{0} is not an image archive: {1}")]
     NotAnImage(String, String),
@@ -123,6 +127,9 @@ pub struct ImageRecord {
     pub created: String,
     /// Bytes of its layers (uncompressed tar).
     pub size: u64,
+    /// `NAME@sha256:...`: the digests registries gave it (kcell pull).
+    #[serde(default)]
+    pub digests: Vec<String>,
 }
 
 impl ImageRecord {

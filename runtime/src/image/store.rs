@@ -170,6 +170,16 @@ impl Store {
     /// 4 leading hex digits, with or without `sha256:`).
     pub fn resolve(&self, reference: &str) -> Result<ImageRecord, ImageError> {
         let images = self.images();
+        // NAME@sha256:<hex>: the image a pull of that digest stored.
+        if let Some((name, digest)) = reference.split_once('@') {
+            let name = normalize_name(name)?;
+            let repo = name.rsplit_once(':').map_or(name.as_str(), |(r, _)| r);
+            let wanted = format!("{repo}@{digest}");
+            return images
+                .into_iter()
+                .find(|i| i.digests.contains(&wanted))
+                .ok_or_else(|| ImageError::NotFound(reference.to_string()));
+        }
         if let Ok(name) = normalize_name(reference) {
             if let Some(img) = images.iter().find(|i| i.tags.contains(&name)) {
                 return Ok(img.clone());
@@ -218,6 +228,27 @@ impl Store {
         sources.iter().map(|s| self.import_one(s)).collect()
     }
 
+    /// Stores the image `src` describes (as an import does: layers the
+    /// store has are not unpacked again) and records `digest`
+    /// (`NAME@sha256:...`, what a registry named it by) on it.
+    pub fn import_source(
+        &self,
+        src: &ImageSource,
+        digest: Option<&str>,
+    ) -> Result<ImageRecord, ImageError> {
+        let _lock = self.lock()?;
+        let mut image = self.import_one(src)?;
+        if let Some(d) = digest {
+            let repo = d.split_once('@').map_or(d, |(r, _)| r);
+            image
+                .digests
+                .retain(|old| old.split_once('@').map_or(old.as_str(), |(r, _)| r) != repo);
+            image.digests.push(d.to_string());
+            self.write_image(&image)?;
+        }
+        Ok(image)
+    }
+
     fn import_one(&self, src: &ImageSource) -> Result<ImageRecord, ImageError> {
         if let Some(d) = &src.config_digest {
             source::verify(&src.config, d, "image config")?;
@@ -248,9 +279,11 @@ impl Store {
             config: config.config.unwrap_or_default(),
             created: config.created.unwrap_or_default(),
             size,
+            digests: Vec::new(),
         };
         if let Ok(old) = self.resolve(&id) {
             image.tags = old.tags;
+            image.digests = old.digests;
         }
         // A tag names one image: it moves to the one imported last.
         for tag in &src.tags {
