@@ -25,6 +25,17 @@ pub struct Mutation {
     pub apply: fn(&mut Value) -> bool,
 }
 
+/// Sets the boolean at `pointer` to false; whether it was true.
+fn turn_off(v: &mut Value, pointer: &str) -> bool {
+    match v.pointer_mut(pointer) {
+        Some(flag) if *flag == true => {
+            *flag = json!(false);
+            true
+        }
+        _ => false,
+    }
+}
+
 /// Removes `key` from the object at `pointer`; whether it was there.
 fn remove(v: &mut Value, pointer: &str, key: &str) -> bool {
     v.pointer_mut(pointer)
@@ -222,13 +233,7 @@ pub const MUTATIONS: &[Mutation] = &[
     Mutation {
         name: "drop-no-new-privileges",
         breaks: "noNewPrivileges",
-        apply: |v| {
-            let on = v["process"]["noNewPrivileges"] == true;
-            if on {
-                v["process"]["noNewPrivileges"] = json!(false);
-            }
-            on
-        },
+        apply: |v| turn_off(v, "/process/noNewPrivileges"),
     },
     Mutation {
         name: "grant-all-caps",
@@ -266,13 +271,7 @@ pub const MUTATIONS: &[Mutation] = &[
     Mutation {
         name: "writable-root",
         breaks: "the read-only root",
-        apply: |v| {
-            let ro = v["root"]["readonly"] == true;
-            if ro {
-                v["root"]["readonly"] = json!(false);
-            }
-            ro
-        },
+        apply: |v| turn_off(v, "/root/readonly"),
     },
     Mutation {
         name: "drop-case-mounts",

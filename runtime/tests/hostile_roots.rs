@@ -10,7 +10,8 @@ use rstest::rstest;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const KCELL: &str = env!("CARGO_BIN_EXE_kcell");
+mod common;
+use common::KCELL;
 
 /// A clean busybox root, a watched host directory beside it, a volume
 /// source with a marker, and a state directory of the test's own.
@@ -30,13 +31,7 @@ fn setup() -> Option<Setup> {
         .prefix("kcell-hostile-")
         .tempdir()
         .expect("tempdir");
-    let clean = dir.path().join("clean");
-    let built = Command::new(KCELL)
-        .args(["rootfs", "busybox"])
-        .arg(&clean)
-        .output()
-        .expect("kcell rootfs");
-    assert!(built.status.success(), "kcell rootfs busybox: {built:?}");
+    let clean = common::busybox_root(dir.path(), "clean");
     let watched = dir.path().join("watched");
     std::fs::create_dir(&watched).expect("mkdir watched");
     std::fs::write(watched.join("host-file"), "host").expect("write");

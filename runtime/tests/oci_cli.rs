@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-const KCELL: &str = env!("CARGO_BIN_EXE_kcell");
+mod common;
 const KCELL_OCI: &str = env!("CARGO_BIN_EXE_kcell-oci");
 
 /// A busybox root, a state root and the cgroup parent of the test's own.
@@ -33,13 +33,7 @@ fn setup(name: &str) -> Option<Setup> {
         .prefix("kcell-oci-cli-")
         .tempdir()
         .expect("tempdir");
-    let rootfs = dir.path().join("rootfs");
-    let built = Command::new(KCELL)
-        .args(["rootfs", "busybox"])
-        .arg(&rootfs)
-        .output()
-        .expect("kcell rootfs");
-    assert!(built.status.success(), "kcell rootfs busybox: {built:?}");
+    let rootfs = common::busybox_root(dir.path(), "rootfs");
     let state = dir.path().join("state");
     Some(Setup {
         dir,

@@ -19,7 +19,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-const KCELL: &str = env!("CARGO_BIN_EXE_kcell");
+mod common;
+use common::KCELL;
 const KCELL_OCI: &str = env!("CARGO_BIN_EXE_kcell-oci");
 
 /// One client at a time: a census must not see another client's work.
@@ -45,13 +46,7 @@ fn setup(tool: &str, package: &str) -> Option<(Setup, std::sync::MutexGuard<'sta
         .prefix("kcell-clients-")
         .tempdir()
         .expect("tempdir");
-    let rootfs = dir.path().join("rootfs");
-    let built = Command::new(KCELL)
-        .args(["rootfs", "busybox"])
-        .arg(&rootfs)
-        .output()
-        .expect("kcell rootfs");
-    assert!(built.status.success(), "kcell rootfs busybox: {built:?}");
+    let rootfs = common::busybox_root(dir.path(), "rootfs");
     let tarball = dir.path().join("busybox.tar");
     let tarred = Command::new("tar")
         .arg("-C")

@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const KCELL: &str = env!("CARGO_BIN_EXE_kcell");
+mod common;
+use common::KCELL;
 
 fn digest(bytes: &[u8]) -> String {
     format!("sha256:{:x}", sha2::Sha256::digest(bytes))
@@ -114,13 +115,7 @@ struct Content {
 }
 
 fn content(dir: &Path) -> Content {
-    let root = dir.join("bb");
-    let built = Command::new(KCELL)
-        .args(["rootfs", "busybox"])
-        .arg(&root)
-        .output()
-        .expect("kcell rootfs busybox");
-    assert!(built.status.success(), "kcell rootfs busybox: {built:?}");
+    let root = common::busybox_root(dir, "bb");
     let mut noise = vec![0u8; 4 << 20];
     let mut x: u64 = 0x9e3779b97f4a7c15;
     for b in noise.iter_mut() {
@@ -475,12 +470,7 @@ fn pulls_by_tag_digest_and_platform_resume_and_refuse_a_corrupt_blob() {
 
     // By tag: the image, its tag and its digest listed.
     let store = work.path().join("store");
-    let out = kcell(
-        &store,
-        &[&["pull"][..], &insecure, &[&two]].concat(),
-        "",
-        &[],
-    );
+    let out = kcell(&store, &["pull", insecure[0], insecure[1], &two], "", &[]);
     assert!(out.status.success(), "{}", text(&out));
     let manifest_digest = digest(&c.two.manifest);
     let listed = images(&store);
@@ -505,7 +495,7 @@ fn pulls_by_tag_digest_and_platform_resume_and_refuse_a_corrupt_blob() {
     let by_digest = format!("{}/kcell/two@{manifest_digest}", reg.host);
     let out = kcell(
         &store,
-        &[&["pull"][..], &insecure, &[&by_digest]].concat(),
+        &["pull", insecure[0], insecure[1], &by_digest],
         "",
         &[],
     );
@@ -519,12 +509,7 @@ fn pulls_by_tag_digest_and_platform_resume_and_refuse_a_corrupt_blob() {
 
     // The index: this machine's platform, or the one --platform names.
     let multi = format!("{}/kcell/multi:1", reg.host);
-    let out = kcell(
-        &store,
-        &[&["pull"][..], &insecure, &[&multi]].concat(),
-        "",
-        &[],
-    );
+    let out = kcell(&store, &["pull", insecure[0], insecure[1], &multi], "", &[]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(short(&c.amd64.config_digest)),
@@ -534,11 +519,13 @@ fn pulls_by_tag_digest_and_platform_resume_and_refuse_a_corrupt_blob() {
     let out = kcell(
         &store,
         &[
-            &["pull", "--platform", "linux/arm64"][..],
-            &insecure,
-            &[&multi],
-        ]
-        .concat(),
+            "pull",
+            "--platform",
+            "linux/arm64",
+            insecure[0],
+            insecure[1],
+            &multi,
+        ],
         "",
         &[],
     );
@@ -551,11 +538,13 @@ fn pulls_by_tag_digest_and_platform_resume_and_refuse_a_corrupt_blob() {
     let out = kcell(
         &store,
         &[
-            &["pull", "--platform", "linux/s390x"][..],
-            &insecure,
-            &[&multi],
-        ]
-        .concat(),
+            "pull",
+            "--platform",
+            "linux/s390x",
+            insecure[0],
+            insecure[1],
+            &multi,
+        ],
         "",
         &[],
     );
@@ -573,7 +562,7 @@ fn pulls_by_tag_digest_and_platform_resume_and_refuse_a_corrupt_blob() {
     let [big, small] = [&c.two_layers[0], &c.two_layers[1]];
     let killed = kcell(
         &store2,
-        &[&["pull"][..], &insecure, &[&two]].concat(),
+        &["pull", insecure[0], insecure[1], &two],
         "",
         &[("KCELL_FAULT", "pull-mid-layer")],
     );
@@ -587,12 +576,7 @@ fn pulls_by_tag_digest_and_platform_resume_and_refuse_a_corrupt_blob() {
         images(&store2).lines().count() == 1,
         "no image after the kill"
     );
-    let out = kcell(
-        &store2,
-        &[&["pull"][..], &insecure, &[&two]].concat(),
-        "",
-        &[],
-    );
+    let out = kcell(&store2, &["pull", insecure[0], insecure[1], &two], "", &[]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stdout)
@@ -618,12 +602,7 @@ fn pulls_by_tag_digest_and_platform_resume_and_refuse_a_corrupt_blob() {
     bytes[last] ^= 0xff;
     std::fs::write(&file, bytes).expect("corrupt the blob");
     let store3 = work.path().join("store3");
-    let out = kcell(
-        &store3,
-        &[&["pull"][..], &insecure, &[&two]].concat(),
-        "",
-        &[],
-    );
+    let out = kcell(&store3, &["pull", insecure[0], insecure[1], &two], "", &[]);
     assert_eq!(out.status.code(), Some(125), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     // Progress lines go to stderr too; the error is the one `kcell:` line.
@@ -649,12 +628,7 @@ fn basic_auth_is_refused_without_credentials_and_accepted_with_them() {
     let two = format!("{}/kcell/two:v1", reg.host);
     let store = work.path().join("store");
     let insecure = ["--insecure-registry", reg.host.as_str()];
-    let out = kcell(
-        &store,
-        &[&["pull"][..], &insecure, &[&two]].concat(),
-        "",
-        &[],
-    );
+    let out = kcell(&store, &["pull", insecure[0], insecure[1], &two], "", &[]);
     assert_eq!(out.status.code(), Some(125), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("authentication failed"),
@@ -664,11 +638,14 @@ fn basic_auth_is_refused_without_credentials_and_accepted_with_them() {
     let out = kcell(
         &store,
         &[
-            &["pull", "--username", USER, "--password-stdin"][..],
-            &insecure,
-            &[&two],
-        ]
-        .concat(),
+            "pull",
+            "--username",
+            USER,
+            "--password-stdin",
+            insecure[0],
+            insecure[1],
+            &two,
+        ],
         "wrong\n",
         &[],
     );
@@ -681,11 +658,14 @@ fn basic_auth_is_refused_without_credentials_and_accepted_with_them() {
     let out = kcell(
         &store,
         &[
-            &["pull", "--username", USER, "--password-stdin"][..],
-            &insecure,
-            &[&two],
-        ]
-        .concat(),
+            "pull",
+            "--username",
+            USER,
+            "--password-stdin",
+            insecure[0],
+            insecure[1],
+            &two,
+        ],
         &format!("{PASSWORD}\n"),
         &[],
     );
@@ -703,11 +683,13 @@ fn basic_auth_is_refused_without_credentials_and_accepted_with_them() {
     let out = kcell(
         &store2,
         &[
-            &["pull", "--authfile", authfile.to_str().expect("utf-8")][..],
-            &insecure,
-            &[&two],
-        ]
-        .concat(),
+            "pull",
+            "--authfile",
+            authfile.to_str().expect("utf-8"),
+            insecure[0],
+            insecure[1],
+            &two,
+        ],
         "",
         &[],
     );
@@ -760,17 +742,12 @@ fn a_pushed_image_reads_back_in_skopeo_and_pulls_back_identical() {
     let insecure = ["--insecure-registry", reg.host.as_str()];
     let two = format!("{}/kcell/two:v1", reg.host);
     let store = work.path().join("store");
-    let out = kcell(
-        &store,
-        &[&["pull"][..], &insecure, &[&two]].concat(),
-        "",
-        &[],
-    );
+    let out = kcell(&store, &["pull", insecure[0], insecure[1], &two], "", &[]);
     assert!(out.status.success(), "{}", text(&out));
     let pushed_ref = format!("{}/kcell/pushed:v2", reg.host);
     let out = kcell(
         &store,
-        &[&["push"][..], &insecure, &[&pushed_ref, &two]].concat(),
+        &["push", insecure[0], insecure[1], &pushed_ref, &two],
         "",
         &[],
     );
@@ -788,7 +765,7 @@ fn a_pushed_image_reads_back_in_skopeo_and_pulls_back_identical() {
     );
     let out = kcell(
         &store,
-        &[&["push"][..], &insecure, &[&pushed_ref, &two]].concat(),
+        &["push", insecure[0], insecure[1], &pushed_ref, &two],
         "",
         &[],
     );
@@ -800,7 +777,7 @@ fn a_pushed_image_reads_back_in_skopeo_and_pulls_back_identical() {
     let store2 = work.path().join("store2");
     let out = kcell(
         &store2,
-        &[&["pull"][..], &insecure, &[&pushed_ref]].concat(),
+        &["pull", insecure[0], insecure[1], &pushed_ref],
         "",
         &[],
     );

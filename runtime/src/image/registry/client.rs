@@ -344,11 +344,7 @@ impl Client {
 
     /// Makes a request (through `make`, given the Authorization header);
     /// a 401 is answered once and the request made again.
-    fn request(
-        &self,
-        url: &str,
-        make: &MakeRequest,
-    ) -> Result<Response<Body>, RegistryError> {
+    fn request(&self, url: &str, make: &MakeRequest) -> Result<Response<Body>, RegistryError> {
         let r = make(self.auth_header().as_deref()).map_err(|e| transport(url, e))?;
         if r.status() != StatusCode::UNAUTHORIZED {
             return Ok(r);
