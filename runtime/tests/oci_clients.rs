@@ -37,6 +37,9 @@ fn setup(tool: &str, package: &str) -> Option<(Setup, std::sync::MutexGuard<'sta
         eprintln!("skipped: running containers through {tool} needs root");
         return None;
     }
+    if common::in_kcell_vm(tool) {
+        return None;
+    }
     assert!(
         Path::new(tool).is_file(),
         "{tool} is not installed: scripts/install-deps installs Debian's {package}"

@@ -241,7 +241,10 @@ fn prepare_and_boot(o: &Options, agent: &Path) -> Result<i32, String> {
     let plan = Plan {
         program: Some(Program {
             argv,
-            env: o.env.clone(),
+            // Tests that drive host tools (clients, servers) tell they are in a guest by it.
+            env: std::iter::once(("KCELL_VM".to_string(), format!("{}/{}", o.kernel, o.cgroup)))
+                .chain(o.env.iter().cloned())
+                .collect(),
             cwd: if o.shares.is_empty() {
                 "/".into()
             } else {

@@ -315,7 +315,25 @@ impl ContainerCgroup {
         Ok(())
     }
 
+    /// Makes the cgroup's directories. Another container's removal may
+    /// take an empty shared parent (`kcell/`) away between the mkdir of
+    /// the parent and of the child (ENOENT, seen with tests starting
+    /// containers in parallel): the walk is made again.
     fn make_dirs(&self) -> Result<(), CgroupError> {
+        let mut tries = 0;
+        loop {
+            match self.make_dirs_once() {
+                Err(CgroupError::Sys(e))
+                    if e.call == "mkdir" && e.errno == nix::errno::Errno::ENOENT && tries < 20 =>
+                {
+                    tries += 1;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    fn make_dirs_once(&self) -> Result<(), CgroupError> {
         match &self.backend {
             Backend::None => Ok(()),
             Backend::V2(root) => {
