@@ -80,13 +80,21 @@ pub fn matrix_markdown(verdicts: &[Verdict], notes: &BTreeMap<String, String>) -
             );
         }
     }
-    let mut runtimes: BTreeMap<String, String> = BTreeMap::new();
+    // A runtime's version as its trials saw it: a trial skipped before the
+    // runtime ran has none, so the versions are those of the trials that have one.
+    let mut runtimes: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for v in verdicts.iter().filter(|v| !v.runtime.is_empty()) {
-        runtimes
-            .entry(v.runtime.clone())
-            .or_insert_with(|| v.runtime_version.clone());
+        let versions = runtimes.entry(v.runtime.clone()).or_default();
+        if !v.runtime_version.is_empty() && !versions.contains(&v.runtime_version) {
+            versions.push(v.runtime_version.clone());
+        }
     }
-    for (r, version) in &runtimes {
+    for (r, versions) in &runtimes {
+        let version = if versions.is_empty() {
+            "(not run)".to_string()
+        } else {
+            versions.join("; ")
+        };
         let _ = writeln!(out, "- runtime `{r}`: {version}");
     }
     out.push('\n');
