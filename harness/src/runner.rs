@@ -81,9 +81,47 @@ impl Drop for Work {
             }
         }
         cg.remove("kcell-harness");
+        // Runtimes also make the cgroupsPath in the hierarchies no
+        // controller is bound to (v1's name=systemd, a hybrid host's empty
+        // cgroup2): those directories go too, deepest first.
+        for mount in cgroup_mounts() {
+            let top = mount.join(self.cgroup_parent.trim_start_matches('/'));
+            remove_tree_bottom_up(&top);
+            if let Some(parent) = top.parent().filter(|p| *p != mount) {
+                let _ = std::fs::remove_dir(parent); // kcell-harness/, if it is empty now
+            }
+        }
         driver::reap_orphans();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Every cgroup and cgroup2 mount point, from /proc/self/mountinfo.
+fn cgroup_mounts() -> Vec<std::path::PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let fstype = right.split_whitespace().next()?;
+            let point = left.split_whitespace().nth(4)?;
+            matches!(fstype, "cgroup" | "cgroup2").then(|| std::path::PathBuf::from(point))
+        })
+        .collect()
+}
+
+/// rmdir of `dir` and the directories under it, children first (cgroup
+/// directories hold only the kernel's files, which go with rmdir).
+fn remove_tree_bottom_up(dir: &Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        {
+            remove_tree_bottom_up(&e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// Runs `case` with `runtime` on `target` and returns its verdict. Never
