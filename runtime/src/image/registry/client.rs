@@ -36,6 +36,14 @@ application/vnd.docker.distribution.manifest.v1+json";
 /// first challenge).
 type MakeRequest<'a> = dyn Fn(Option<&str>) -> Result<Response<Body>, ureq::Error> + 'a;
 
+/// The request with the Authorization header, when there is one.
+fn with_auth<B>(req: ureq::RequestBuilder<B>, auth: Option<&str>) -> ureq::RequestBuilder<B> {
+    match auth {
+        Some(a) => req.header("Authorization", a),
+        None => req,
+    }
+}
+
 /// How a blob reached the downloads directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fetch {
@@ -383,11 +391,8 @@ impl Client {
     pub fn manifest(&self, target: &str) -> Result<(Vec<u8>, String), RegistryError> {
         let url = self.url(&format!("manifests/{target}"));
         let mut r = self.request(&url, &|auth| {
-            let mut req = self.agent.get(&url).header("Accept", MANIFEST_ACCEPT);
-            if let Some(a) = auth {
-                req = req.header("Authorization", a);
-            }
-            req.call()
+            let req = self.agent.get(&url).header("Accept", MANIFEST_ACCEPT);
+            with_auth(req, auth).call()
         })?;
         if !r.status().is_success() {
             return Err(self.status_error(&url, r));
@@ -443,10 +448,7 @@ impl Client {
             if have > 0 {
                 req = req.header("Range", format!("bytes={have}-"));
             }
-            if let Some(a) = auth {
-                req = req.header("Authorization", a);
-            }
-            req.call()
+            with_auth(req, auth).call()
         })?;
         let resumed = r.status() == StatusCode::PARTIAL_CONTENT && have > 0;
         if !r.status().is_success() {
@@ -501,11 +503,8 @@ impl Client {
     pub fn has_blob(&self, digest: &str) -> Result<bool, RegistryError> {
         let url = self.url(&format!("blobs/{digest}"));
         let r = self.request(&url, &|auth| {
-            let mut req = self.agent.head(&url);
-            if let Some(a) = auth {
-                req = req.header("Authorization", a);
-            }
-            req.call()
+            let req = self.agent.head(&url);
+            with_auth(req, auth).call()
         })?;
         match r.status() {
             s if s.is_success() => Ok(true),
@@ -519,11 +518,8 @@ impl Client {
     pub fn upload_blob(&self, digest: &str, data: &[u8]) -> Result<(), RegistryError> {
         let url = self.url("blobs/uploads/");
         let r = self.request(&url, &|auth| {
-            let mut req = self.agent.post(&url);
-            if let Some(a) = auth {
-                req = req.header("Authorization", a);
-            }
-            req.send_empty()
+            let req = self.agent.post(&url);
+            with_auth(req, auth).send_empty()
         })?;
         if r.status() != StatusCode::ACCEPTED {
             return Err(self.status_error(&url, r));
@@ -545,14 +541,11 @@ impl Client {
         put.push(if put.contains('?') { '&' } else { '?' });
         put.push_str(&format!("digest={digest}"));
         let r = self.request(&put, &|auth| {
-            let mut req = self
+            let req = self
                 .agent
                 .put(&put)
                 .header("Content-Type", "application/octet-stream");
-            if let Some(a) = auth {
-                req = req.header("Authorization", a);
-            }
-            req.send(data)
+            with_auth(req, auth).send(data)
         })?;
         if r.status() != StatusCode::CREATED {
             return Err(self.status_error(&put, r));
@@ -569,11 +562,8 @@ impl Client {
     ) -> Result<(), RegistryError> {
         let url = self.url(&format!("manifests/{target}"));
         let r = self.request(&url, &|auth| {
-            let mut req = self.agent.put(&url).header("Content-Type", media_type);
-            if let Some(a) = auth {
-                req = req.header("Authorization", a);
-            }
-            req.send(bytes)
+            let req = self.agent.put(&url).header("Content-Type", media_type);
+            with_auth(req, auth).send(bytes)
         })?;
         if r.status() != StatusCode::CREATED {
             return Err(self.status_error(&url, r));
