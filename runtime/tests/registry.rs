@@ -211,11 +211,23 @@ impl Drop for Registry {
 const USER: &str = "kcell";
 const PASSWORD: &str = "s3cret-pw";
 
+/// A port free now and not handed to another test of this binary: the
+/// kernel may give a port just released to the next bind(0), and two
+/// registries on one port made one test talk to the other's, which was
+/// gone when that test ended (seen: "connection refused" mid-test).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -318,7 +330,7 @@ impl Registry {
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config).expect("write config");
         let log = std::fs::File::create(dir.path().join("registry.log")).expect("log");
-        let child = Command::new("docker-registry")
+        let mut child = Command::new("docker-registry")
             .arg("serve")
             .arg(&config_path)
             .stdout(log.try_clone().expect("log"))
@@ -334,6 +346,13 @@ impl Registry {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        // What answered is this registry, not another process on the port.
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            matches!(child.try_wait(), Ok(None)),
+            "docker-registry on {host} exited: {}",
+            std::fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default()
+        );
         Registry { child, dir, host }
     }
 
