@@ -48,7 +48,9 @@ impl Apt {
     /// The configuration of `suite` under `cache` (made when missing).
     pub fn new(cache: &Path, suite: &str) -> Result<Apt, String> {
         let dir = cache.join("apt").join(suite);
+        // cache/ holds apt's binary package cache (see options()).
         for d in [
+            "cache",
             "lists/partial",
             "archives/partial",
             "etc/preferences.d",
@@ -70,8 +72,12 @@ impl Apt {
                 "deb [signed-by={KEYRING}] {security} {suite}-security main\n"
             ));
         }
-        std::fs::write(dir.join("sources.list"), sources)
-            .map_err(|e| format!("write {}/sources.list: {e}", dir.display()))?;
+        // Rewritten only when it changes: apt rebuilds its binary cache
+        // when the sources list is newer than it.
+        let list = dir.join("sources.list");
+        if std::fs::read_to_string(&list).ok().as_deref() != Some(sources.as_str()) {
+            std::fs::write(&list, sources).map_err(|e| format!("write {}: {e}", list.display()))?;
+        }
         Ok(Apt {
             dir,
             suite: suite.to_string(),
@@ -89,6 +95,12 @@ impl Apt {
             format!("-oDir::State::Lists={}", d("lists")),
             format!("-oDir::State::Status={}", d("status")),
             format!("-oDir::Cache={}", d("cache")),
+            // Named, not inherited: Debian's container images switch the
+            // binary cache off (apt.conf.d/docker-clean), and then every
+            // apt-cache call rebuilt it from the lists (0.6 s each for
+            // bullseye, 4.5 s of each `kcell vm` resolving its kernel).
+            "-oDir::Cache::pkgcache=pkgcache.bin".into(),
+            "-oDir::Cache::srcpkgcache=srcpkgcache.bin".into(),
             format!("-oDir::Cache::Archives={}", d("archives")),
             "-oAPT::Get::List-Cleanup=0".into(),
             "-oAcquire::Retries=3".into(),
@@ -210,6 +222,11 @@ mod tests {
             "the system's lists are never read"
         );
         assert!(!opts.contains("/etc/apt/"), "{opts}");
+        assert!(
+            opts.contains("Dir::Cache::pkgcache=pkgcache.bin")
+                && t.path().join("apt/bullseye/cache").is_dir(),
+            "apt keeps its binary cache whatever the system's apt.conf.d says: {opts}"
+        );
         let sid = Apt::new(t.path(), "sid").expect("apt");
         let s = std::fs::read_to_string(t.path().join("apt/sid/sources.list")).expect("read");
         assert!(!s.contains("security"), "{s}");
