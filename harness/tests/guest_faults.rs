@@ -40,9 +40,14 @@ fn guest() -> Guest {
 
 fn boot_with(fault: &str, limits: qemu::Limits) -> qemu::Boot {
     let g = guest();
+    // A booting process that is SIGKILLed cannot remove its own directory:
+    // its killer names where it goes (KCELL_FAULT_WORK) and removes it.
+    let base = std::env::var_os("KCELL_FAULT_WORK")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
     let work = tempfile::Builder::new()
         .prefix("kcell-fault-")
-        .tempdir()
+        .tempdir_in(base)
         .expect("tempdir");
     let config = qemu::BootConfig {
         kernel: g.kernel.image.clone(),
@@ -141,6 +146,10 @@ fn a_runner_killed_mid_guest_leaves_no_qemu() {
     }
     // The kernel and initramfs are fetched and built here, not in the child.
     let _ = guest();
+    let work = tempfile::Builder::new()
+        .prefix("kcell-fault-killed-")
+        .tempdir()
+        .expect("tempdir");
     let mut child = std::process::Command::new(std::env::current_exe().expect("exe"))
         .args([
             "a_runner_killed_mid_guest_leaves_no_qemu",
@@ -148,6 +157,7 @@ fn a_runner_killed_mid_guest_leaves_no_qemu() {
             "--nocapture",
         ])
         .env("KCELL_FAULT_CHILD", "1")
+        .env("KCELL_FAULT_WORK", work.path())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
