@@ -106,25 +106,21 @@ const OWN_PAGES_MAX_MAPPING: usize = 16 << 20;
 fn own_pages_before_placement() {
     // The stack the setup will grow into.
     std::hint::black_box(&mut [0u8; 32 << 10]);
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+    use procfs::process::{MMPermissions, Process};
+    let Ok(maps) = Process::myself().and_then(|p| p.maps()) else {
         return;
     };
     // SAFETY: sysconf has no preconditions.
     let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-    for line in maps.lines() {
-        let mut fields = line.split_whitespace();
-        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+    let private_writable = MMPermissions::WRITE | MMPermissions::PRIVATE;
+    for map in &maps {
+        let (Ok(start), Ok(end)) = (
+            usize::try_from(map.address.0),
+            usize::try_from(map.address.1),
+        ) else {
             continue;
         };
-        let Some((a, b)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(start), Ok(end)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
-        else {
-            continue;
-        };
-        if !perms.starts_with("rw") || !perms.ends_with('p') || end - start > OWN_PAGES_MAX_MAPPING
-        {
+        if !map.perms.contains(private_writable) || end - start > OWN_PAGES_MAX_MAPPING {
             continue;
         }
         let mut resident = vec![0u8; (end - start).div_ceil(page)];
