@@ -176,6 +176,20 @@ fn accel_note(cache: &Path, kernel: &str) -> PathBuf {
     cache.join(format!("accel-{kernel}"))
 }
 
+/// After a boot that ended before its first case (or program) started:
+/// if it ran under KVM, KVM cannot boot this kernel here (it fails fast;
+/// seen: QEMU's "failed to set MSR 0x10a" under nested KVM). Remembers that
+/// for `first_accel`, switches `config` to TCG and says so; false when
+/// there is nothing to fall back from.
+fn fall_back_to_tcg(cache: &Path, kernel: &str, config: &mut BootConfig) -> bool {
+    if config.accel != Accel::Kvm {
+        return false;
+    }
+    let _ = std::fs::write(accel_note(cache, kernel), "tcg\n");
+    config.accel = Accel::Tcg;
+    true
+}
+
 /// KVM when /dev/kvm exists and has not failed this kernel before, else TCG.
 fn first_accel(cache: &Path, kernel: &str) -> Accel {
     let kvm_failed =
@@ -371,10 +385,10 @@ pub fn run_target(
         };
         problems.push(format!("boot {}: {why}", run.boots));
         let no_case_started = boot.boot_seconds.is_none();
-        if no_case_started && config.accel == Accel::Kvm && !retried_for_kvm {
-            // KVM that cannot boot this kernel fails fast: remember, use TCG.
-            let _ = std::fs::write(accel_note(&inputs.cache, &t.kernel), "tcg\n");
-            config.accel = Accel::Tcg;
+        if no_case_started
+            && !retried_for_kvm
+            && fall_back_to_tcg(&inputs.cache, &t.kernel, &mut config)
+        {
             retried_for_kvm = true;
             run.boots -= 1;
             problems.pop();

@@ -267,7 +267,7 @@ fn prepare_and_boot(o: &Options, agent: &Path) -> Result<i32, String> {
         .keep_console
         .clone()
         .unwrap_or_else(|| work.path().join("console.log"));
-    let config = qemu::BootConfig {
+    let mut config = qemu::BootConfig {
         kernel: kernel.image.clone(),
         initrd,
         cmdline: qemu::cmdline("vm", &o.cgroup),
@@ -283,7 +283,6 @@ fn prepare_and_boot(o: &Options, agent: &Path) -> Result<i32, String> {
         case_slack: std::time::Duration::from_secs(10),
         ..qemu::Limits::default()
     };
-    let mut config = config;
     loop {
         let mut exit = None;
         let boot = qemu::boot(&config, limits, &mut |e| match e {
@@ -299,23 +298,17 @@ fn prepare_and_boot(o: &Options, agent: &Path) -> Result<i32, String> {
             qemu::Event::Exit(code) => exit = Some(*code),
             _ => {}
         });
-        match (exit, &boot.ending) {
-            (Some(code), _) => return Ok(code),
-            // KVM that cannot boot this kernel fails before the program
-            // starts (seen: QEMU's "failed to set MSR 0x10a" on this host's
-            // nested KVM): remember it, as the suite's runs do, and use TCG.
-            (None, _) if boot.boot_seconds.is_none() && config.accel == qemu::Accel::Kvm => {
-                eprintln!("kcell vm: KVM did not boot {}; using TCG", kernel.id);
-                let _ = std::fs::write(super::accel_note(&cache, &kernel.id), "tcg\n");
-                config.accel = qemu::Accel::Tcg;
-            }
-            (None, ending) => {
-                return Err(format!(
-                    "the guest ended before the program did ({ending:?}); console tail:\n{}",
-                    boot.console_tail
-                ))
-            }
+        if let Some(code) = exit {
+            return Ok(code);
         }
+        if boot.boot_seconds.is_none() && super::fall_back_to_tcg(&cache, &kernel.id, &mut config) {
+            eprintln!("kcell vm: KVM did not boot {}; using TCG", kernel.id);
+            continue;
+        }
+        return Err(format!(
+            "the guest ended before the program did ({:?}); console tail:\n{}",
+            boot.ending, boot.console_tail
+        ));
     }
 }
 
