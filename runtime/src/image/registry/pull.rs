@@ -242,11 +242,18 @@ pub fn pull(store: &Store, text: &str, options: &Options) -> Result<Pulled, Imag
             );
         }
     }
-    let queue = std::sync::Mutex::new(missing.clone());
+    // Workers pop from the end of the queue.
+    let mut queue = missing.clone();
+    let mut jobs = options.jobs;
+    if crate::fault::armed("pull-mid-layer") {
+        jobs = 1;
+        queue.sort_by_key(|&i| std::cmp::Reverse(manifest.layers[i].size));
+    }
+    let queue = std::sync::Mutex::new(queue);
     let completed = std::sync::atomic::AtomicUsize::new(0);
     let how = std::sync::Mutex::new(Vec::new());
     let results: Vec<Result<(), RegistryError>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..options.jobs.max(1).min(missing.len().max(1)))
+        let workers: Vec<_> = (0..jobs.max(1).min(missing.len().max(1)))
             .map(|_| {
                 scope.spawn(|| -> Result<(), RegistryError> {
                     loop {
