@@ -1,7 +1,8 @@
 //! OCI hooks (runtime-spec config.md "POSIX-platform Hooks"): each runs
 //! with the container's state as JSON on its stdin, its own argv and
 //! environment; one that exits non-zero, or outlives its timeout (then it
-//! is killed), fails its step.
+//! is killed), fails its step ([`run`]), or, after the container started
+//! (poststart, poststop), is a warning and the rest still run ([`run_all`]).
 
 use crate::spec::Hook;
 use std::io::Write;
@@ -28,6 +29,17 @@ pub fn run(step: &'static str, hooks: &[Hook], state: &str) -> Result<(), HookEr
         run_one(step, h, state)?;
     }
     Ok(())
+}
+
+/// Runs every hook of `step` in order, each with `state` on stdin, and
+/// returns those that failed: for poststart and poststop, where the
+/// specification (runtime.md, Lifecycle steps 10 and 13) has a failure
+/// logged as a warning while the remaining hooks and the lifecycle go on.
+pub fn run_all(step: &'static str, hooks: &[Hook], state: &str) -> Vec<HookError> {
+    hooks
+        .iter()
+        .filter_map(|h| run_one(step, h, state).err())
+        .collect()
 }
 
 fn run_one(step: &'static str, h: &Hook, state: &str) -> Result<(), HookError> {
@@ -113,6 +125,17 @@ mod tests {
         run("poststart", &[sh(&script, None)], "{\"id\":\"x\"}").expect("runs");
         let got = std::fs::read_to_string(out).expect("read");
         assert_eq!(got, "{\"id\":\"x\"}v\n");
+    }
+
+    #[test]
+    fn run_all_goes_on_past_a_failing_hook() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("out");
+        let append = format!("echo second >> {}", out.display());
+        let failed = run_all("poststop", &[sh("exit 1", None), sh(&append, None)], "{}");
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert!(failed[0].why.contains("exit status: 1"), "{failed:?}");
+        assert_eq!(std::fs::read_to_string(out).expect("read"), "second\n");
     }
 
     #[test]

@@ -63,7 +63,7 @@ pub fn release(state: &StateDir, rec: &Record) {
         let mut stopped = rec.clone();
         stopped.pid = None;
         let json = super::state_json(&stopped).to_string();
-        if let Err(e) = super::hooks::run("poststop", &rec.hooks.poststop, &json) {
+        for e in super::hooks::run_all("poststop", &rec.hooks.poststop, &json) {
             warn("(poststop)", &e);
         }
     }

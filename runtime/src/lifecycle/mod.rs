@@ -220,7 +220,7 @@ pub fn start(state: &StateDir, id: &str) -> Result<(), LifecycleError> {
     rec.phase = Phase::Running;
     rec.exec_fifo = None;
     state.write(&rec)?;
-    if let Err(e) = hooks::run(
+    for e in hooks::run_all(
         "poststart",
         &rec.hooks.poststart,
         &state_json(&rec).to_string(),
