@@ -6,9 +6,11 @@
 //! EPERM, so a deny list cannot be bypassed through them; an i386 call
 //! gets the default action when the profile lists i386 and does not allow
 //! by default (its numbers differ: no rule can name them), and any other
-//! architecture is killed. Each rule is a block that tests the number and
-//! its argument conditions and returns the rule's action; the default
-//! action comes last. 64-bit comparisons are two 32-bit ones.
+//! architecture is killed. A native call numbered above every call a
+//! deny-by-default profile names gets ENOSYS ([`enosys_above`]). Each rule
+//! is a block that tests the number and its argument conditions and
+//! returns the rule's action; the default action comes last. 64-bit
+//! comparisons are two 32-bit ones.
 
 use super::{Action, ArgCmp, Op, Profile, AUDIT_ARCH_I386, AUDIT_ARCH_X86_64, X32_SYSCALL_BIT};
 
@@ -175,6 +177,27 @@ fn conditional_block(nr: i64, args: &[ArgCmp], action: Action) -> Vec<libc::sock
     out
 }
 
+/// The highest syscall number `p` names, when calls above it should get
+/// ENOSYS rather than the default action: a profile written before a call
+/// existed (clone3, faccessat2, ...) cannot mean to forbid it, and libc
+/// falls back to the older call only on ENOSYS (glibc's pthread_create
+/// fails on clone3's EPERM). runc and crun answer ENOSYS there too. Not
+/// for a default that lets calls run anyway, nor one that is ENOSYS.
+fn enosys_above(p: &Profile) -> Option<u32> {
+    let lets_run = matches!(
+        p.default_action,
+        Action::Allow | Action::Log | Action::Trace(_)
+    );
+    if lets_run || p.default_action == Action::Errno(libc::ENOSYS as u16) {
+        return None;
+    }
+    p.rules
+        .iter()
+        .flat_map(|r| &r.syscalls)
+        .max()
+        .map(|nr| *nr as u32)
+}
+
 /// Compiles `p` into a program for seccomp(2).
 pub fn compile(p: &Profile) -> Result<Vec<libc::sock_filter>, CompileError> {
     if let Some(c) = p.rules.iter().flat_map(|r| &r.args).find(|c| c.index > 5) {
@@ -196,6 +219,10 @@ pub fn compile(p: &Profile) -> Result<Vec<libc::sock_filter>, CompileError> {
         jmp(JGE_K, X32_SYSCALL_BIT, 0, 1),
         stmt(RET_K, Action::Errno(libc::EPERM as u16).ret()),
     ];
+    if let Some(last) = enosys_above(p) {
+        prog.push(jmp(JGT_K, last, 0, 1));
+        prog.push(stmt(RET_K, Action::Errno(libc::ENOSYS as u16).ret()));
+    }
     for rule in &p.rules {
         for nr in &rule.syscalls {
             if rule.args.is_empty() {
@@ -335,6 +362,38 @@ mod tests {
         assert_eq!(
             run(&prog, 20, 0xc000_00b7, [0; 6]),
             Action::KillProcess.ret()
+        );
+    }
+
+    #[rstest]
+    #[case::allowed_by_name(libc::SYS_read, Action::Allow)]
+    #[case::older_and_unnamed(libc::SYS_mount, Action::Errno(libc::EPERM as u16))]
+    #[case::newer_than_the_profile(libc::SYS_clone3, Action::Errno(libc::ENOSYS as u16))]
+    fn calls_newer_than_a_deny_by_default_profile_get_enosys(
+        #[case] nr: i64,
+        #[case] want: Action,
+    ) {
+        let p = Profile {
+            default_action: Action::Errno(libc::EPERM as u16),
+            architectures: Vec::new(),
+            rules: vec![Rule {
+                syscalls: vec![libc::SYS_read, libc::SYS_statx],
+                action: Action::Allow,
+                args: Vec::new(),
+            }],
+            flags: 0,
+        };
+        let prog = compile(&p).expect("compiles");
+        assert_eq!(run(&prog, nr as u32, AUDIT_ARCH_X86_64, [0; 6]), want.ret());
+        // A default that lets calls run has no such stub.
+        let allow = Profile {
+            default_action: Action::Log,
+            ..p
+        };
+        let prog = compile(&allow).expect("compiles");
+        assert_eq!(
+            run(&prog, libc::SYS_clone3 as u32, AUDIT_ARCH_X86_64, [0; 6]),
+            Action::Log.ret()
         );
     }
 
