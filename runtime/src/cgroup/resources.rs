@@ -48,6 +48,17 @@ pub enum ResourceError {
     /// A blkio weight outside 10..=1000.
     #[error("blkio weight {0} is not allowed: expected 10 to 1000")]
     BlkioWeight(u16),
+    /// memory.swappiness outside 0..=100.
+    #[error("memory swappiness {0} is not allowed: expected 0 to 100")]
+    Swappiness(u64),
+    /// A limit only cgroup v1 has, asked of a v2 cgroup.
+    #[error("{what} ({file}) exists only on cgroup v1: cgroup v2 has no such file")]
+    V1Only {
+        /// The limit.
+        what: &'static str,
+        /// Its v1 file.
+        file: &'static str,
+    },
 }
 
 /// Parses a size: bytes, or a number with unit b/k/m/g/t (binary multiples).
@@ -234,6 +245,26 @@ pub struct Resources {
     /// Device access rules, in order (`--device-deny`, OCI linux.resources.devices).
     #[serde(default)]
     pub devices: Vec<super::devices::Rule>,
+    /// v1 only: how readily the cgroup's pages are swapped, 0..=100
+    /// (memory.swappiness; v2 has one global knob).
+    #[serde(default)]
+    pub memory_swappiness: Option<u64>,
+    /// v1 only: a task over the limit waits instead of being OOM-killed
+    /// (memory.oom_control).
+    #[serde(default)]
+    pub oom_kill_disable: bool,
+    /// v1 only: kernel memory limit in bytes (memory.kmem.limit_in_bytes).
+    #[serde(default)]
+    pub kernel_memory: Option<u64>,
+    /// v1 only: TCP buffer memory limit in bytes (memory.kmem.tcp.limit_in_bytes).
+    #[serde(default)]
+    pub kernel_tcp_memory: Option<u64>,
+    /// v1 only: real-time scheduling period in µs (cpu.rt_period_us).
+    #[serde(default)]
+    pub cpu_rt_period_us: Option<u64>,
+    /// v1 only: real-time runtime per period in µs, -1 unlimited (cpu.rt_runtime_us).
+    #[serde(default)]
+    pub cpu_rt_runtime_us: Option<i64>,
 }
 
 /// One write of a value to a controller's file in the container's cgroup.
@@ -276,19 +307,72 @@ impl Resources {
                 return Err(ResourceError::BlkioWeight(w));
             }
         }
+        if let Some(s) = self.memory_swappiness.filter(|s| *s > 100) {
+            return Err(ResourceError::Swappiness(s));
+        }
         Ok(())
+    }
+
+    /// The v1-only limits that are set, each with its v1 file.
+    fn v1_only(&self) -> Vec<(&'static str, &'static str)> {
+        [
+            (
+                self.memory_swappiness.is_some(),
+                "memory swappiness",
+                "memory.swappiness",
+            ),
+            (
+                self.oom_kill_disable,
+                "disabling the OOM killer",
+                "memory.oom_control",
+            ),
+            (
+                self.kernel_memory.is_some(),
+                "a kernel memory limit",
+                "memory.kmem.limit_in_bytes",
+            ),
+            (
+                self.kernel_tcp_memory.is_some(),
+                "a kernel TCP memory limit",
+                "memory.kmem.tcp.limit_in_bytes",
+            ),
+            (
+                self.cpu_rt_period_us.is_some(),
+                "a real-time CPU period",
+                "cpu.rt_period_us",
+            ),
+            (
+                self.cpu_rt_runtime_us.is_some(),
+                "a real-time CPU runtime",
+                "cpu.rt_runtime_us",
+            ),
+        ]
+        .into_iter()
+        .filter(|(set, _, _)| *set)
+        .map(|(_, what, file)| (what, file))
+        .collect()
     }
 
     /// The controllers these limits need.
     pub fn controllers(&self) -> Vec<&'static str> {
         let mut c = Vec::new();
-        if self.cpu_max.is_some() || self.cpu_shares.is_some() {
+        if self.cpu_max.is_some()
+            || self.cpu_shares.is_some()
+            || self.cpu_rt_period_us.is_some()
+            || self.cpu_rt_runtime_us.is_some()
+        {
             c.push("cpu");
         }
         if self.cpuset_cpus.is_some() || self.cpuset_mems.is_some() {
             c.push("cpuset");
         }
-        if self.memory.is_some() || self.memory_reservation.is_some() {
+        if self.memory.is_some()
+            || self.memory_reservation.is_some()
+            || self.memory_swappiness.is_some()
+            || self.oom_kill_disable
+            || self.kernel_memory.is_some()
+            || self.kernel_tcp_memory.is_some()
+        {
             c.push("memory");
         }
         if self.pids.is_some() {
@@ -313,6 +397,13 @@ impl Resources {
                 if let Some(s) = self.cpu_shares {
                     out.push(set("cpu", "cpu.shares", s));
                 }
+                // The period first: a runtime is checked against it.
+                if let Some(p) = self.cpu_rt_period_us {
+                    out.push(set("cpu", "cpu.rt_period_us", p));
+                }
+                if let Some(r) = self.cpu_rt_runtime_us {
+                    out.push(set("cpu", "cpu.rt_runtime_us", r));
+                }
                 if let Some(cpus) = &self.cpuset_cpus {
                     out.push(set("cpuset", "cpuset.cpus", format_cpu_list(cpus)));
                 }
@@ -321,6 +412,20 @@ impl Resources {
                 }
                 if let Some(r) = self.memory_reservation {
                     out.push(set("memory", "memory.soft_limit_in_bytes", r));
+                }
+                // Kernel memory before any task is charged to the cgroup
+                // (kernels before 4.6 refuse a kmem limit on a used one).
+                if let Some(k) = self.kernel_memory {
+                    out.push(set("memory", "memory.kmem.limit_in_bytes", k));
+                }
+                if let Some(k) = self.kernel_tcp_memory {
+                    out.push(set("memory", "memory.kmem.tcp.limit_in_bytes", k));
+                }
+                if let Some(s) = self.memory_swappiness {
+                    out.push(set("memory", "memory.swappiness", s));
+                }
+                if self.oom_kill_disable {
+                    out.push(set("memory", "memory.oom_control", 1));
                 }
                 if let Some(m) = self.memory {
                     out.push(set("memory", "memory.limit_in_bytes", m));
@@ -355,6 +460,9 @@ impl Resources {
                 }
             }
             Version::V2 => {
+                if let Some((what, file)) = self.v1_only().first() {
+                    return Err(ResourceError::V1Only { what, file });
+                }
                 if let Some(c) = self.cpu_max {
                     out.push(set(
                         "cpu",
@@ -706,6 +814,44 @@ mod tests {
         let v2 = table(r.settings(Version::V2).expect("v2"));
         assert!(v2.contains(&("memory.swap.max".into(), "50".into())));
         assert_eq!(memsw_to_swap_max(150, 100), 50);
+    }
+
+    #[test]
+    fn v1_only_limits_are_written_on_v1_and_refused_by_name_on_v2() {
+        let r = Resources {
+            memory: Some(50 << 20),
+            kernel_memory: Some(50 << 20),
+            kernel_tcp_memory: Some(50 << 20),
+            memory_swappiness: Some(10),
+            oom_kill_disable: true,
+            cpu_rt_period_us: Some(1_000_000),
+            cpu_rt_runtime_us: Some(950_000),
+            ..Default::default()
+        };
+        assert_eq!(r.controllers(), vec!["cpu", "memory"]);
+        let want: Vec<(String, String)> = [
+            ("cpu.rt_period_us", "1000000"),
+            ("cpu.rt_runtime_us", "950000"),
+            ("memory.kmem.limit_in_bytes", "52428800"),
+            ("memory.kmem.tcp.limit_in_bytes", "52428800"),
+            ("memory.swappiness", "10"),
+            ("memory.oom_control", "1"),
+            ("memory.limit_in_bytes", "52428800"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        assert_eq!(table(r.settings(Version::V1).expect("v1")), want);
+        let err = r.settings(Version::V2).expect_err("v2 has none of them");
+        assert_eq!(
+            err.to_string(),
+            "memory swappiness (memory.swappiness) exists only on cgroup v1: cgroup v2 has no such file"
+        );
+        let too_much = Resources {
+            memory_swappiness: Some(101),
+            ..Default::default()
+        };
+        assert_eq!(too_much.validate(), Err(ResourceError::Swappiness(101)));
     }
 
     #[test]

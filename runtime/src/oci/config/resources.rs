@@ -23,15 +23,12 @@ pub fn resources(r: &oci::LinuxResources) -> Result<Resources, ConfigError> {
     let mut out = Resources::default();
     let positive = |v: Option<i64>| v.filter(|x| *x > 0).map(|x| x as u64);
     if let Some(m) = r.memory() {
-        if m.kernel_tcp().is_some_and(|v| v != 0) {
-            return Err(unsupported("linux.resources.memory.kernelTCP"));
-        }
-        if m.disable_oom_killer() == Some(true) {
-            return Err(unsupported("linux.resources.memory.disableOOMKiller"));
-        }
-        if m.swappiness().is_some_and(|s| s <= 100) {
-            return Err(unsupported("linux.resources.memory.swappiness"));
-        }
+        // v1-only settings: on a v2 cgroup they are refused by name when
+        // the limits are applied, before the container runs.
+        out.kernel_memory = positive(m.kernel());
+        out.kernel_tcp_memory = positive(m.kernel_tcp());
+        out.oom_kill_disable = m.disable_oom_killer() == Some(true);
+        out.memory_swappiness = m.swappiness();
         out.memory = positive(m.limit());
         out.memory_reservation = positive(m.reservation());
         if let (Some(total), Some(limit)) = (positive(m.swap()), out.memory) {
@@ -44,13 +41,8 @@ pub fn resources(r: &oci::LinuxResources) -> Result<Resources, ConfigError> {
         }
     }
     if let Some(c) = r.cpu() {
-        if c.realtime_runtime().is_some_and(|v| v != 0)
-            || c.realtime_period().is_some_and(|v| v != 0)
-        {
-            return Err(unsupported(
-                "linux.resources.cpu.realtimeRuntime/realtimePeriod",
-            ));
-        }
+        out.cpu_rt_period_us = c.realtime_period().filter(|p| *p > 0);
+        out.cpu_rt_runtime_us = c.realtime_runtime().filter(|r| *r != 0);
         if c.idle().is_some_and(|v| v != 0) {
             return Err(unsupported("linux.resources.cpu.idle"));
         }
