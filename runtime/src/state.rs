@@ -130,6 +130,10 @@ pub struct Record {
     /// Its own resolv.conf (`--dns`), removed with it.
     #[serde(default)]
     pub resolv_conf: Option<PathBuf>,
+    /// A root without a mount namespace of its own: what it mounts below
+    /// the root in the caller's namespace is unmounted with it.
+    #[serde(default)]
+    pub host_mounts: Option<crate::rootfs::host_ns::HostMounts>,
 }
 
 /// A process's start time in clock ticks since boot, from /proc/PID/stat;
@@ -413,6 +417,7 @@ mod tests {
             host_links: vec![],
             netns_file: None,
             resolv_conf: None,
+            host_mounts: None,
         }
     }
 

@@ -120,7 +120,13 @@ pub fn create(
         host_links: Vec::new(),
         netns_file: None,
         resolv_conf: None,
+        host_mounts: None,
     };
+    let own_mnt = spec.namespaces.contains(Namespace::Mnt)
+        || spec.joins.iter().any(|(n, _)| *n == Namespace::Mnt);
+    if !own_mnt && spec.rootfs != std::path::Path::new("/") {
+        rec.host_mounts = Some(crate::rootfs::host_ns::snapshot(&spec.rootfs)?);
+    }
     // The record exists before anything it names is made.
     state.create(&rec)?;
     crate::fault::point("after-record");

@@ -1,5 +1,6 @@
 //! Everything a container holds, released in one place: its cgroup (and
-//! what still runs in it), its kept network namespace, host-side links and
+//! what still runs in it), the mounts a root without a mount namespace
+//! made below it, its kept network namespace, host-side links and
 //! bridge lease, its overlay directory, its resolv.conf and exec FIFO, then
 //! its poststop hooks and its record. Whichever command ends a container
 //! (run, rm, stop, delete, gc) comes here; each step tolerates what is
@@ -37,6 +38,11 @@ pub fn release(state: &StateDir, rec: &Record) {
     if let Some(cg) = rec.cgroup() {
         if let Err(e) = cg.remove() {
             warn("the cgroup", &e);
+        }
+    }
+    if let Some(h) = &rec.host_mounts {
+        if let Err(e) = crate::rootfs::host_ns::release(h) {
+            warn("the mounts below its root", &e);
         }
     }
     if let Some(file) = &rec.netns_file {

@@ -2,7 +2,8 @@
 //! order (kcell's standard ones, or an OCI config's), its device nodes,
 //! then pivot_root (never chroot: the old root must be unmounted so `..`
 //! and double-chroot cannot reach the host), and finally the masked and
-//! read-only paths.
+//! read-only paths. The one exception is a config that asks for no mount
+//! namespace at all: then chroot is all there is ([`host_ns`]).
 //!
 //! Every destination is resolved inside the root by [`inroot`] and mounted
 //! on through its descriptor: a hostile root's symlinks lead nowhere.
@@ -10,6 +11,7 @@
 //! mount (and maybe user) namespace, before exec.
 
 pub mod busybox;
+pub mod host_ns;
 pub mod inroot;
 
 use crate::spec::{ContainerSpec, Mount};
@@ -50,14 +52,19 @@ pub enum UserNs {
 
 /// Builds the container's root for `spec` and moves into it, calling
 /// `before_pivot` once the mounts are made (the createContainer hooks run
-/// there). With no mnt namespace (`rootfs` is `/`) nothing is mounted.
+/// there). With no mnt namespace of its own, a root of `/` gets nothing
+/// mounted, and any other root gets its mounts in the caller's namespace
+/// and a chroot ([`host_ns`]).
 pub fn enter(
     spec: &ContainerSpec,
     user_ns: UserNs,
     before_pivot: &mut dyn FnMut() -> Result<(), RootfsError>,
 ) -> Result<(), RootfsError> {
     if !spec.namespaces.contains(crate::namespace::Namespace::Mnt) {
-        return before_pivot();
+        if spec.rootfs == Path::new("/") {
+            return before_pivot();
+        }
+        return chroot_into(spec, user_ns, before_pivot);
     }
     // Nothing mounted from here on may propagate back to the host.
     mount(
@@ -83,18 +90,7 @@ pub fn enter(
         .sys("mount --rbind", format!("{} on itself", root.display()))?,
     }
     // Opened after the root's own mount, so what is mounted below lands on it.
-    let inside = InRoot::open(&root)?;
-    for m in &spec.mounts {
-        apply(&inside, m, spec, user_ns)?;
-    }
-    let dev_from_host = spec
-        .mounts
-        .iter()
-        .any(|m| m.destination == Path::new("/dev") && m.is_bind());
-    if !dev_from_host {
-        make_devices(&inside, spec, user_ns)?;
-    }
-    inside.ensure(&spec.process.cwd, Need::Dir(0o755))?;
+    populate(&root, spec, user_ns)?;
     before_pivot()?;
     if spec.no_pivot {
         move_into(&root)?;
@@ -111,6 +107,41 @@ pub fn enter(
         )
         .sys("mount --make-* (rootfsPropagation)", "/")?;
     }
+    Ok(())
+}
+
+/// The container's mounts, device nodes and working directory, in `root`.
+fn populate(root: &Path, spec: &ContainerSpec, user_ns: UserNs) -> Result<(), RootfsError> {
+    let inside = InRoot::open(root)?;
+    for m in &spec.mounts {
+        apply(&inside, m, spec, user_ns)?;
+    }
+    let dev_from_host = spec
+        .mounts
+        .iter()
+        .any(|m| m.destination == Path::new("/dev") && m.is_bind());
+    if !dev_from_host {
+        make_devices(&inside, spec, user_ns)?;
+    }
+    inside.ensure(&spec.process.cwd, Need::Dir(0o755))?;
+    Ok(())
+}
+
+/// A root without a mount namespace of its own: its mounts land in the
+/// caller's namespace (the record names them for release, [`host_ns`]),
+/// and chroot stands in for pivot_root, which needs a namespace to move.
+/// Masked and read-only paths, a read-only root and root propagation would
+/// change the caller's mounts: the spec refuses them here.
+fn chroot_into(
+    spec: &ContainerSpec,
+    user_ns: UserNs,
+    before_pivot: &mut dyn FnMut() -> Result<(), RootfsError>,
+) -> Result<(), RootfsError> {
+    let root = fs::canonicalize(&spec.rootfs).sys("realpath", spec.rootfs.display())?;
+    populate(&root, spec, user_ns)?;
+    before_pivot()?;
+    nix::unistd::chroot(&root).sys("chroot", root.display())?;
+    nix::unistd::chdir("/").sys("chdir", "/")?;
     Ok(())
 }
 

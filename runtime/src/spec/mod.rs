@@ -33,9 +33,9 @@ pub enum SpecError {
     /// A hostname without a UTS namespace would rename the host.
     #[error("--hostname needs the uts namespace, which the namespace set leaves out")]
     HostnameWithoutUts,
-    /// Without a mount namespace the root cannot change (it would be the host's).
-    #[error("root filesystem '{0}' needs the mnt namespace: without one, ROOTFS must be /")]
-    RootWithoutMnt(PathBuf),
+    /// Without a mount namespace these would change the caller's mounts.
+    #[error("{0} needs the mnt namespace: without one, the container's mounts are the caller's")]
+    NeedsMnt(&'static str),
     /// Clock offsets are set on a time namespace.
     #[error("--{0}-offset needs the time namespace, which the namespace set leaves out")]
     OffsetWithoutTime(&'static str),
@@ -363,8 +363,18 @@ impl ContainerSpec {
         }
         let mnt = self.namespaces.contains(Namespace::Mnt)
             || self.joins.iter().any(|(n, _)| *n == Namespace::Mnt);
-        if !mnt && self.rootfs != Path::new("/") {
-            return Err(SpecError::RootWithoutMnt(self.rootfs.clone()));
+        if !mnt {
+            for (what, set) in [
+                ("masking paths", !self.masked_paths.is_empty()),
+                ("making paths read-only", !self.readonly_paths.is_empty()),
+                ("a read-only root", self.readonly_root),
+                ("root propagation", self.root_propagation.is_some()),
+            ] {
+                // A root of / mounts nothing and seals nothing.
+                if set && self.rootfs != Path::new("/") {
+                    return Err(SpecError::NeedsMnt(what));
+                }
+            }
         }
         let uts = self.namespaces.contains(Namespace::Uts)
             || self.joins.iter().any(|(n, _)| *n == Namespace::Uts);
@@ -507,10 +517,17 @@ mod tests {
     }
 
     #[test]
-    fn root_other_than_slash_needs_mnt() {
+    fn without_mnt_a_root_may_not_change_the_callers_mounts() {
+        // spec() has no mnt namespace and the default masked paths.
         let mut s = spec();
+        assert_eq!(s.validate(), Ok(()), "a root of / seals nothing");
         s.rootfs = std::env::temp_dir();
-        assert!(matches!(s.validate(), Err(SpecError::RootWithoutMnt(_))));
+        assert_eq!(s.validate(), Err(SpecError::NeedsMnt("masking paths")));
+        s.masked_paths.clear();
+        s.readonly_paths.clear();
+        assert_eq!(s.validate(), Ok(()));
+        s.readonly_root = true;
+        assert_eq!(s.validate(), Err(SpecError::NeedsMnt("a read-only root")));
     }
 
     #[test]
