@@ -1,5 +1,7 @@
 //! What the runtime's integration tests share.
 
+pub mod oci;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
