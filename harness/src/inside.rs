@@ -29,6 +29,11 @@ pub const READY: &str = "KCELL_READY";
 /// reading lands before it uses CPU again.
 pub const MARK: &str = "KCELL_MARK";
 
+/// What a held workload prints after its last clock reading, before
+/// READY: the harness reads the counters again, so the window ends before
+/// the process's exit (whose CPU the workload's own clock never sees).
+pub const MARK_END: &str = "KCELL_MARK_END";
+
 fn out(key: &str, value: impl std::fmt::Display) {
     println!("{}", observation_line(key, value));
 }
@@ -83,7 +88,8 @@ pub fn main(args: &[String]) -> i32 {
         ["rootmount"] => root_mount(),
         ["cgroup"] => cgroup(),
         ["spin", rest @ ..] => spin(rest),
-        ["work", size, seconds] => work(size, seconds),
+        ["work", size, seconds] => work(size, seconds, false),
+        ["work", size, seconds, "--hold"] => work(size, seconds, true),
         ["alloc", size] => alloc(size, false),
         ["alloc", size, "--hold"] => alloc(size, true),
         ["fork-until-fail", limit] => fork_until_fail(limit),

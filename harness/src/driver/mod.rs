@@ -189,7 +189,10 @@ pub(crate) fn pipes(hold: bool) -> Result<(ChildIo, OurIo), String> {
 /// A reading taken when a workload prints `KCELL_MARK` (inside::MARK):
 /// the cgroup's CPU and memory counters at that moment, read by the thread that reads
 /// its stdout, so the counter and the workload's own clock can be compared
-/// over the same window (exec and set-up excluded).
+/// over the same window (exec and set-up excluded); and one at
+/// `KCELL_MARK_END`, which a held workload prints before READY (its exit
+/// excluded: the lines are read in order, so the reading is taken before
+/// the harness sees READY and lets the process go).
 #[derive(Debug, Default)]
 pub struct Mark {
     /// The run's cgroup (known once the runtime's create is under way).
@@ -198,6 +201,8 @@ pub struct Mark {
     pub cpu_ns: Option<u64>,
     /// The memory in use at the mark (v1 usage_in_bytes, v2 memory.current).
     pub memory_bytes: Option<u64>,
+    /// The CPU counter at the end mark (`KCELL_MARK_END`), ns.
+    pub cpu_end_ns: Option<u64>,
 }
 
 impl Started {
@@ -209,7 +214,8 @@ impl Started {
         let out_reader = std::thread::spawn(move || {
             let mut all = String::new();
             for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if line == crate::inside::MARK {
+                let (start, end) = (line == crate::inside::MARK, line == crate::inside::MARK_END);
+                if start || end {
                     let mut m = marked.lock().unwrap_or_else(|e| e.into_inner());
                     let counters = m.cgroup.as_ref().map(|c| {
                         crate::observe::cgroupfs::Layout::read()
@@ -217,8 +223,12 @@ impl Started {
                             .counters()
                     });
                     if let Some(c) = counters {
-                        m.cpu_ns = c.get("cpu_usage_ns").copied();
-                        m.memory_bytes = c.get("memory_bytes").copied();
+                        if start {
+                            m.cpu_ns = c.get("cpu_usage_ns").copied();
+                            m.memory_bytes = c.get("memory_bytes").copied();
+                        } else {
+                            m.cpu_end_ns = c.get("cpu_usage_ns").copied();
+                        }
                     }
                 }
                 let _ = line_tx.send(line.clone());

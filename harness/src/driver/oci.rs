@@ -497,9 +497,13 @@ pub fn finish(mut st: Started, ctx: &RunCtx) -> Result<Ended, String> {
             counters.insert("cpu_at_start_ns", at_start);
             counters.insert("cpu_since_start_ns", total.saturating_sub(at_start));
         }
-        let marked = st.mark.lock().unwrap_or_else(|e| e.into_inner()).cpu_ns;
+        let (marked, end) = {
+            let m = st.mark.lock().unwrap_or_else(|e| e.into_inner());
+            (m.cpu_ns, m.cpu_end_ns)
+        };
         if let Some(at_mark) = marked {
-            counters.insert("cpu_since_mark_ns", total.saturating_sub(at_mark));
+            let end = end.unwrap_or(total);
+            counters.insert("cpu_since_mark_ns", end.saturating_sub(at_mark));
         }
     }
     if let Some(m) = st

@@ -166,8 +166,9 @@ pub(super) fn fork_until_fail(limit: &str) -> Res {
 /// then report the process's own CPU clock: `cpu_ns` counts from its fork,
 /// so it includes the runtime's set-up in this process before exec;
 /// `work_cpu_ns` counts from the mark (printed once the memory is
-/// touched, see MARK), the spinning alone.
-pub(super) fn work(size: &str, seconds: &str) -> Res {
+/// touched, see MARK), the spinning alone. With `hold`, MARK_END then
+/// READY, and the process waits for stdin to close before it exits.
+pub(super) fn work(size: &str, seconds: &str, hold: bool) -> Res {
     let bytes = crate::text::size(size)?;
     let secs: f64 = seconds
         .parse()
@@ -189,5 +190,12 @@ pub(super) fn work(size: &str, seconds: &str) -> Res {
     let now = cpu_time();
     out("cpu_ns", (now * 1e9) as u64);
     out("work_cpu_ns", ((now - entry) * 1e9) as u64);
+    if hold {
+        println!("{MARK_END}");
+        println!("{READY}");
+        let _ = std::io::stdout().flush();
+        wait_for_stdin_eof();
+        std::hint::black_box(&memory);
+    }
     Ok(())
 }
