@@ -10,6 +10,14 @@ use std::path::{Path, PathBuf};
 mod common;
 use common::oci::{assert_refused, setup, wait_for};
 
+/// One test at a time: linux_ns_itype's container mounts in this
+/// process's namespace, which the other tests' census counts.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Mount points at or below `root` in this process's mount namespace.
 fn mounts_below(root: &Path) -> Vec<String> {
     let root = std::fs::canonicalize(root).expect("realpath");
@@ -41,6 +49,7 @@ fn v1_hierarchy(controller: &str) -> Option<PathBuf> {
 /// step succeeds and the hooks after it still run.
 #[test]
 fn poststart_and_poststop_failures_warn_and_the_hooks_after_them_run() {
+    let _one = one_at_a_time();
     let Some(s) = setup("hookfail") else { return };
     let before = s.census();
     let out = s.dir.path().join("hooks.out");
@@ -77,6 +86,7 @@ fn poststart_and_poststop_failures_warn_and_the_hooks_after_them_run() {
 /// mounts: masked paths without a mount namespace are refused by name.
 #[test]
 fn without_namespaces_the_root_is_chrooted_and_its_mounts_go_with_it() {
+    let _one = one_at_a_time();
     let Some(s) = setup("itype") else { return };
     let before = s.census();
     let no_namespaces = |c: &mut serde_json::Value| {
@@ -133,6 +143,7 @@ fn without_namespaces_the_root_is_chrooted_and_its_mounts_go_with_it() {
 /// files, and a config that asks for them is refused naming the setting.
 #[test]
 fn memory_settings_only_v1_has_are_written_there_and_refused_by_name_elsewhere() {
+    let _one = one_at_a_time();
     let Some(s) = setup("v1mem") else { return };
     let before = s.census();
     let limit: u64 = 50_593_792;
