@@ -110,16 +110,7 @@ fn cgroup_dirs() -> Vec<String> {
 }
 
 fn cgroup_mounts() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            let fstype = post.split_whitespace().next()?;
-            let point = pre.split_whitespace().nth(4)?;
-            (fstype == "cgroup" || fstype == "cgroup2").then(|| PathBuf::from(point))
-        })
-        .collect();
+    let mut v = common::oci::cgroup_mounts();
     v.sort();
     v.dedup();
     v
