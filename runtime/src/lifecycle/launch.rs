@@ -122,9 +122,7 @@ pub fn create(
         resolv_conf: None,
         host_mounts: None,
     };
-    let own_mnt = spec.namespaces.contains(Namespace::Mnt)
-        || spec.joins.iter().any(|(n, _)| *n == Namespace::Mnt);
-    if !own_mnt && spec.rootfs != std::path::Path::new("/") {
+    if spec.mounts_in_callers_namespace() {
         rec.host_mounts = Some(crate::rootfs::host_ns::snapshot(&spec.rootfs)?);
     }
     // The record exists before anything it names is made.

@@ -352,6 +352,19 @@ impl ContainerSpec {
         }
     }
 
+    /// Whether the container is in a namespace of this type other than its
+    /// caller's: one made for it, or one it joins.
+    pub fn has_namespace(&self, ns: Namespace) -> bool {
+        self.namespaces.contains(ns) || self.joins.iter().any(|(n, _)| *n == ns)
+    }
+
+    /// Whether its root's mounts are made in the caller's mount namespace:
+    /// no mount namespace of its own and a root other than / (a root of /
+    /// mounts nothing). See [`crate::rootfs::host_ns`].
+    pub fn mounts_in_callers_namespace(&self) -> bool {
+        !self.has_namespace(Namespace::Mnt) && self.rootfs != Path::new("/")
+    }
+
     /// Checks everything that can be checked before a process is made.
     pub fn validate(&self) -> Result<(), SpecError> {
         validate_id(&self.id)?;
@@ -361,23 +374,19 @@ impl ContainerSpec {
         if !self.rootfs.is_dir() {
             return Err(SpecError::MissingRootfs(self.rootfs.clone()));
         }
-        let mnt = self.namespaces.contains(Namespace::Mnt)
-            || self.joins.iter().any(|(n, _)| *n == Namespace::Mnt);
-        if !mnt {
+        if self.mounts_in_callers_namespace() {
             for (what, set) in [
                 ("masking paths", !self.masked_paths.is_empty()),
                 ("making paths read-only", !self.readonly_paths.is_empty()),
                 ("a read-only root", self.readonly_root),
                 ("root propagation", self.root_propagation.is_some()),
             ] {
-                // A root of / mounts nothing and seals nothing.
-                if set && self.rootfs != Path::new("/") {
+                if set {
                     return Err(SpecError::NeedsMnt(what));
                 }
             }
         }
-        let uts = self.namespaces.contains(Namespace::Uts)
-            || self.joins.iter().any(|(n, _)| *n == Namespace::Uts);
+        let uts = self.has_namespace(Namespace::Uts);
         if let Some(name) = &self.hostname {
             if name.len() > HOSTNAME_MAX {
                 return Err(SpecError::HostnameTooLong(name.clone(), name.len()));
