@@ -9,15 +9,19 @@ use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(config) = serde_json::from_slice::<oci_spec::runtime::Spec>(data) else {
+    let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    match kcell::oci::config::to_spec("fuzz", Path::new("/"), &config) {
+    let Ok(loaded) = kcell::oci::config::parse(text, Path::new("config.json")) else {
+        return;
+    };
+    match kcell::oci::config::to_spec("fuzz", Path::new("/"), &loaded) {
         Err(e) => {
             let msg = e.to_string();
             assert!(!msg.contains('\n'), "not one line: {msg:?}");
         }
-        Ok(spec) => {
+        Ok(accepted) => {
+            let spec = accepted.spec;
             if spec.validate().is_ok() && spec.resources.validate().is_ok() {
                 for v in [Version::V1, Version::V2] {
                     if let Err(e) = spec.resources.settings(v) {

@@ -38,8 +38,9 @@ use std::path::PathBuf;
 
 pub use launch::{create, Created};
 
-/// The OCI runtime-spec version kcell implements.
-pub const OCI_VERSION: &str = "1.2.0";
+/// The OCI runtime-spec version kcell implements and writes (state,
+/// features, spec); every 1.x config is read (oci::config::policy).
+pub const OCI_VERSION: &str = "1.3.0";
 
 /// Errors of the lifecycle. The messages that clients match keep runc's
 /// words ("does not exist", "container not running").

@@ -137,13 +137,18 @@ pub fn parse_signal(text: &str) -> std::result::Result<nix::sys::signal::Signal,
         .map_err(|_| format!("unknown signal \"{text}\": a name such as TERM, SIGKILL or a number"))
 }
 
-/// The spec of a bundle's container, with what create's flags add.
-fn spec_of(a: &CreateArgs) -> Result<crate::spec::ContainerSpec> {
+/// The spec of a bundle's container, with what create's flags add; each
+/// property of the config that kcell ignores is a warning in the log.
+fn spec_of(a: &CreateArgs, log: &Log) -> Result<crate::spec::ContainerSpec> {
     crate::spec::validate_id(&a.id).map_err(fail)?;
     let bundle = std::fs::canonicalize(&a.bundle)
         .map_err(|e| fail(format!("bundle {}: {e}", a.bundle.display())))?;
-    let c = config::load(&bundle).map_err(fail)?;
-    let mut spec = config::to_spec(&a.id, &bundle, &c).map_err(fail)?;
+    let loaded = config::load(&bundle).map_err(fail)?;
+    let accepted = config::to_spec(&a.id, &bundle, &loaded).map_err(fail)?;
+    for warning in accepted.ignored.warnings() {
+        log.warn(&format!("config.json: {warning}"));
+    }
+    let mut spec = accepted.spec;
     spec.no_pivot = a.no_pivot;
     spec.new_keyring = !a.no_new_keyring;
     if spec.process.terminal && a.console_socket.is_none() {
@@ -189,7 +194,7 @@ fn absolute(p: &Option<PathBuf>) -> Option<PathBuf> {
 }
 
 fn create(state: &StateDir, a: &CreateArgs, owned: bool, log: &Log) -> Result<lifecycle::Created> {
-    let mut spec = spec_of(a)?;
+    let mut spec = spec_of(a, log)?;
     let listen = listen_fds(&mut spec);
     let opts = CreateOptions {
         owned,
@@ -207,7 +212,7 @@ fn run(state: &StateDir, a: RunArgs, log: &Log) -> Result<i32> {
         lifecycle::start(state, &a.create.id).map_err(fail)?;
         return Ok(0);
     }
-    let mut spec = spec_of(&a.create)?;
+    let mut spec = spec_of(&a.create, log)?;
     let listen = listen_fds(&mut spec);
     let opts = CreateOptions {
         owned: true,
@@ -244,7 +249,14 @@ fn exec_process(rec: &crate::state::Record, a: &ExecArgs) -> Result<crate::spec:
                 .map_err(|e| fail(format!("process file {}: {e}", file.display())))?;
             let oci: oci_spec::runtime::Process = serde_json::from_str(&text)
                 .map_err(|e| fail(format!("process file {}: {e}", file.display())))?;
-            let mut p = config::process_of(&oci).map_err(fail)?;
+            let mut ignored = config::Ignoring::default();
+            let mut p = config::process_of(&oci, &mut ignored).map_err(fail)?;
+            for warning in ignored.warnings() {
+                eprintln!(
+                    "kcell-oci: warning: process file {}: {warning}",
+                    file.display()
+                );
+            }
             p.seccomp = rec.process.seccomp.clone();
             p
         }

@@ -1,7 +1,8 @@
 //! An OCI bundle's config.json (parsed with the `oci-spec` crate) made
 //! into a [`ContainerSpec`]. Every field kcell implements is carried over;
-//! a field it does not implement is refused here, naming the field, never
-//! silently ignored.
+//! one it does not implement is refused naming it where ignoring it would
+//! weaken what the config asks, else ignored with a warning naming it
+//! ([`policy`]): never silently.
 
 use crate::caps::CapSet;
 use crate::idmap::{IdMap, IdMapping};
@@ -11,7 +12,9 @@ use crate::spec::{Capabilities, ContainerSpec, Device, Hook, Hooks, Mount, Proce
 use oci_spec::runtime as oci;
 use std::path::{Path, PathBuf};
 
+pub mod policy;
 mod resources;
+pub use policy::Ignoring;
 pub use resources::resources;
 
 /// What is wrong with a config.
@@ -36,35 +39,66 @@ fn invalid(what: impl Into<String>) -> ConfigError {
     ConfigError::Invalid(what.into())
 }
 
+/// A config.json as read: oci-spec's typed view of it, and the
+/// properties of the file that view lacks (see [`policy::unknown_properties`]).
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// What oci-spec read.
+    pub config: oci::Spec,
+    /// The paths of the file's properties oci-spec does not model.
+    pub unknown: Vec<String>,
+}
+
+/// A config made into a container's spec, with what was ignored of it.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The container's spec.
+    pub spec: ContainerSpec,
+    /// The properties kcell ignored, to warn about.
+    pub ignored: Ignoring,
+}
+
 /// Reads `<bundle>/config.json`.
-pub fn load(bundle: &Path) -> Result<oci::Spec, ConfigError> {
+pub fn load(bundle: &Path) -> Result<Loaded, ConfigError> {
     let path = bundle.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|e| {
         ConfigError::Load(format!("JSON specification file {}: {e}", path.display()))
     })?;
-    serde_json::from_str(&text).map_err(|e| {
+    parse(&text, &path)
+}
+
+/// A config.json's text (`path` names it in errors).
+pub fn parse(text: &str, path: &Path) -> Result<Loaded, ConfigError> {
+    let load_error = |e: serde_json::Error| {
         let what = if e.is_syntax() || e.is_eof() {
             "is not JSON"
         } else {
             "is not a runtime-spec config"
         };
         ConfigError::Load(format!("{} {what}: {e}", path.display()))
+    };
+    let file: serde_json::Value = serde_json::from_str(text).map_err(load_error)?;
+    let config: oci::Spec = serde_json::from_value(file.clone()).map_err(load_error)?;
+    let read = serde_json::to_value(&config).map_err(load_error)?;
+    Ok(Loaded {
+        unknown: policy::unknown_properties(&file, &read),
+        config,
     })
 }
 
-/// The container `id` of the bundle at `bundle` (absolute) with config `c`.
-pub fn to_spec(id: &str, bundle: &Path, c: &oci::Spec) -> Result<ContainerSpec, ConfigError> {
-    let version = c.version();
-    if !(version.starts_with("1.0") || version.starts_with("1.1") || version.starts_with("1.2")) {
-        return Err(invalid(format!(
-            "ociVersion '{version}' is not allowed: kcell implements 1.0.x to 1.2.x"
-        )));
-    }
+/// The container `id` of the bundle at `bundle` (absolute) with config
+/// `loaded`.
+pub fn to_spec(id: &str, bundle: &Path, loaded: &Loaded) -> Result<Accepted, ConfigError> {
+    let c = &loaded.config;
+    policy::check_version(c.version())?;
+    let mut ignored = Ignoring::default();
     if c.solaris().is_some() || c.windows().is_some() || c.vm().is_some() || c.zos().is_some() {
-        return Err(unsupported(
+        ignored.unimplemented(
+            "solaris, windows, vm, zos",
             "a non-Linux platform section (solaris, windows, vm, zos)",
-        ));
+        )?;
     }
+    policy::unknown(&loaded.unknown, &mut ignored)?;
     let root = c
         .root()
         .as_ref()
@@ -88,7 +122,7 @@ pub fn to_spec(id: &str, bundle: &Path, c: &oci::Spec) -> Result<ContainerSpec, 
     spec.id = id.to_string();
     spec.bundle = Some(bundle.to_path_buf());
     spec.readonly_root = root.readonly().unwrap_or(false);
-    spec.process = process_of(p)?;
+    spec.process = process_of(p, &mut ignored)?;
     spec.hostname = c.hostname().clone().filter(|h| !h.is_empty());
     spec.domainname = c.domainname().clone().filter(|h| !h.is_empty());
     spec.annotations = c
@@ -103,7 +137,7 @@ pub fn to_spec(id: &str, bundle: &Path, c: &oci::Spec) -> Result<ContainerSpec, 
         .clone()
         .unwrap_or_default()
         .iter()
-        .map(|m| mount(bundle, m))
+        .map(|m| mount(bundle, m, &mut ignored))
         .collect::<Result<_, _>>()?;
     // The OCI config says everything: no standard mounts, masks or limits
     // of kcell's own, and no bridge or DNS of its CLI.
@@ -114,29 +148,31 @@ pub fn to_spec(id: &str, bundle: &Path, c: &oci::Spec) -> Result<ContainerSpec, 
         .linux()
         .as_ref()
         .ok_or_else(|| invalid("linux is missing"))?;
-    apply_linux(&mut spec, id, linux)?;
-    Ok(spec)
+    apply_linux(&mut spec, id, linux, &mut ignored)?;
+    Ok(Accepted { spec, ignored })
 }
 
-/// A config's `process` (also an `exec --process` file) as kcell's.
-pub fn process_of(p: &oci::Process) -> Result<Process, ConfigError> {
-    if p.apparmor_profile()
-        .as_deref()
-        .is_some_and(|s| !s.is_empty())
-    {
-        return Err(unsupported("process.apparmorProfile"));
-    }
-    if p.selinux_label().as_deref().is_some_and(|s| !s.is_empty()) {
-        return Err(unsupported("process.selinuxLabel"));
-    }
-    if p.io_priority().is_some() {
-        return Err(unsupported("process.ioPriority"));
-    }
-    if p.scheduler().is_some() {
-        return Err(unsupported("process.scheduler"));
-    }
-    if p.exec_cpu_affinity().is_some() {
-        return Err(unsupported("process.execCPUAffinity"));
+/// A config's `process` (also an `exec --process` file) as kcell's; what
+/// kcell ignores of it is noted in `ignored`.
+pub fn process_of(p: &oci::Process, ignored: &mut Ignoring) -> Result<Process, ConfigError> {
+    for (property, set) in [
+        (
+            "process.apparmorProfile",
+            p.apparmor_profile()
+                .as_deref()
+                .is_some_and(|s| !s.is_empty()),
+        ),
+        (
+            "process.selinuxLabel",
+            p.selinux_label().as_deref().is_some_and(|s| !s.is_empty()),
+        ),
+        ("process.ioPriority", p.io_priority().is_some()),
+        ("process.scheduler", p.scheduler().is_some()),
+        ("process.execCPUAffinity", p.exec_cpu_affinity().is_some()),
+    ] {
+        if set {
+            ignored.unimplemented(property, property)?;
+        }
     }
     let args = p.args().clone().unwrap_or_default();
     if args.is_empty() {
@@ -258,12 +294,15 @@ fn hooks(h: &oci::Hooks) -> Hooks {
     }
 }
 
-fn mount(bundle: &Path, m: &oci::Mount) -> Result<Mount, ConfigError> {
+fn mount(bundle: &Path, m: &oci::Mount, ignored: &mut Ignoring) -> Result<Mount, ConfigError> {
     if m.uid_mappings().is_some() || m.gid_mappings().is_some() {
-        return Err(unsupported(&format!(
-            "mounts[{}].uidMappings/gidMappings (idmapped mounts)",
-            m.destination().display()
-        )));
+        ignored.unimplemented(
+            "mounts[].uidMappings/gidMappings",
+            &format!(
+                "mounts[{}].uidMappings/gidMappings",
+                m.destination().display()
+            ),
+        )?;
     }
     let fstype = m.typ().clone().unwrap_or_else(|| "none".into());
     let options = m.options().clone().unwrap_or_default();
@@ -276,7 +315,18 @@ fn mount(bundle: &Path, m: &oci::Mount) -> Result<Mount, ConfigError> {
             s.clone()
         }
     });
-    Mount::from_options(m.destination(), &fstype, source.as_deref(), &options)
+    // runtime-spec 1.2 reads a relative destination as relative to / (and
+    // deprecates it); runc does the same.
+    let destination = if m.destination().is_relative() {
+        ignored.0.push(format!(
+            "mounts[{}].destination is relative: read as /{0} (deprecated since runtime-spec 1.2)",
+            m.destination().display()
+        ));
+        Path::new("/").join(m.destination())
+    } else {
+        m.destination().clone()
+    };
+    Mount::from_options(&destination, &fstype, source.as_deref(), &options)
         .map_err(|e| invalid(e.to_string()))
 }
 
@@ -306,8 +356,13 @@ fn id_map(list: &Option<Vec<oci::LinuxIdMapping>>) -> Result<IdMap, ConfigError>
     IdMap::new(lines).map_err(|e| invalid(e.to_string()))
 }
 
-fn apply_linux(spec: &mut ContainerSpec, id: &str, l: &oci::Linux) -> Result<(), ConfigError> {
-    for (field, set) in [
+fn apply_linux(
+    spec: &mut ContainerSpec,
+    id: &str,
+    l: &oci::Linux,
+    ignored: &mut Ignoring,
+) -> Result<(), ConfigError> {
+    for (property, set) in [
         (
             "linux.mountLabel",
             l.mount_label().as_deref().is_some_and(|s| !s.is_empty()),
@@ -320,7 +375,7 @@ fn apply_linux(spec: &mut ContainerSpec, id: &str, l: &oci::Linux) -> Result<(),
         ),
     ] {
         if set {
-            return Err(unsupported(field));
+            ignored.unimplemented(property, property)?;
         }
     }
     // Namespaces: new, or joined by path; each type once.
@@ -347,7 +402,10 @@ fn apply_linux(spec: &mut ContainerSpec, id: &str, l: &oci::Linux) -> Result<(),
     if let Some(offsets) = l.time_offsets() {
         for (clock, off) in offsets {
             if off.nanosecs().unwrap_or(0) != 0 {
-                return Err(unsupported(&format!("linux.timeOffsets.{clock}.nanosecs")));
+                ignored.unimplemented(
+                    "linux.timeOffsets.*.nanosecs",
+                    &format!("linux.timeOffsets.{clock}.nanosecs"),
+                )?;
             }
             let secs = off.secs().unwrap_or(0);
             match clock.as_str() {
@@ -364,6 +422,16 @@ fn apply_linux(spec: &mut ContainerSpec, id: &str, l: &oci::Linux) -> Result<(),
     spec.sysctl = l.sysctl().clone().unwrap_or_default().into_iter().collect();
     spec.sysctl.sort();
     if let Some(r) = l.resources() {
+        if r.memory()
+            .as_ref()
+            .and_then(|m| m.check_before_update())
+            .unwrap_or(false)
+        {
+            ignored.unimplemented(
+                "linux.resources.memory.checkBeforeUpdate",
+                "linux.resources.memory.checkBeforeUpdate",
+            )?;
+        }
         spec.resources = resources(r)?;
     }
     spec.cgroup_path = Some(
@@ -429,7 +497,7 @@ fn apply_linux(spec: &mut ContainerSpec, id: &str, l: &oci::Linux) -> Result<(),
         .collect();
     if let Some(per) = l.personality() {
         if per.flags().as_ref().is_some_and(|f| !f.is_empty()) {
-            return Err(unsupported("linux.personality.flags"));
+            ignored.unimplemented("linux.personality.flags", "linux.personality.flags")?;
         }
         spec.personality = Some(match per.domain() {
             oci::LinuxPersonalityDomain::PerLinux => 0,

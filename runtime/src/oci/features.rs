@@ -39,11 +39,14 @@ pub fn features() -> Value {
             "apparmor": {"enabled": false},
             "selinux": {"enabled": false},
             "intelRdt": {"enabled": false},
+            "memoryPolicy": {"modes": [], "flags": []},
+            "netDevices": {"enabled": false},
             "mountExtensions": {"idmap": {"enabled": false}}
         },
         "annotations": {
             "org.kcell.version": env!("CARGO_PKG_VERSION")
-        }
+        },
+        "potentiallyUnsafeConfigAnnotations": []
     })
 }
 
@@ -128,6 +131,7 @@ mod tests {
             "notify is not implemented"
         );
         assert!(f.hooks().as_ref().is_some_and(|h| h.len() == 6));
+        assert_eq!(f.oci_version_max(), "1.3.0");
     }
 
     #[test]

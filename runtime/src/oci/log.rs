@@ -67,6 +67,11 @@ impl Log {
         }
     }
 
+    /// A warning: in the log (stderr when there is no log file).
+    pub fn warn(&self, msg: &str) {
+        self.write("warning", msg);
+    }
+
     /// A debug line, with --debug.
     pub fn debug(&self, msg: &str) {
         if self.debug {
