@@ -29,11 +29,15 @@ fn census(ctx: &Context) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    kcell_unprivileged,
+    ignore = "needs root: containers, cgroups and mounts (run the tests as root)"
+)]
 fn a_runtime_killed_at_any_step_leaves_nothing_after_gc() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: killing the runtime mid-run needs root (cgroups, mounts, links)");
-        return;
-    }
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "killing the runtime mid-run needs root (cgroups, mounts, links): this test was built as root and runs without it"
+    );
     let agent = Path::new(env!("CARGO_BIN_EXE_kcell-agent"));
     // "kcell-case-" keeps the work directory itself out of the census.
     let work = tempfile::Builder::new()

@@ -9,11 +9,15 @@ use std::process::{Command, Stdio};
 const CONTAINERS: usize = 6;
 
 #[test]
+#[cfg_attr(
+    kcell_unprivileged,
+    ignore = "needs root: containers, cgroups and mounts (run the tests as root)"
+)]
 fn containers_started_at_once_get_distinct_addresses_and_reach_each_other() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: bridge networking needs root");
-        return;
-    }
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "bridge networking needs root: this test was built as root and runs without it"
+    );
     let kcell = env!("CARGO_BIN_EXE_kcell");
     let dir = tempfile::Builder::new()
         .prefix("kcell-bridge-test")

@@ -22,11 +22,11 @@ struct Setup {
     src: PathBuf,
 }
 
-fn setup() -> Option<Setup> {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: running containers needs root");
-        return None;
-    }
+fn setup() -> Setup {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "running containers needs root: this test was built as root and runs without it (rebuild as the user who runs it)"
+    );
     let dir = tempfile::Builder::new()
         .prefix("kcell-hostile-")
         .tempdir()
@@ -38,12 +38,12 @@ fn setup() -> Option<Setup> {
     let src = dir.path().join("src");
     std::fs::create_dir(&src).expect("mkdir src");
     std::fs::write(src.join("marker"), "from-the-volume").expect("write");
-    Some(Setup {
+    Setup {
         dir,
         clean,
         watched,
         src,
-    })
+    }
 }
 
 /// How a trap leads out of the root.
@@ -136,7 +136,7 @@ fn list(dir: &Path, out: &mut Vec<String>) {
 /// Runs `args` on a root whose /etc is a trap; the container must see
 /// `expect` in what `command` prints, and the host nothing at all.
 fn trapped_etc(trap: Trap, args: impl Fn(&Setup) -> Vec<String>, command: &str, expect: &str) {
-    let Some(s) = setup() else { return };
+    let s = setup();
     let root = s.hostile("etc-trap", "etc", trap);
     let before = s.census();
     let args = args(&s);
@@ -151,6 +151,10 @@ fn trapped_etc(trap: Trap, args: impl Fn(&Setup) -> Vec<String>, command: &str, 
 }
 
 #[rstest]
+#[cfg_attr(
+    kcell_unprivileged,
+    ignore = "needs root: containers, cgroups and mounts (run the tests as root)"
+)]
 fn a_volume_under_a_trapped_directory_lands_inside(
     #[values(Trap::Absolute, Trap::Climbing)] trap: Trap,
 ) {
@@ -163,6 +167,10 @@ fn a_volume_under_a_trapped_directory_lands_inside(
 }
 
 #[rstest]
+#[cfg_attr(
+    kcell_unprivileged,
+    ignore = "needs root: containers, cgroups and mounts (run the tests as root)"
+)]
 fn a_tmpfs_under_a_trapped_directory_lands_inside(
     #[values(Trap::Absolute, Trap::Climbing)] trap: Trap,
 ) {
@@ -175,6 +183,10 @@ fn a_tmpfs_under_a_trapped_directory_lands_inside(
 }
 
 #[rstest]
+#[cfg_attr(
+    kcell_unprivileged,
+    ignore = "needs root: containers, cgroups and mounts (run the tests as root)"
+)]
 fn resolv_conf_under_a_trapped_directory_lands_inside(
     #[values(Trap::Absolute, Trap::Climbing)] trap: Trap,
 ) {
@@ -187,11 +199,15 @@ fn resolv_conf_under_a_trapped_directory_lands_inside(
 }
 
 #[rstest]
+#[cfg_attr(
+    kcell_unprivileged,
+    ignore = "needs root: containers, cgroups and mounts (run the tests as root)"
+)]
 fn a_trapped_standard_mount_point_is_refused_and_nothing_is_made(
     #[values("proc", "sys", "dev", "tmp")] at: &str,
     #[values(Trap::Absolute, Trap::Climbing)] trap: Trap,
 ) {
-    let Some(s) = setup() else { return };
+    let s = setup();
     let root = s.hostile(&format!("{at}-trap"), at, trap);
     let before = s.census();
     let (code, out, err) = s.run(&[], &root, "true");
@@ -206,10 +222,14 @@ fn a_trapped_standard_mount_point_is_refused_and_nothing_is_made(
 }
 
 #[rstest]
+#[cfg_attr(
+    kcell_unprivileged,
+    ignore = "needs root: containers, cgroups and mounts (run the tests as root)"
+)]
 #[case::dotdot_above_the_root("/../../../../WATCHED/dotdot")]
 #[case::dotdot_through_a_directory("/tmp/../../../WATCHED/dotdot")]
 fn a_dotdot_destination_stays_inside(#[case] dest: &str) {
-    let Some(s) = setup() else { return };
+    let s = setup();
     let watched_rel = s
         .watched
         .strip_prefix("/")
@@ -230,8 +250,12 @@ fn a_dotdot_destination_stays_inside(#[case] dest: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    kcell_unprivileged,
+    ignore = "needs root: containers, cgroups and mounts (run the tests as root)"
+)]
 fn an_image_whose_layer_traps_etc_writes_its_upper_not_the_host() {
-    let Some(s) = setup() else { return };
+    let s = setup();
     let root = s.hostile("image-src", "etc", Trap::Absolute);
     let tar = s.dir.path().join("evil.tar");
     let store = s.dir.path().join("store");
@@ -285,8 +309,12 @@ fn an_image_whose_layer_traps_etc_writes_its_upper_not_the_host() {
 /// containers start with a volume under it: not one mount or file lands
 /// outside the root, in any of them.
 #[test]
+#[cfg_attr(
+    kcell_unprivileged,
+    ignore = "needs root: containers, cgroups and mounts (run the tests as root)"
+)]
 fn a_racing_symlink_swap_never_leads_a_mount_out() {
-    let Some(s) = setup() else { return };
+    let s = setup();
     let root = s.dir.path().join("race");
     let copied = Command::new("cp")
         .arg("-al")

@@ -15,8 +15,12 @@ mod common;
 use common::oci::{assert_refused, setup, wait_for, KCELL_OCI};
 
 #[test]
+#[cfg_attr(
+    kcell_unprivileged,
+    ignore = "needs root: containers, cgroups and mounts (run the tests as root)"
+)]
 fn the_lifecycle_goes_through_the_states_the_spec_names() {
-    let Some(s) = setup("life") else { return };
+    let s = setup("life");
     let before = s.census();
     let id = "kcell-life";
     let bundle = s.bundle("life", &["sleep", "1000"], |_| {});
@@ -65,8 +69,12 @@ fn the_lifecycle_goes_through_the_states_the_spec_names() {
 }
 
 #[test]
+#[cfg_attr(
+    kcell_unprivileged,
+    ignore = "needs root: containers, cgroups and mounts (run the tests as root)"
+)]
 fn a_duplicate_id_is_refused_and_the_first_container_is_untouched() {
-    let Some(s) = setup("dup") else { return };
+    let s = setup("dup");
     let id = "kcell-dup";
     let first = s.bundle("dup1", &["sleep", "1000"], |_| {});
     let second = s.bundle("dup2", &["sleep", "1000"], |_| {});
@@ -100,16 +108,21 @@ fn a_duplicate_id_is_refused_and_the_first_container_is_untouched() {
 /// A bundle that create must refuse: the edit that makes it bad and the
 /// value the error must name.
 #[rstest::rstest]
+#[cfg_attr(
+    kcell_unprivileged,
+    ignore = "needs root: containers, cgroups and mounts (run the tests as root)"
+)]
 #[case::config_not_json("notjson", "config.json")]
 #[case::missing_root("noroot", "/nonexistent-kcell-root")]
 #[case::unknown_namespace("badns", "bogus")]
-#[case::relative_mount_destination("reldest", "relative/dest")]
+#[case::another_major_version("v2", "2.0.0")]
+#[case::unknown_limit("newlimit", "linux.resources.memory.bogusLimit")]
 #[case::unknown_field_kcell_does_not_implement("intelrdt", "intelRdt")]
 fn bad_input_is_one_line_naming_the_value_and_leaves_nothing(
     #[case] which: &str,
     #[case] named: &str,
 ) {
-    let Some(s) = setup(which) else { return };
+    let s = setup(which);
     let before = s.census();
     let bundle = s.bundle(which, &["true"], |c| match which {
         "noroot" => c["root"]["path"] = json!("/nonexistent-kcell-root"),
@@ -117,10 +130,8 @@ fn bad_input_is_one_line_naming_the_value_and_leaves_nothing(
             .as_array_mut()
             .expect("namespaces")
             .push(json!({ "type": "bogus" })),
-        "reldest" => c["mounts"]
-            .as_array_mut()
-            .expect("mounts")
-            .push(json!({ "destination": "relative/dest", "type": "tmpfs", "source": "tmpfs" })),
+        "v2" => c["ociVersion"] = json!("2.0.0"),
+        "newlimit" => c["linux"]["resources"]["memory"] = json!({ "bogusLimit": 1 }),
         "intelrdt" => c["linux"]["intelRdt"] = json!({ "closID": "kcell" }),
         _ => {}
     });
@@ -134,9 +145,57 @@ fn bad_input_is_one_line_naming_the_value_and_leaves_nothing(
     assert_eq!(s.census(), before, "a refused create left something behind");
 }
 
+/// runtime-spec 1.3's config with what kcell does not know: it runs, and
+/// each property kcell ignores is named in a warning (config.md: runtimes
+/// "MAY log unknown properties but MUST otherwise ignore them").
 #[test]
+#[cfg_attr(
+    kcell_unprivileged,
+    ignore = "needs root: containers, cgroups and mounts (run the tests as root)"
+)]
+fn a_1_3_config_runs_and_each_ignored_property_is_named() {
+    let s = setup("v13");
+    let before = s.census();
+    let bundle = s.bundle("v13", &["sh", "-c", "cat /relative-dest/x 2>/dev/null; echo ran"], |c| {
+        c["ociVersion"] = json!("1.3.0");
+        c["freebsd"] = json!({ "jail": { "vnet": "new" } });
+        c["process"]["x-client-key"] = json!("x");
+        c["process"]["ioPriority"] = json!({ "class": "IOPRIO_CLASS_BE", "priority": 4 });
+        c["mounts"]
+            .as_array_mut()
+            .expect("mounts")
+            .push(json!({ "destination": "relative-dest", "type": "tmpfs", "source": "tmpfs", "x-extra": 1 }));
+    });
+    let out = s.oci(&[
+        "run",
+        "--bundle",
+        bundle.to_str().expect("utf-8"),
+        "kcell-v13",
+    ]);
+    s.force_delete("kcell-v13");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ran");
+    for named in [
+        "freebsd is ignored",
+        "process.x-client-key is ignored",
+        "process.ioPriority is ignored",
+        "x-extra is ignored",
+        "relative-dest].destination is relative",
+    ] {
+        assert!(stderr.contains(named), "no warning '{named}' in: {stderr}");
+    }
+    assert!(stderr.contains("level=warning"), "{stderr}");
+    assert_eq!(s.census(), before, "the run left something behind");
+}
+
+#[test]
+#[cfg_attr(
+    kcell_unprivileged,
+    ignore = "needs root: containers, cgroups and mounts (run the tests as root)"
+)]
 fn signals_by_name_with_or_without_sig_and_by_number() {
-    let Some(s) = setup("sig") else { return };
+    let s = setup("sig");
     // A PID 1 gets only the signals it handles: the shell traps the others.
     let trapping = ["sh", "-c", "trap 'exit 3' TERM INT; sleep 1000 & wait"];
     for (i, signal) in ["TERM", "SIGKILL", "9", "sigint"].iter().enumerate() {
@@ -168,8 +227,12 @@ fn signals_by_name_with_or_without_sig_and_by_number() {
 }
 
 #[test]
+#[cfg_attr(
+    kcell_unprivileged,
+    ignore = "needs root: containers, cgroups and mounts (run the tests as root)"
+)]
 fn the_state_root_is_the_only_place_state_goes() {
-    let Some(s) = setup("root") else { return };
+    let s = setup("root");
     let id = "kcell-rootcheck";
     let bundle = s.bundle("rootcheck", &["true"], |_| {});
     let out = s.oci(&["create", "--bundle", bundle.to_str().expect("utf-8"), id]);
@@ -202,9 +265,13 @@ fn processes_with(marker: &str) -> Vec<i32> {
 }
 
 #[test]
+#[cfg_attr(
+    kcell_unprivileged,
+    ignore = "needs root: containers, cgroups and mounts (run the tests as root)"
+)]
 fn a_runtime_killed_at_any_oci_step_leaves_nothing_delete_force_does_not_remove() {
     use std::os::unix::process::ExitStatusExt;
-    let Some(s) = setup("fault") else { return };
+    let s = setup("fault");
     let before = s.census();
     let marker = format!("kcell-fault-{}", std::process::id());
     let script = format!("sleep 1000; echo {marker}");

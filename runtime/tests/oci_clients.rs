@@ -32,14 +32,12 @@ struct Setup {
     tarball: PathBuf,
 }
 
-fn setup(tool: &str, package: &str) -> Option<(Setup, std::sync::MutexGuard<'static, ()>)> {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: running containers through {tool} needs root");
-        return None;
-    }
-    if common::in_kcell_vm(tool) {
-        return None;
-    }
+fn setup(tool: &str, package: &str) -> (Setup, std::sync::MutexGuard<'static, ()>) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "running containers through {tool} needs root: this test was built as root and runs without it"
+    );
+    common::on_the_host_only(tool);
     assert!(
         Path::new(tool).is_file(),
         "{tool} is not installed: scripts/install-deps installs Debian's {package}"
@@ -60,7 +58,7 @@ fn setup(tool: &str, package: &str) -> Option<(Setup, std::sync::MutexGuard<'sta
         .status()
         .expect("tar");
     assert!(tarred.success());
-    Some((Setup { dir, tarball }, guard))
+    (Setup { dir, tarball }, guard)
 }
 
 /// Everything a container could leave on the host, as comparable lists.
@@ -364,10 +362,12 @@ impl Drop for Podman<'_> {
 const IMAGE: &str = "localhost/kcell-busybox:test";
 
 #[test]
+#[cfg_attr(
+    kcell_unprivileged,
+    ignore = "needs root: containers, cgroups and mounts (run the tests as root)"
+)]
 fn podman_runs_its_containers_on_kcell_oci() {
-    let Some((s, _guard)) = setup("/usr/bin/podman", "podman") else {
-        return;
-    };
+    let (s, _guard) = setup("/usr/bin/podman", "podman");
     let p = Podman { s: &s };
     ok(p.cmd().arg("import").arg(&s.tarball).arg(IMAGE));
     // podman's default network is podman's: made once, before the census.
@@ -575,10 +575,12 @@ fn shell_words(cmd: &Command) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    kcell_unprivileged,
+    ignore = "needs root: containers, cgroups and mounts (run the tests as root)"
+)]
 fn fifty_podman_containers_eight_at_a_time_leave_nothing() {
-    let Some((s, _guard)) = setup("/usr/bin/podman", "podman") else {
-        return;
-    };
+    let (s, _guard) = setup("/usr/bin/podman", "podman");
     let p = Podman { s: &s };
     ok(p.cmd().arg("import").arg(&s.tarball).arg(IMAGE));
     ok(p.run(&["--rm", "--network", "none", IMAGE, "true"]));
@@ -706,10 +708,12 @@ impl Drop for Containerd {
 }
 
 #[test]
+#[cfg_attr(
+    kcell_unprivileged,
+    ignore = "needs root: containers, cgroups and mounts (run the tests as root)"
+)]
 fn containerd_runs_its_containers_on_kcell_oci() {
-    let Some((s, _guard)) = setup("/usr/bin/ctr", "containerd") else {
-        return;
-    };
+    let (s, _guard) = setup("/usr/bin/ctr", "containerd");
     let before = census();
     let image = s.dir.path().join("image.tar");
     ok(Command::new(KCELL)
@@ -780,10 +784,12 @@ fn containerd_runs_its_containers_on_kcell_oci() {
 // ---------------------------------------------------------------- Docker
 
 #[test]
+#[cfg_attr(
+    kcell_unprivileged,
+    ignore = "needs root: containers, cgroups and mounts (run the tests as root)"
+)]
 fn docker_runs_a_container_on_kcell_oci() {
-    let Some((s, _guard)) = setup("/usr/sbin/dockerd", "docker.io") else {
-        return;
-    };
+    let (s, _guard) = setup("/usr/sbin/dockerd", "docker.io");
     let d = s.dir.path().join("docker");
     std::fs::create_dir_all(&d).expect("mkdir");
     let socket = d.join("docker.sock");

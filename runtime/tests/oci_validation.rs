@@ -48,9 +48,13 @@ fn v1_hierarchy(controller: &str) -> Option<PathBuf> {
 /// started is a warning (runtime.md, lifecycle steps 10 and 13): the
 /// step succeeds and the hooks after it still run.
 #[test]
+#[cfg_attr(
+    kcell_unprivileged,
+    ignore = "needs root: containers, cgroups and mounts (run the tests as root)"
+)]
 fn poststart_and_poststop_failures_warn_and_the_hooks_after_them_run() {
     let _one = one_at_a_time();
-    let Some(s) = setup("hookfail") else { return };
+    let s = setup("hookfail");
     let before = s.census();
     let out = s.dir.path().join("hooks.out");
     let sh = s.rootfs.join("bin/sh");
@@ -85,9 +89,13 @@ fn poststart_and_poststop_failures_warn_and_the_hooks_after_them_run() {
 /// (runc leaves them mounted). Sealing it would change the caller's
 /// mounts: masked paths without a mount namespace are refused by name.
 #[test]
+#[cfg_attr(
+    kcell_unprivileged,
+    ignore = "needs root: containers, cgroups and mounts (run the tests as root)"
+)]
 fn without_namespaces_the_root_is_chrooted_and_its_mounts_go_with_it() {
     let _one = one_at_a_time();
-    let Some(s) = setup("itype") else { return };
+    let s = setup("itype");
     let before = s.census();
     let no_namespaces = |c: &mut serde_json::Value| {
         c["linux"]["namespaces"] = json!([]);
@@ -142,9 +150,13 @@ fn without_namespaces_the_root_is_chrooted_and_its_mounts_go_with_it() {
 /// (which the validation program reads back); cgroup v2 has no such
 /// files, and a config that asks for them is refused naming the setting.
 #[test]
+#[cfg_attr(
+    kcell_unprivileged,
+    ignore = "needs root: containers, cgroups and mounts (run the tests as root)"
+)]
 fn memory_settings_only_v1_has_are_written_there_and_refused_by_name_elsewhere() {
     let _one = one_at_a_time();
-    let Some(s) = setup("v1mem") else { return };
+    let s = setup("v1mem");
     let before = s.census();
     let limit: u64 = 50_593_792;
     let bundle = s.bundle("v1mem", &["true"], |c| {

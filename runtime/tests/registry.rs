@@ -476,9 +476,7 @@ fn short(d: &str) -> &str {
 
 #[test]
 fn pulls_by_tag_digest_and_platform_resume_and_refuse_a_corrupt_blob() {
-    if common::in_kcell_vm("docker-registry, skopeo and openssl") {
-        return;
-    }
+    common::on_the_host_only("docker-registry, skopeo and openssl");
     let work = tempfile::Builder::new()
         .prefix("kcell-pull-")
         .tempdir()
@@ -640,9 +638,7 @@ fn pulls_by_tag_digest_and_platform_resume_and_refuse_a_corrupt_blob() {
 
 #[test]
 fn basic_auth_is_refused_without_credentials_and_accepted_with_them() {
-    if common::in_kcell_vm("docker-registry, skopeo and openssl") {
-        return;
-    }
+    common::on_the_host_only("docker-registry, skopeo and openssl");
     let work = tempfile::Builder::new()
         .prefix("kcell-pull-")
         .tempdir()
@@ -723,9 +719,7 @@ fn basic_auth_is_refused_without_credentials_and_accepted_with_them() {
 
 #[test]
 fn tls_is_verified_against_the_ca_given_and_refused_without_it() {
-    if common::in_kcell_vm("docker-registry, skopeo and openssl") {
-        return;
-    }
+    common::on_the_host_only("docker-registry, skopeo and openssl");
     let work = tempfile::Builder::new()
         .prefix("kcell-pull-")
         .tempdir()
@@ -760,9 +754,7 @@ fn tls_is_verified_against_the_ca_given_and_refused_without_it() {
 
 #[test]
 fn a_pushed_image_reads_back_in_skopeo_and_pulls_back_identical() {
-    if common::in_kcell_vm("docker-registry, skopeo and openssl") {
-        return;
-    }
+    common::on_the_host_only("docker-registry, skopeo and openssl");
     let work = tempfile::Builder::new()
         .prefix("kcell-push-")
         .tempdir()

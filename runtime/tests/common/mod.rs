@@ -21,19 +21,16 @@ pub fn busybox_root(dir: &Path, name: &str) -> PathBuf {
     root
 }
 
-/// Whether this test binary runs in a `kcell vm` guest (which sets
+/// Fails the test when it runs in a `kcell vm` guest (which sets
 /// KCELL_VM): the guest carries the binary and its libraries, not the
-/// host's clients and servers, so a test that drives those says so and
-/// checks nothing there; `cargo test` on the host runs it.
+/// host's clients and servers, so the test could check nothing there and
+/// must not report ok. Run it on the host (`cargo test` does); in a guest,
+/// name the test binaries that need no host tools (.ci/run does).
 #[allow(dead_code)] // not every test binary drives host tools
-pub fn in_kcell_vm(tools: &str) -> bool {
-    match std::env::var("KCELL_VM") {
-        Ok(guest) => {
-            eprintln!(
-                "skipped in the kcell vm guest {guest}: {tools} are the host's, not the guest's; run this test on the host"
-            );
-            true
-        }
-        Err(_) => false,
+pub fn on_the_host_only(tools: &str) {
+    if let Ok(guest) = std::env::var("KCELL_VM") {
+        panic!(
+            "cannot run in the kcell vm guest {guest}: {tools} are the host's, not the guest's; run this test on the host"
+        );
     }
 }

@@ -20,23 +20,23 @@ pub struct Setup {
     pub cgroup_parent: String,
 }
 
-pub fn setup(name: &str) -> Option<Setup> {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: running containers needs root");
-        return None;
-    }
+pub fn setup(name: &str) -> Setup {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "running containers needs root: this test was built as root and runs without it (rebuild as the user who runs it)"
+    );
     let dir = tempfile::Builder::new()
         .prefix("kcell-oci-cli-")
         .tempdir()
         .expect("tempdir");
     let rootfs = super::busybox_root(dir.path(), "rootfs");
     let state = dir.path().join("state");
-    Some(Setup {
+    Setup {
         dir,
         rootfs,
         state,
         cgroup_parent: format!("/kcell-oci-test-{name}-{}", std::process::id()),
-    })
+    }
 }
 
 /// What the host holds of the test's containers: state entries, mounts,
