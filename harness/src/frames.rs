@@ -4,6 +4,11 @@
 //! can never be read as one. Shared by the agent that writes them and the
 //! VM transport that reads them.
 
+/// The prefix of an output frame: `KCELL-OUT <1|2> <JSON string>`.
+pub const OUT: &str = "KCELL-OUT ";
+/// The prefix of the exit frame: `KCELL-EXIT <status>`.
+pub const EXIT: &str = "KCELL-EXIT ";
+
 /// The prefix of a progress line: `KCELL-PROGRESS <n> <total> <trial> <timeout>`.
 pub const PROGRESS: &str = "KCELL-PROGRESS ";
 
@@ -26,6 +31,26 @@ pub fn parse_progress(line: &str) -> Option<(usize, usize, String, u64)> {
         )),
         _ => None,
     }
+}
+
+/// An output frame of a `kcell vm` program.
+pub fn out_frame(stream: u8, text: &str) -> String {
+    format!(
+        "{OUT}{stream} {}",
+        serde_json::to_string(text).unwrap_or_default()
+    )
+}
+
+/// Parses an output frame: (stream, text).
+pub fn parse_out(line: &str) -> Option<(u8, String)> {
+    let rest = line.trim_end_matches('\n').split_once(OUT)?.1;
+    let (stream, json) = rest.split_once(' ')?;
+    Some((stream.parse().ok()?, serde_json::from_str(json).ok()?))
+}
+
+/// Parses the exit frame.
+pub fn parse_exit(line: &str) -> Option<i32> {
+    line.trim().split_once(EXIT)?.1.trim().parse().ok()
 }
 
 #[cfg(test)]

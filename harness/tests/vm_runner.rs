@@ -162,3 +162,71 @@ fn a_dynamically_linked_program_runs_with_its_libraries() {
     );
     assert!(stdout.starts_with("runc version"), "{stdout}");
 }
+
+/// A host whose KVM cannot run the guest: QEMU (here a stand-in in front
+/// of the real one) prints "KVM internal error" and hangs without exiting,
+/// as it does on kvm-pvm hosts. The boot is given up at once and the guest
+/// runs under TCG, instead of the 90-second boot watchdog running out;
+/// the cache notes it for the next run. The cache's note is put back as it
+/// was after (a KVM-capable machine must not keep the stand-in's note).
+#[test]
+fn a_kvm_that_cannot_run_the_guest_falls_back_to_tcg_at_once() {
+    let dir = tempfile::Builder::new()
+        .prefix("kcell-vmrun-kvm-")
+        .tempdir()
+        .expect("tempdir");
+    let real = [
+        "/usr/bin/qemu-system-x86_64",
+        "/usr/local/bin/qemu-system-x86_64",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .expect("qemu-system-x86_64 (scripts/install-deps --vm installs it)");
+    let stand_in = dir.path().join("qemu-stand-in");
+    std::fs::write(
+        &stand_in,
+        format!(
+            "#!/bin/sh\ncase \" $* \" in\n*\" -accel kvm \"*)\n  echo 'error: kvm run failed Bad address' >&2\n  echo 'KVM internal error. Suberror: 1' >&2\n  exec sleep 600 ;;\nesac\nexec {real} \"$@\"\n"
+        ),
+    )
+    .expect("write the stand-in");
+    std::fs::set_permissions(
+        &stand_in,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let note = kcell_harness::vm::cache_dir().join("accel-deb-6.1-cloud");
+    let saved = std::fs::read(&note).ok();
+    let _ = std::fs::remove_file(&note);
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_kcell-agent"))
+        .arg0("kcell")
+        .args(["vm", "--kernel", "deb-6.1-cloud", "--", "/bin/true"])
+        .env("KCELL_QEMU", &stand_in)
+        // Any existing file stands for /dev/kvm: KVM is tried first.
+        .env("KCELL_KVM_DEVICE", "/dev/null")
+        .env_remove("KCELL_ACCEL")
+        .output()
+        .expect("kcell vm");
+    let seconds = started.elapsed().as_secs_f64();
+    let noted = std::fs::read_to_string(&note).unwrap_or_default();
+    match saved {
+        Some(before) => std::fs::write(&note, before).expect("restore the note"),
+        None => {
+            let _ = std::fs::remove_file(&note);
+        }
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert!(
+        stderr.contains("KVM internal error") && stderr.contains("using TCG"),
+        "the fallback and its reason: {stderr}"
+    );
+    assert_eq!(noted.trim(), "tcg", "the cache's note after the fallback");
+    // The boot watchdog is 90 s: a fallback that waited for it is a failure.
+    assert!(
+        seconds < 60.0,
+        "{seconds:.1} s: the watchdog was waited out"
+    );
+    eprintln!("kcell vm with a failing KVM: {seconds:.1} s");
+}

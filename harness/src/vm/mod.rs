@@ -177,12 +177,14 @@ fn accel_note(cache: &Path, kernel: &str) -> PathBuf {
 }
 
 /// After a boot that ended before its first case (or program) started:
-/// if it ran under KVM, KVM cannot boot this kernel here (it fails fast;
-/// seen: QEMU's "failed to set MSR 0x10a" under nested KVM). Remembers that
+/// if it ran under KVM, KVM cannot boot this kernel here (the boot ends
+/// within a second or two: QEMU exits, "failed to set MSR 0x10a" under
+/// nested KVM, or says "KVM internal error" and is killed for it,
+/// `qemu::kvm_failure`). Unless KVM is forced, remembers that
 /// for `first_accel`, switches `config` to TCG and says so; false when
 /// there is nothing to fall back from.
 fn fall_back_to_tcg(cache: &Path, kernel: &str, config: &mut BootConfig) -> bool {
-    if config.accel != Accel::Kvm {
+    if config.accel != Accel::Kvm || forced_accel() == Some(Accel::Kvm) {
         return false;
     }
     let _ = std::fs::write(accel_note(cache, kernel), "tcg\n");
@@ -190,14 +192,34 @@ fn fall_back_to_tcg(cache: &Path, kernel: &str, config: &mut BootConfig) -> bool
     true
 }
 
-/// KVM when /dev/kvm exists and has not failed this kernel before, else TCG.
+/// `KCELL_ACCEL=kvm|tcg`: the accelerator the user forces (KVM forced
+/// never falls back: its failure is the guest's error).
+fn forced_accel() -> Option<Accel> {
+    match std::env::var("KCELL_ACCEL").as_deref() {
+        Ok("kvm") => Some(Accel::Kvm),
+        Ok("tcg") => Some(Accel::Tcg),
+        _ => None,
+    }
+}
+
+/// The KVM device whose presence says KVM may be tried: /dev/kvm, or
+/// `KCELL_KVM_DEVICE` (the fallback's tests name a stand-in's).
+fn kvm_device() -> PathBuf {
+    std::env::var_os("KCELL_KVM_DEVICE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/dev/kvm"))
+}
+
+/// The accelerator of a kernel's first boot: the forced one; else KVM when
+/// the KVM device exists and KVM has not failed this kernel before (the
+/// note in the cache), else TCG.
 fn first_accel(cache: &Path, kernel: &str) -> Accel {
+    if let Some(forced) = forced_accel() {
+        return forced;
+    }
     let kvm_failed =
         std::fs::read_to_string(accel_note(cache, kernel)).is_ok_and(|t| t.trim() == "tcg");
-    if Path::new("/dev/kvm").exists()
-        && !kvm_failed
-        && std::env::var("KCELL_ACCEL").as_deref() != Ok("tcg")
-    {
+    if kvm_device().exists() && !kvm_failed {
         Accel::Kvm
     } else {
         Accel::Tcg
@@ -389,6 +411,10 @@ pub fn run_target(
             && !retried_for_kvm
             && fall_back_to_tcg(&inputs.cache, &t.kernel, &mut config)
         {
+            progress(&format!(
+                "[{name}] KVM did not boot {} ({why}); using TCG, and noted so in the cache",
+                t.kernel
+            ));
             retried_for_kvm = true;
             run.boots -= 1;
             problems.pop();

@@ -33,10 +33,8 @@ pub struct Program {
 /// Where `--file`s wait in the initramfs: `FILES` + their absolute path.
 const FILES: &str = "/opt/kcell/files";
 
-/// The prefix of an output frame: `KCELL-OUT <1|2> <JSON string>`.
-pub const OUT: &str = "KCELL-OUT ";
-/// The prefix of the exit frame: `KCELL-EXIT <status>`.
-pub const EXIT: &str = "KCELL-EXIT ";
+use crate::frames::out_frame;
+pub use crate::frames::{parse_exit, parse_out, EXIT, OUT};
 
 /// What `kcell vm` was asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -302,7 +300,14 @@ fn prepare_and_boot(o: &Options, agent: &Path) -> Result<i32, String> {
             return Ok(code);
         }
         if boot.boot_seconds.is_none() && super::fall_back_to_tcg(&cache, &kernel.id, &mut config) {
-            eprintln!("kcell vm: KVM did not boot {}; using TCG", kernel.id);
+            let why = match &boot.ending {
+                qemu::Ending::Died(w) | qemu::Ending::Killed(w) => w.as_str(),
+                qemu::Ending::Finished => "",
+            };
+            eprintln!(
+                "kcell vm: KVM did not boot {} ({why}); using TCG, and noted so in the cache",
+                kernel.id
+            );
             continue;
         }
         return Err(format!(
@@ -448,25 +453,6 @@ pub fn run_in_guest(p: &Program, emit: &mut dyn FnMut(&str)) {
         Err(_) => 125,
     };
     emit(&format!("{EXIT}{code}"));
-}
-
-fn out_frame(stream: u8, text: &str) -> String {
-    format!(
-        "{OUT}{stream} {}",
-        serde_json::to_string(text).unwrap_or_default()
-    )
-}
-
-/// Parses an output frame: (stream, text).
-pub fn parse_out(line: &str) -> Option<(u8, String)> {
-    let rest = line.trim_end_matches('\n').split_once(OUT)?.1;
-    let (stream, json) = rest.split_once(' ')?;
-    Some((stream.parse().ok()?, serde_json::from_str(json).ok()?))
-}
-
-/// Parses the exit frame.
-pub fn parse_exit(line: &str) -> Option<i32> {
-    line.trim().split_once(EXIT)?.1.trim().parse().ok()
 }
 
 #[cfg(test)]

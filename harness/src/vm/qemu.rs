@@ -213,6 +213,94 @@ fn tail_of(path: &Path, chars: usize) -> String {
     text[start..].to_string()
 }
 
+/// QEMU's stderr, read as it comes by a thread of its own: a KVM failure
+/// is said there while QEMU keeps running ([`kvm_failure`]).
+struct QemuStderr {
+    text: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl QemuStderr {
+    fn read(pipe: Option<std::process::ChildStderr>) -> QemuStderr {
+        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = std::sync::Arc::clone(&text);
+        let reader = pipe.map(|mut pipe| {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if let Ok(mut t) = sink.lock() {
+                        // Bounded: a chatty QEMU cannot grow it without end.
+                        if t.len() < 64 << 10 {
+                            t.push_str(&String::from_utf8_lossy(&buf[..n]));
+                        }
+                    }
+                }
+            })
+        });
+        QemuStderr { text, reader }
+    }
+
+    fn text(&self) -> String {
+        self.text.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// All of it, once QEMU has exited (the pipe's end reached).
+    fn text_at_exit(mut self) -> String {
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        self.text()
+    }
+}
+
+/// What QEMU prints when KVM cannot run the guest and it stops the vCPU
+/// without exiting (seen on kvm-pvm hosts: "KVM internal error. Suberror:
+/// 1"), or exits (nested KVM: "failed to set MSR").
+const KVM_FAILURE_MARKS: &[&str] = &[
+    "KVM internal error",
+    "kvm run failed",
+    "failed to set MSR",
+    "KVM: entry failed",
+];
+
+/// Under KVM, a console still empty this long after QEMU started means
+/// KVM did not run the guest (a KVM guest's init speaks within a second).
+const KVM_SILENT_CONSOLE: Duration = Duration::from_secs(10);
+
+/// Why this KVM boot has failed already, if it has: QEMU said so on its
+/// stderr, or the console stayed empty; None under TCG and once a case
+/// or program started. The caller kills QEMU, and the boot falls back to
+/// TCG at once instead of waiting out the boot watchdog.
+fn kvm_failure(
+    c: &BootConfig,
+    stderr: &str,
+    console_bytes: u64,
+    boot: &Boot,
+    start: Instant,
+) -> Option<String> {
+    if c.accel != Accel::Kvm || boot.boot_seconds.is_some() {
+        return None;
+    }
+    if let Some(mark) = KVM_FAILURE_MARKS.iter().find(|m| stderr.contains(*m)) {
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(mark))
+            .unwrap_or(mark)
+            .trim();
+        return Some(format!("KVM cannot run this guest: qemu said \"{line}\""));
+    }
+    if console_bytes == 0 && start.elapsed() > KVM_SILENT_CONSOLE {
+        return Some(format!(
+            "KVM cannot run this guest: nothing on the console {} s after start",
+            KVM_SILENT_CONSOLE.as_secs()
+        ));
+    }
+    None
+}
+
 /// Boots `c`, reporting events as they happen; always returns (never panics).
 pub fn boot(c: &BootConfig, limits: Limits, on_event: &mut dyn FnMut(&Event)) -> Boot {
     let start = Instant::now();
@@ -226,7 +314,8 @@ pub fn boot(c: &BootConfig, limits: Limits, on_event: &mut dyn FnMut(&Event)) ->
         in_progress: None,
         seconds: 0.0,
     };
-    let mut cmd = Command::new("qemu-system-x86_64");
+    let qemu = std::env::var_os("KCELL_QEMU").unwrap_or_else(|| "qemu-system-x86_64".into());
+    let mut cmd = Command::new(&qemu);
     // The guest dies with the thread that boots it, however the harness
     // ends (a SIGKILL of the test process included): no orphaned QEMU.
     // SAFETY: prctl is async-signal-safe; nothing else runs before exec.
@@ -252,12 +341,13 @@ pub fn boot(c: &BootConfig, limits: Limits, on_event: &mut dyn FnMut(&Event)) ->
         Ok(ch) => ch,
         Err(e) => {
             result.ending = Ending::Died(format!(
-                "spawning qemu-system-x86_64: {e} (install qemu-system-x86)"
+                "spawning {}: {e} (install qemu-system-x86)",
+                Path::new(&qemu).display()
             ));
             return result;
         }
     };
-    let mut stderr = child.stderr.take();
+    let stderr = QemuStderr::read(child.stderr.take());
     let mut offset = 0u64;
     let mut pending = String::new();
     let mut deadline = start + limits.boot;
@@ -281,9 +371,9 @@ pub fn boot(c: &BootConfig, limits: Limits, on_event: &mut dyn FnMut(&Event)) ->
                 deadline = Instant::now() + Duration::from_secs(t) + limits.case_slack;
                 result.in_progress = Some(id.clone());
                 on_event(&Event::Case { n, total, id });
-            } else if let Some((stream, text)) = super::program::parse_out(&line) {
+            } else if let Some((stream, text)) = crate::frames::parse_out(&line) {
                 on_event(&Event::Output { stream, text });
-            } else if let Some(code) = super::program::parse_exit(&line) {
+            } else if let Some(code) = crate::frames::parse_exit(&line) {
                 result.in_progress = None;
                 on_event(&Event::Exit(code));
             } else if let Some(v) = Verdict::from_line(&line) {
@@ -305,7 +395,9 @@ pub fn boot(c: &BootConfig, limits: Limits, on_event: &mut dyn FnMut(&Event)) ->
         let console = std::fs::metadata(&c.console_log)
             .map(|m| m.len())
             .unwrap_or(0);
-        let kill_why = if Instant::now() > deadline {
+        let kill_why = if let Some(why) = kvm_failure(c, &stderr.text(), console, &result, start) {
+            Some(why)
+        } else if Instant::now() > deadline {
             Some(match result.boot_seconds {
                 None => format!("no case started within {} s of boot", limits.boot.as_secs()),
                 Some(_) => "a case ran past its timeout plus the watchdog's slack".to_string(),
@@ -330,10 +422,7 @@ pub fn boot(c: &BootConfig, limits: Limits, on_event: &mut dyn FnMut(&Event)) ->
         result.ending = if status.code() == Some(AGENT_DONE_STATUS) {
             Ending::Finished
         } else {
-            let mut err = String::new();
-            if let Some(s) = stderr.as_mut() {
-                let _ = s.read_to_string(&mut err);
-            }
+            let err = stderr.text_at_exit();
             let what = match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
                 (Some(0), _) => "the guest rebooted before the agent finished (a kernel panic, with panic=-1 and -no-reboot)".to_string(),
                 (_, Some(sig)) => format!("qemu was killed by signal {sig} before the agent finished"),
