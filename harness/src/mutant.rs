@@ -248,10 +248,10 @@ pub const MUTATIONS: &[Mutation] = &[
                 "bounding",
                 "effective",
                 "permitted",
-                "inheritance",
+                "inheritable",
                 "ambient",
             ] {
-                let want = if set == "inheritance" || set == "ambient" {
+                let want = if set == "inheritable" || set == "ambient" {
                     // Inheritable and ambient only where the case had any.
                     match v["process"]["capabilities"][set].as_array() {
                         Some(a) if !a.is_empty() => json!(all),
@@ -308,7 +308,7 @@ pub const MUTATIONS: &[Mutation] = &[
                 "bounding",
                 "effective",
                 "permitted",
-                "inheritance",
+                "inheritable",
                 "ambient",
             ] {
                 if v["process"]["capabilities"][set]
