@@ -39,6 +39,10 @@ pub struct TargetScore {
     /// Mutations killed by none here, with the cases that skipped them and
     /// why (a controller or swap the target lacks): the target's reason.
     pub explained: BTreeMap<String, Vec<String>>,
+    /// Mutations with no judged pair here, and why: every trial of theirs
+    /// errored or skipped. Fails the matrix, unless each of those trials
+    /// skipped for a requirement of its case (in `explained` then).
+    pub unjudged: BTreeMap<String, Vec<String>>,
     /// Judged (killed or survived) pairs, and how many were killed.
     pub judged: usize,
     /// Of them, killed.
@@ -92,6 +96,31 @@ pub fn score(verdicts: &[Verdict]) -> BTreeMap<String, TargetScore> {
                 }
             }
         }
+        let all_mutants: BTreeSet<&str> = s
+            .fates
+            .values()
+            .flat_map(|f| f.keys().map(String::as_str))
+            .collect();
+        let mut unjudged: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for m in all_mutants.difference(&judged_mutants) {
+            let why: Vec<(bool, String)> = s
+                .fates
+                .iter()
+                .filter_map(|(case, f)| match f.get(*m)? {
+                    Fate::Skipped(w) => Some((true, format!("{case} skipped: {w}"))),
+                    Fate::Errored(w) => Some((false, format!("{case} errored: {w}"))),
+                    Fate::Inconclusive(w) => Some((false, format!("{case} inconclusive: {w}"))),
+                    Fate::Killed | Fate::Survived => None,
+                })
+                .collect();
+            let reasons: Vec<String> = why.iter().map(|(_, w)| w.clone()).collect();
+            if why.iter().all(|(skipped, _)| *skipped) {
+                s.explained.insert(m.to_string(), reasons);
+            } else {
+                unjudged.insert(m.to_string(), reasons);
+            }
+        }
+        s.unjudged = unjudged;
         let survivors: Vec<String> = judged_mutants
             .difference(&caught)
             .map(|m| m.to_string())
@@ -128,11 +157,19 @@ pub fn markdown(scores: &BTreeMap<String, TargetScore>) -> String {
             "\n## `{target}`\n\n{} of {} judged (case, mutant) pairs killed. ",
             s.killed, s.judged
         ));
+        let unjudged: Vec<String> = s.unjudged.keys().cloned().collect();
         md.push_str(&format!(
-            "Cases proving nothing: {}. Mutants no case kills: {}.\n\n",
+            "Cases proving nothing: {}. Mutants no case kills: {}. Mutants no case could judge: {}.\n\n",
             list_or_none(&s.proving_nothing),
-            list_or_none(&s.uncaught)
+            list_or_none(&s.uncaught),
+            list_or_none(&unjudged)
         ));
+        for (m, why) in &s.unjudged {
+            md.push_str(&format!(
+                "- `{m}` was judged by no case here (an error of the matrix): {}.\n",
+                why.join("; ")
+            ));
+        }
         for (m, why) in &s.explained {
             md.push_str(&format!(
                 "- `{m}` survives here for the target's reason: {}.\n",
@@ -193,6 +230,12 @@ pub fn markdown(scores: &BTreeMap<String, TargetScore>) -> String {
     md
 }
 
+/// Whether a target's matrix holds: every case kills something, every
+/// judged mutant is killed by some case, every mutant was judged.
+pub fn passes(s: &TargetScore) -> bool {
+    s.proving_nothing.is_empty() && s.uncaught.is_empty() && s.unjudged.is_empty()
+}
+
 fn list_or_none(v: &[String]) -> String {
     if v.is_empty() {
         "none".into()
@@ -241,5 +284,28 @@ mod tests {
         let md = markdown(&score(&verdicts));
         assert!(md.contains("| drop-seccomp | the seccomp profile | **nothing** |"));
         assert!(md.contains("drop-ns-mnt (error: why)"));
+        // drop-ns-mnt errored in its only trial: judged by nothing.
+        assert_eq!(s.unjudged["drop-ns-mnt"], ["FS-ROOT-1 errored: why"]);
+    }
+
+    /// A mutant that cannot start any container errors in every trial (the
+    /// runner makes its smoke failure an error, not a row of skips): the
+    /// matrix names it as judged by nothing, which fails --mutants.
+    #[test]
+    fn a_mutant_that_starts_no_container_is_an_error_of_the_matrix() {
+        let mut verdicts: Vec<Verdict> = ["CG-MEM-1", "NS-UTS-1", "FS-ROOT-1"]
+            .iter()
+            .map(|c| {
+                let mut v = v(c, "kcell+broken", Status::Error);
+                v.detail = "kcell+broken (kcell-oci 0.1.0) cannot run a minimal container on this target: exec failed".into();
+                v
+            })
+            .collect();
+        verdicts.push(v("CG-MEM-1", "kcell+drop-memory", Status::Fail));
+        let s = &score(&verdicts)["host"];
+        assert_eq!(s.unjudged.keys().collect::<Vec<_>>(), ["broken"]);
+        assert!(s.unjudged["broken"][0].contains("cannot run a minimal container"));
+        assert!(!passes(s));
+        assert!(markdown(&score(&verdicts)).contains("`broken` was judged by no case here"));
     }
 }

@@ -256,14 +256,16 @@ pub fn junit_xml(verdicts: &[Verdict]) -> String {
 /// What changed against a baseline report.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Comparison {
-    /// (case, target, was, now) that went from pass to fail or error.
+    /// (case, target, was, now) that went from pass to anything else.
     pub regressions: Vec<(String, String, String, String)>,
     /// (case, target, was, now) that went from fail or error to pass.
     pub improvements: Vec<(String, String, String, String)>,
 }
 
-/// Compares `now` against `baseline` runtime by runtime: only pass ->
-/// fail/error regresses.
+/// Compares `now` against `baseline` runtime by runtime: pass -> fail,
+/// error, skip or inconclusive regresses (a pass that turns into a skip is
+/// coverage lost: the behaviour is no longer judged); pass -> a known
+/// difference regresses too, its status being fail or error.
 pub fn compare(baseline: &[Verdict], now: &[Verdict]) -> Comparison {
     let old: BTreeMap<(&str, String), Status> = baseline
         .iter()
@@ -281,7 +283,7 @@ pub fn compare(baseline: &[Verdict], now: &[Verdict]) -> Comparison {
             v.status.as_str().to_string(),
         );
         let bad = |s: Status| matches!(s, Status::Fail | Status::Error);
-        if *was == Status::Pass && bad(v.status) {
+        if *was == Status::Pass && v.status != Status::Pass {
             c.regressions.push(row);
         } else if bad(*was) && v.status == Status::Pass {
             c.improvements.push(row);

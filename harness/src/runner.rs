@@ -149,7 +149,15 @@ pub fn run_case(case: &Case, target: &Target, runtime: &Runtime) -> Verdict {
     }
     if case.scope == Scope::Any {
         if let Some(why) = &runtime.unusable {
-            verdict.status = Status::Skip;
+            // A reference runtime that cannot run here is skipped in its
+            // own words; a mutant that cannot is an error of the kill
+            // matrix: it judges nothing, and must not look like a target's
+            // reason.
+            verdict.status = if crate::killmatrix::mutation_of(&runtime.name).is_some() {
+                Status::Error
+            } else {
+                Status::Skip
+            };
             verdict.detail = format!(
                 "{} ({}) cannot run a minimal container on this target: {why}",
                 runtime.name, runtime.version
