@@ -1,13 +1,22 @@
 //! `cargo test` entry: one trial per (target, runtime, case), named
 //! `host/kcell::NS-UTS-1` or `deb-6.12-cloud/v2/runc::CG-MEM-1`. Listing
-//! (`-- --list`) and filtering build and boot nothing; each target is
-//! prepared once, on the first of its trials that runs, and one guest boot
-//! serves all of a target's selected trials, every runtime's.
+//! (`-- --list`) and filtering build and boot nothing.
 //!
-//! Host cases run in a separate agent process (the same binary and code path
-//! as inside a VM guest), one at a time, and before any guest boots: CPU and
-//! I/O measurements must not share the machine with another case or with QEMU.
-//! Guests of different targets then boot in parallel, one per core.
+//! A run has two steps. First the selected trials run: the host's in a
+//! separate agent process (the same binary and code path as inside a VM
+//! guest), one at a time and before any guest boots, since CPU and I/O
+//! measurements must not share the machine with another case or with
+//! QEMU; then the guests, one boot per target serving all of its selected
+//! trials, one guest per core (or --test-threads), the target with the
+//! most trials first. Progress is printed as they go. Then each trial is
+//! reported to libtest-mimic with its outcome as it is (gate.rs): a pass
+//! passes, a fail or error fails, and a skip, an inconclusive trial or a
+//! known difference (cases/differences.toml) is *ignored*, its reason
+//! printed, so `cargo test`'s closing line counts none of them as passed.
+//! The tally per runtime follows it. The run also fails on a skip that
+//! cases/expected-skips.toml does not allow, on a difference that no longer
+//! shows (unless --allow-stale-differences), and with --baseline on a
+//! regression.
 //!
 //! Environment: KCELL_RUNTIMES picks runtimes (a comma list of kcell, runc,
 //! crun, youki, runsc, or NAME=/path/to/binary; default: kcell on every
@@ -20,26 +29,35 @@
 //! by ID (a comma list, e.g. CG-CPU-1,CG-BLKIO-1: libtest's filter takes one).
 
 use kcell_harness::case::{load_dir, Case, Scope};
+use kcell_harness::differences::Difference;
 use kcell_harness::driver::Target;
+use kcell_harness::gate::{self, Outcome};
 use kcell_harness::matrix::{self, Wanted};
+use kcell_harness::publish;
+use kcell_harness::shard;
 use kcell_harness::verdict::{Status, Verdict};
 use kcell_harness::vm::{self, VmTarget};
 use libtest_mimic::{Arguments, Failed, Trial};
+use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
-
-/// cases/differences.toml, read once.
-static DIFFERENCES: OnceLock<Vec<kcell_harness::differences::Difference>> = OnceLock::new();
+use std::sync::{Mutex, OnceLock};
 
 fn cases_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../cases")
 }
 
+/// Where the reports go: `--output DIR`, else target/kcell.
 fn report_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/kcell")
+    REPORT_DIR
+        .get()
+        .cloned()
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/kcell"))
 }
+
+/// `--output DIR`, once read.
+static REPORT_DIR: OnceLock<PathBuf> = OnceLock::new();
 
 /// The host target, built on first use under /tmp (reachable by uid 1000).
 struct HostTarget {
@@ -48,7 +66,7 @@ struct HostTarget {
 }
 
 impl HostTarget {
-    fn get(&self) -> Result<&Target, Failed> {
+    fn get(&self) -> Result<&Target, String> {
         self.target
             .get_or_init(|| {
                 let agent = PathBuf::from(env!("CARGO_BIN_EXE_kcell-agent"));
@@ -56,7 +74,7 @@ impl HostTarget {
                 kcell_harness::host::prepare(&self.dir, &agent)
             })
             .as_ref()
-            .map_err(|e| Failed::from(format!("preparing the host target: {e}")))
+            .map_err(|e| format!("preparing the host target: {e}"))
     }
 }
 
@@ -66,123 +84,101 @@ impl Drop for HostTarget {
     }
 }
 
-/// Counts the host trials still to run; guests wait for zero.
-struct HostPhase {
-    remaining: Mutex<usize>,
-    done: Condvar,
-}
-
-impl HostPhase {
-    fn finish_one(&self) {
-        let mut left = self.remaining.lock().unwrap_or_else(|e| e.into_inner());
-        *left = left.saturating_sub(1);
-        self.done.notify_all();
-    }
-    fn wait(&self) {
-        let mut left = self.remaining.lock().unwrap_or_else(|e| e.into_inner());
-        while *left > 0 {
-            left = self.done.wait(left).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-}
-
-/// Ends the host phase for one trial however the trial ends.
-struct PhaseGuard<'a>(&'a HostPhase);
-impl Drop for PhaseGuard<'_> {
-    fn drop(&mut self) {
-        self.0.finish_one();
-    }
-}
-
-/// Maps a verdict to the trial's outcome (skip and inconclusive pass, with
-/// their reason printed; fail and error fail with the details).
-fn outcome(name: &str, title: &str, verdict: &Verdict) -> Result<(), Failed> {
-    // A mutant's trial is a cell of the kill matrix, judged as a whole at
-    // the end (killmatrix.rs): its own verdict fails nothing.
-    if kcell_harness::killmatrix::mutation_of(&verdict.runtime).is_some() {
-        let fate = match verdict.status {
-            Status::Fail => "killed".to_string(),
-            Status::Pass => "survived".to_string(),
-            other => format!(
-                "not judged ({}): {}",
-                other.as_str(),
-                verdict.detail.lines().next().unwrap_or_default()
-            ),
-        };
-        println!("{name}: {fate}");
-        return Ok(());
-    }
-    let known = DIFFERENCES.get_or_init(|| {
-        kcell_harness::differences::load(&cases_dir().join("differences.toml")).unwrap_or_else(
-            |e| {
-                eprintln!("{e}");
-                Vec::new()
+/// The trial libtest-mimic reports for `name`, from its verdict: a pass
+/// passes, a fail or error fails with the details, and what is neither (a
+/// skip, an inconclusive trial, a known difference; a mutant's survival or
+/// a mutant's trial that judged nothing) is ignored, its reason printed
+/// by [`print_ignored`]. A trial the run selected that has no verdict fails.
+fn reported_trial(name: String, title: &str, found: Option<(&Verdict, Outcome)>) -> Trial {
+    let title = title.to_string();
+    let Some((verdict, outcome)) = found else {
+        let why = format!("no verdict for {name}: the run never reached it");
+        return Trial::test(name, move || Err(Failed::from(why)));
+    };
+    let is_mutant = kcell_harness::killmatrix::mutation_of(&verdict.runtime).is_some();
+    let (ignored, result): (bool, Result<(), String>) = if is_mutant {
+        // A mutant's trial is a cell of the kill matrix, judged as a whole
+        // at the end: killed is what the case is for; the rest is ignored.
+        (verdict.status != Status::Fail, Ok(()))
+    } else {
+        let failure = format!("{}: {title}\n{}", verdict.status.as_str(), verdict.detail);
+        (
+            outcome.is_ignored(),
+            if outcome.fails() {
+                Err(failure)
+            } else {
+                Ok(())
             },
         )
-    });
-    let difference = kcell_harness::differences::explains(
-        known,
-        &verdict.runtime,
-        &verdict.runtime_version,
-        &verdict.target,
-        &verdict.case,
-    );
-    if let Some(d) = difference {
-        if matches!(verdict.status, Status::Fail | Status::Error) {
-            println!(
-                "{name}: a known difference (cases/differences.toml): {}",
-                d.found
-            );
-            return Ok(());
-        }
-        if verdict.status == Status::Pass {
-            println!("{name}: passes now, though cases/differences.toml lists it as a difference: remove the entry");
-        }
+    };
+    Trial::test(name, move || result.map_err(Failed::from)).with_ignored_flag(ignored)
+}
+
+/// Why each ignored trial was not a pass, one line each, before
+/// libtest-mimic's own lines.
+fn print_ignored(judged: &[(Verdict, Outcome, Option<Difference>)]) {
+    let mut lines = Vec::new();
+    for (v, outcome, difference) in judged {
+        let first = |s: &str| s.lines().next().unwrap_or_default().trim().to_string();
+        let why = match kcell_harness::killmatrix::mutation_of(&v.runtime) {
+            Some(_) => match v.status {
+                Status::Fail => continue,
+                Status::Pass => "survived (judged in the kill matrix)".to_string(),
+                other => format!("not judged ({}): {}", other.as_str(), first(&v.detail)),
+            },
+            None => match (outcome, difference) {
+                (Outcome::KnownDifference, Some(d)) => {
+                    format!(
+                        "known difference (cases/differences.toml): {}",
+                        first(&d.found)
+                    )
+                }
+                (Outcome::Skip, _) => format!("skip: {}", first(&v.detail)),
+                (Outcome::Inconclusive, _) => format!("inconclusive: {}", first(&v.detail)),
+                _ => continue,
+            },
+        };
+        lines.push(format!("  {}: {why}", v.trial()));
     }
-    match verdict.status {
-        Status::Pass => Ok(()),
-        Status::Skip => {
-            println!("{name} skipped: {}", verdict.detail);
-            Ok(())
-        }
-        Status::Inconclusive => {
-            println!("{name} inconclusive:\n{}", verdict.detail);
-            Ok(())
-        }
-        Status::Fail | Status::Error => Err(Failed::from(format!(
-            "{}: {title}\n{}",
-            verdict.status.as_str(),
-            verdict.detail
-        ))),
+    if !lines.is_empty() {
+        println!("ignored, and why ({}):\n{}", lines.len(), lines.join("\n"));
     }
 }
 
 /// The machine-wide measurement lock (a file lock, so it also holds between
 /// the processes nextest runs): a host case holds it alone, guests share it.
-fn measurement_lock(exclusive: bool) -> Result<nix::fcntl::Flock<std::fs::File>, Failed> {
+fn measurement_lock(exclusive: bool) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
     let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kcell-measure.lock");
-    let file = std::fs::File::create(&path)
-        .map_err(|e| Failed::from(format!("create {}: {e}", path.display())))?;
+    let file =
+        std::fs::File::create(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
     let how = if exclusive {
         nix::fcntl::FlockArg::LockExclusive
     } else {
         nix::fcntl::FlockArg::LockShared
     };
-    nix::fcntl::Flock::lock(file, how)
-        .map_err(|(_, e)| Failed::from(format!("flock {}: {e}", path.display())))
+    nix::fcntl::Flock::lock(file, how).map_err(|(_, e)| format!("flock {}: {e}", path.display()))
 }
 
 /// One host trial: the agent (the same code path as in a guest) runs the
-/// case with the runtime, in a process of its own.
-fn run_on_host(
-    case: &Case,
-    runtime: &Wanted,
-    host: &HostTarget,
-    lock: &Mutex<()>,
-    verdicts: &Mutex<Vec<Verdict>>,
-) -> Result<(), Failed> {
-    let name = format!("host/{}::{}", runtime.name, case.id);
-    let _one_at_a_time = lock.lock().unwrap_or_else(|e| e.into_inner());
+/// case with the runtime, in a process of its own, alone on the machine.
+/// Whatever goes wrong is the trial's error verdict.
+fn run_on_host(case: &Case, runtime: &Wanted, host: &HostTarget) -> Verdict {
+    host_verdict(case, runtime, host).unwrap_or_else(|why| {
+        let layout = kcell_harness::observe::cgroupfs::Layout::read();
+        let mut v = Verdict::bare(
+            &case.id,
+            "host",
+            &kcell_harness::runner::kernel_release(),
+            layout.version(),
+            Status::Error,
+            why,
+        );
+        v.runtime = runtime.name.clone();
+        v
+    })
+}
+
+fn host_verdict(case: &Case, runtime: &Wanted, host: &HostTarget) -> Result<Verdict, String> {
     let _alone_on_the_machine = measurement_lock(true)?;
     let target = host.get()?;
     let path = if runtime.name == "kcell" {
@@ -190,24 +186,13 @@ fn run_on_host(
     } else if let Some((base, mutation)) = kcell_harness::killmatrix::mutation_of(&runtime.name) {
         // The host's mutant wraps the host target's own kcell-oci.
         let m = kcell_harness::mutant::named(mutation)
-            .ok_or_else(|| Failed::from(format!("unknown mutation {mutation}")))?;
+            .ok_or_else(|| format!("unknown mutation {mutation}"))?;
         let bin = target.kcell.parent().unwrap_or(Path::new("/"));
         let links =
-            kcell_harness::mutant::make_links(&bin.join("mutants"), &target.kcell, base, &[m])
-                .map_err(Failed::from)?;
+            kcell_harness::mutant::make_links(&bin.join("mutants"), &target.kcell, base, &[m])?;
         links[0].1.clone()
     } else {
-        match &runtime.path {
-            Some(p) => p.clone(),
-            None => {
-                let mut v = Verdict::bare(&case.id, "host", &kcell_harness::runner::kernel_release(), "", Status::Error,
-                    format!("runtime {} not found on this machine: install it (scripts/install-deps installs runc, crun and youki) or name it KCELL_RUNTIMES={}=/path/to/binary", runtime.name, runtime.name));
-                v.runtime = runtime.name.clone();
-                let r = outcome(&name, &case.title, &v);
-                verdicts.lock().unwrap_or_else(|e| e.into_inner()).push(v);
-                return r;
-            }
-        }
+        runtime.path.clone().ok_or_else(|| format!("runtime {} not found on this machine: install it (scripts/install-deps installs runc, crun and youki) or name it KCELL_RUNTIMES={}=/path/to/binary", runtime.name, runtime.name))?
     };
     let bin = target.kcell.parent().unwrap_or(Path::new("/"));
     let path = kcell_harness::host::runnable_by_all(&runtime.name, &path, bin)?;
@@ -226,22 +211,15 @@ fn run_on_host(
         .arg(format!("{}::{}", runtime.name, case.id))
         .arg(&case.file)
         .output()
-        .map_err(|e| Failed::from(format!("spawning the agent: {e}")))?;
+        .map_err(|e| format!("spawning the agent {}: {e}", target.kcell.display()))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let Some(verdict) = stdout.lines().find_map(Verdict::from_line) else {
-        return Err(format!(
+    stdout.lines().find_map(Verdict::from_line).ok_or_else(|| {
+        format!(
             "the agent gave no verdict (exit {:?}); stderr: {}",
             output.status.code(),
             String::from_utf8_lossy(&output.stderr)
         )
-        .into());
-    };
-    let result = outcome(&name, &case.title, &verdict);
-    verdicts
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(verdict);
-    result
+    })
 }
 
 fn skip_verdict(case: &Case, runtime: &str, reason: &str) -> Verdict {
@@ -309,8 +287,9 @@ fn mutant_runtimes(which: &str, cache: &Path) -> Result<Vec<Wanted>, String> {
         .collect())
 }
 
-/// Writes mutants.md and mutants.json; false when a case proves nothing
-/// or a judged mutant is caught by no case, on some target.
+/// Writes mutants.md and mutants.json; false when, on some target, a case
+/// proves nothing, a judged mutant is caught by no case, or a mutant was
+/// judged by no case at all.
 fn write_kill_matrix(verdicts: &[Verdict]) -> bool {
     use kcell_harness::killmatrix;
     let dir = report_dir();
@@ -324,77 +303,29 @@ fn write_kill_matrix(verdicts: &[Verdict]) -> bool {
     let mut ok = true;
     for (target, s) in &scores {
         eprintln!(
-            "kill matrix {target}: {} of {} judged (case, mutant) pairs killed; cases proving nothing: {:?}; mutants no case kills: {:?}",
-            s.killed, s.judged, s.proving_nothing, s.uncaught
+            "kill matrix {target}: {} of {} judged (case, mutant) pairs killed; cases proving nothing: {:?}; mutants no case kills: {:?}; mutants no case could judge: {:?}",
+            s.killed, s.judged, s.proving_nothing, s.uncaught, s.unjudged
         );
-        ok &= s.proving_nothing.is_empty() && s.uncaught.is_empty();
+        ok &= killmatrix::passes(s);
     }
     eprintln!("kill matrix: {}/mutants.{{md,json}}", dir.display());
     ok
-}
-
-/// Writes report.json, report.xml and matrix.md; with a baseline, lists
-/// regressions (and fails) and improvements.
-fn write_reports(
-    verdicts: &[Verdict],
-    notes: &std::collections::BTreeMap<String, String>,
-    baseline: Option<&Path>,
-    titles: &std::collections::BTreeMap<String, String>,
-) -> bool {
-    use kcell_harness::report;
-    let dir = report_dir();
-    let _ = std::fs::create_dir_all(&dir);
-    let json = serde_json::to_string_pretty(verdicts).unwrap_or_default();
-    let _ = std::fs::write(dir.join("report.json"), json);
-    let _ = std::fs::write(dir.join("report.xml"), report::junit_xml(verdicts));
-    let _ = std::fs::write(
-        dir.join("matrix.md"),
-        report::matrix_markdown(verdicts, notes),
-    );
-    let old: Option<Vec<Verdict>> = match baseline.map(|path| {
-        std::fs::read_to_string(path)
-            .map_err(|e| e.to_string())
-            .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
-            .map_err(|e| format!("baseline {}: {e}", path.display()))
-    }) {
-        None => None,
-        Some(Ok(v)) => Some(v),
-        Some(Err(e)) => {
-            eprintln!("{e}");
-            return false;
-        }
-    };
-    let _ = std::fs::write(
-        dir.join("report.html"),
-        kcell_harness::html::render(verdicts, old.as_deref(), titles),
-    );
-    eprintln!(
-        "reports: {}/{{report.json,report.xml,matrix.md,report.html}}",
-        dir.display()
-    );
-    let (Some(path), Some(old)) = (baseline, old) else {
-        return true;
-    };
-    let cmp = report::compare(&old, verdicts);
-    for (c, t, was, now) in &cmp.improvements {
-        eprintln!("improved: {t}::{c} {was} -> {now}");
-    }
-    for (c, t, was, now) in &cmp.regressions {
-        eprintln!("REGRESSION: {t}::{c} {was} -> {now}");
-    }
-    eprintln!(
-        "against baseline {}: {} regressions, {} improvements",
-        path.display(),
-        cmp.regressions.len(),
-        cmp.improvements.len()
-    );
-    cmp.regressions.is_empty()
 }
 
 /// Whether libtest-mimic will run a trial of this name (its filter, --exact,
 /// --skip, --ignored and --include-ignored rules), so a guest boots only for
 /// the cases that were asked for.
 fn will_run(args: &Arguments, name: &str, ignored: bool) -> bool {
+    let by_ignore = if args.ignored {
+        ignored
+    } else {
+        args.include_ignored || !ignored
+    };
+    filtered_in(args, name) && by_ignore
+}
+
+/// Whether the filter and --skip select a trial of this name.
+fn filtered_in(args: &Arguments, name: &str) -> bool {
     let matches = |pattern: &str| {
         if args.exact {
             name == pattern
@@ -402,22 +333,25 @@ fn will_run(args: &Arguments, name: &str, ignored: bool) -> bool {
             name.contains(pattern)
         }
     };
-    let filtered_in = args.filter.as_deref().is_none_or(matches);
-    let skipped = args.skip.iter().any(|s| matches(s));
-    let by_ignore = if args.ignored {
-        ignored
-    } else {
-        args.include_ignored || !ignored
-    };
-    filtered_in && !skipped && by_ignore
+    args.filter.as_deref().is_none_or(matches) && !args.skip.iter().any(|s| matches(s))
 }
 
-/// One VM target: its boot runs once, for all its selected trials.
+/// One unit of guest work: a VM target with one runtime, booted once for
+/// all of that runtime's selected trials there.
 struct GuestTarget {
     target: VmTarget,
+    /// The runtime it runs.
+    runtime: String,
     /// `runtime::CASE` of the selected trials.
     keys: Vec<String>,
     run: OnceLock<vm::TargetRun>,
+}
+
+impl GuestTarget {
+    /// The unit's name: `<target>/<runtime>`.
+    fn unit(&self) -> String {
+        format!("{}/{}", self.target.name(), self.runtime)
+    }
 }
 
 /// For a kernel of one's own (KCELL_KERNEL): each option of
@@ -479,32 +413,69 @@ fn split_mutants(mut args: Vec<String>) -> (Vec<String>, Option<String>) {
     (args, wanted)
 }
 
-fn main() -> ExitCode {
+/// One trial of the run's plan.
+struct Planned {
+    name: String,
+    case: Case,
+    runtime: Wanted,
+    /// On the host (with the reason it cannot run there, if any), or in
+    /// the guest of this index.
+    place: Place,
+}
+
+enum Place {
+    Host { unmet: Option<String> },
+    Guest(usize),
+}
+
+impl Planned {
+    /// Ignored before it runs: a host requirement is unmet.
+    fn ignored_before(&self) -> bool {
+        matches!(&self.place, Place::Host { unmet: Some(_) })
+    }
+}
+
+/// What the run asks for, read from the arguments and environment.
+struct Selection {
+    args: Arguments,
+    baseline: Option<PathBuf>,
+    mutants: Option<String>,
+    allow_stale_differences: bool,
+    /// `--shard K/N`: run only the units shard.rs deals to K.
+    shard: Option<(usize, usize)>,
+    /// `--durations FILE`: an earlier report.json, for the units' estimates.
+    durations: BTreeMap<String, f64>,
+    targets: Option<String>,
+    runtimes: Vec<Wanted>,
+    cases: Vec<Case>,
+    /// Trials for case files that do not load.
+    malformed: Vec<Trial>,
+}
+
+fn select() -> Result<Selection, String> {
     let (args, baseline) = split_baseline(std::env::args().collect());
     let (args, mutants) = split_mutants(args);
+    let (args, allow_stale_differences) = split_flag(args, "--allow-stale-differences");
+    let (args, shard) = split_value(args, "--shard");
+    let (args, durations_file) = split_value(args, "--durations");
+    let (args, output) = split_value(args, "--output");
+    if let Some(dir) = output {
+        let _ = REPORT_DIR.set(PathBuf::from(dir));
+    }
+    let shard = shard.as_deref().map(shard::parse_shard).transpose()?;
+    let durations = match durations_file {
+        None => BTreeMap::new(),
+        Some(f) => {
+            let text = std::fs::read_to_string(&f).map_err(|e| format!("--durations {f}: {e}"))?;
+            shard::durations_from(&text).map_err(|e| format!("--durations {f}: {e}"))?
+        }
+    };
     let args = Arguments::from_iter(args);
-    let selection = std::env::var("KCELL_TARGETS").ok();
-    let host_wanted = selection
-        .as_deref()
-        .is_none_or(|s| s == "all" || s.split(',').any(|t| t.trim() == "host"));
     let cache = vm::cache_dir();
     let runtimes = match &mutants {
         None => matrix::wanted(std::env::var("KCELL_RUNTIMES").ok().as_deref(), &cache),
-        Some(which) => match mutant_runtimes(which, &cache) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("{e}");
-                return ExitCode::FAILURE;
-            }
-        },
+        Some(which) => mutant_runtimes(which, &cache)?,
     };
-    let host = Arc::new(HostTarget {
-        dir: std::env::temp_dir().join(format!("kcell-host-{}", std::process::id())),
-        target: OnceLock::new(),
-    });
-    let lock = Arc::new(Mutex::new(()));
-    let verdicts: Arc<Mutex<Vec<Verdict>>> = Arc::new(Mutex::new(Vec::new()));
-    let is_root = nix::unistd::geteuid().is_root();
     let loaded = load_dir(&cases_dir());
     let picked: Option<Vec<String>> = std::env::var("KCELL_CASES")
         .ok()
@@ -520,222 +491,311 @@ fn main() -> ExitCode {
             .filter(|id| !cases.iter().any(|c| &c.id == *id))
             .collect();
         if !unknown.is_empty() {
-            eprintln!(
+            return Err(format!(
                 "KCELL_CASES names no case {unknown:?}: the IDs are the file names under {}",
                 cases_dir().display()
-            );
-            return ExitCode::FAILURE;
+            ));
         }
     }
-    let mut trials = Vec::new();
-    let mut skipped = Vec::new();
-
-    for e in loaded.iter().filter_map(|c| c.as_ref().err()) {
-        // A malformed case is a failing trial of its own; the others still run.
-        let stem = match e {
-            kcell_harness::case::CaseError::Parse { file, .. }
-            | kcell_harness::case::CaseError::Read(file, _) => file
-                .file_stem()
-                .map(|s| s.to_string_lossy().to_string())
-                .unwrap_or_default(),
-        };
-        let msg = e.to_string();
-        trials.push(Trial::test(format!("cases::{stem}"), move || {
-            Err(Failed::from(msg))
-        }));
-    }
-    // A mutant runs only the cases whose config.json its mutation changes.
-    let configs: std::collections::HashMap<String, Vec<serde_json::Value>> = cases
+    // A malformed case is a failing trial of its own; the others still run.
+    let malformed = loaded
         .iter()
-        .map(|c| (c.id.clone(), kcell_harness::mutant::configs_of(c)))
+        .filter_map(|c| c.as_ref().err())
+        .map(|e| {
+            let stem = match e {
+                kcell_harness::case::CaseError::Parse { file, .. }
+                | kcell_harness::case::CaseError::Read(file, _) => file
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().to_string())
+                    .unwrap_or_default(),
+            };
+            let msg = e.to_string();
+            Trial::test(format!("cases::{stem}"), move || Err(Failed::from(msg)))
+        })
         .collect();
-    let applies = |c: &Case, w: &Wanted| match kcell_harness::killmatrix::mutation_of(&w.name) {
+    Ok(Selection {
+        args,
+        baseline,
+        mutants,
+        allow_stale_differences,
+        shard,
+        durations,
+        targets: std::env::var("KCELL_TARGETS").ok(),
+        runtimes,
+        cases,
+        malformed,
+    })
+}
+
+/// Takes `--name VALUE` or `--name=VALUE` out of the arguments.
+fn split_value(mut args: Vec<String>, name: &str) -> (Vec<String>, Option<String>) {
+    if let Some(i) = args.iter().position(|a| a == name) {
+        let value = (i + 1 < args.len()).then(|| args.remove(i + 1));
+        args.remove(i);
+        return (args, value);
+    }
+    let prefix = format!("{name}=");
+    match args.iter().position(|a| a.starts_with(&prefix)) {
+        Some(i) => {
+            let value = args.remove(i)[prefix.len()..].to_string();
+            (args, Some(value))
+        }
+        None => (args, None),
+    }
+}
+
+/// Takes a bare flag out of the arguments.
+fn split_flag(mut args: Vec<String>, flag: &str) -> (Vec<String>, bool) {
+    let had = args.iter().any(|a| a == flag);
+    args.retain(|a| a != flag);
+    (args, had)
+}
+
+/// Whether `case` runs with runtime `w`: a mutant only on the cases whose
+/// config.json its mutation changes; kcell's own-command cases only on kcell.
+fn applies(case: &Case, w: &Wanted) -> bool {
+    match kcell_harness::killmatrix::mutation_of(&w.name) {
         Some((_, m)) => {
-            c.scope == Scope::Any
+            case.scope == Scope::Any
                 && kcell_harness::mutant::named(m).is_some_and(|m| {
-                    kcell_harness::mutant::applies(
-                        m,
-                        configs.get(&c.id).map_or(&[][..], Vec::as_slice),
-                    )
+                    kcell_harness::mutant::applies(m, &kcell_harness::mutant::configs_of(case))
                 })
         }
-        None => c.scope == Scope::Any || w.name == "kcell",
-    };
+        None => case.scope == Scope::Any || w.name == "kcell",
+    }
+}
 
-    let mut host_trials_list = Vec::new();
+/// Every trial of the selection, host first, and the guest targets.
+fn plan(sel: &Selection) -> Result<(Vec<Planned>, Vec<GuestTarget>), String> {
+    let host_wanted = sel
+        .targets
+        .as_deref()
+        .is_none_or(|s| s == "all" || s.split(',').any(|t| t.trim() == "host"));
+    let is_root = nix::unistd::geteuid().is_root();
+    let mut planned = Vec::new();
     if host_wanted {
-        for case in &cases {
-            for w in runtimes.iter().filter(|w| applies(case, w)) {
-                let name = format!("host/{}::{}", w.name, case.id);
+        for case in &sel.cases {
+            for w in sel.runtimes.iter().filter(|w| applies(case, w)) {
                 let unmet = if is_root {
                     kcell_harness::requires::unmet(&case.requires)
                 } else {
                     Some("the host target needs root: run the tests as root".to_string())
                 };
-                if let Some(reason) = &unmet {
-                    skipped.push(format!("{name}: {reason}"));
-                    // Skips known before running still belong in the reports.
-                    if will_run(&args, &name, false) && !args.list {
-                        verdicts
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push(skip_verdict(case, &w.name, reason));
-                    }
-                }
-                host_trials_list.push((name, case.clone(), w.clone(), unmet.is_some()));
+                planned.push(Planned {
+                    name: format!("host/{}::{}", w.name, case.id),
+                    case: case.clone(),
+                    runtime: w.clone(),
+                    place: Place::Host { unmet },
+                });
             }
         }
-    }
-    let host_trials = host_trials_list
-        .iter()
-        .filter(|(n, _, _, ignored)| will_run(&args, n, *ignored))
-        .count();
-    let phase = Arc::new(HostPhase {
-        remaining: Mutex::new(host_trials),
-        done: Condvar::new(),
-    });
-    for (name, case, w, ignored) in host_trials_list {
-        let (host, lock, verdicts, phase) =
-            (host.clone(), lock.clone(), verdicts.clone(), phase.clone());
-        trials.push(
-            Trial::test(name, move || {
-                // However this trial ends, it ends its share of the host phase.
-                let _guard = PhaseGuard(&phase);
-                run_on_host(&case, &w, &host, &lock, &verdicts)
-            })
-            .with_ignored_flag(ignored),
-        );
-    }
-
-    if !args.list {
-        report_custom_kernel_gaps(&cases);
     }
     let manifest_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../vm/kernels.toml");
-    let guest_targets: Vec<Arc<GuestTarget>> = match vm::kernel::Manifest::load(&manifest_path) {
-        Ok(manifest) => {
-            let custom = std::env::var_os("KCELL_KERNEL").is_some();
-            let targets: Vec<(VmTarget, Vec<Wanted>)> =
-                vm::selected_targets(&manifest, selection.as_deref(), custom)
-                    .into_iter()
-                    // The kill matrix defaults to the reference targets.
-                    .filter(|t| {
-                        mutants.is_none() || selection.is_some() || manifest.is_reference(t)
-                    })
-                    .map(|t| {
-                        let reference = manifest.is_reference(&t);
-                        let rts = runtimes
-                            .iter()
-                            .filter(|w| matrix::runs_on(w, reference))
-                            .cloned()
-                            .collect();
-                        (t, rts)
-                    })
-                    .collect();
-            let guest_runtimes: Vec<(String, PathBuf)> = runtimes
-                .iter()
-                .filter(|w| w.name != "kcell")
-                .filter_map(|w| w.path.clone().map(|p| (w.name.clone(), p)))
-                .collect();
-            let inputs = Arc::new(vm::Inputs {
-                manifest: manifest.clone(),
-                agent: PathBuf::from(env!("CARGO_BIN_EXE_kcell-agent")),
-                cases: cases_dir(),
-                cache: cache.clone(),
-                runtimes: guest_runtimes,
-            });
-            let guests: Vec<(Arc<GuestTarget>, Vec<Wanted>)> = targets
-                .into_iter()
-                .map(|(t, rts)| {
-                    let keys = cases
-                        .iter()
-                        .flat_map(|c| {
-                            rts.iter()
-                                .filter(|w| applies(c, w))
-                                .filter(|w| {
-                                    will_run(
-                                        &args,
-                                        &format!("{}/{}::{}", t.name(), w.name, c.id),
-                                        false,
-                                    )
-                                })
-                                .map(|w| format!("{}::{}", w.name, c.id))
-                                .collect::<Vec<_>>()
-                        })
-                        .collect();
-                    (
-                        Arc::new(GuestTarget {
-                            target: t,
-                            keys,
-                            run: OnceLock::new(),
-                        }),
-                        rts,
-                    )
-                })
-                .collect();
-            // Case by case, and within a case runtime by runtime across the
-            // targets: every target's first trial comes before any target's
-            // second, so a test thread never waits on a guest the other
-            // thread is running while a target of its own could boot.
-            let slots = guests.iter().map(|(_, r)| r.len()).max().unwrap_or(0);
-            for case in &cases {
-                for slot in 0..slots {
-                    for (g, rts) in &guests {
-                        for w in rts.iter().filter(|w| applies(case, w)).skip(slot).take(1) {
-                            let name = format!("{}/{}::{}", g.target.name(), w.name, case.id);
-                            let key = format!("{}::{}", w.name, case.id);
-                            let (g, phase, inputs, verdicts, title) = (
-                                g.clone(),
-                                phase.clone(),
-                                inputs.clone(),
-                                verdicts.clone(),
-                                case.title.clone(),
-                            );
-                            trials.push(Trial::test(name.clone(), move || {
-                                phase.wait();
-                                let run = g.run.get_or_init(|| {
-                                    let _shared = measurement_lock(false);
-                                    let run = vm::run_target(
-                                        &g.target,
-                                        &inputs,
-                                        &g.keys,
-                                        &mut |line: &str| eprintln!("{line}"),
-                                    );
-                                    verdicts
-                                        .lock()
-                                        .unwrap_or_else(|e| e.into_inner())
-                                        .extend(run.verdicts.iter().cloned());
-                                    run
-                                });
-                                match run.verdicts.iter().find(|v| v.key() == key) {
-                                    Some(v) => outcome(&name, &title, v),
-                                    None => Err(Failed::from(format!(
-                                        "no verdict for {key} from {}",
-                                        g.target.name()
-                                    ))),
-                                }
-                            }));
-                        }
-                    }
-                }
+    let manifest = vm::kernel::Manifest::load(&manifest_path)?;
+    let custom = std::env::var_os("KCELL_KERNEL").is_some();
+    let mut guests = Vec::new();
+    for t in vm::selected_targets(&manifest, sel.targets.as_deref(), custom) {
+        // The kill matrix defaults to the reference targets.
+        if sel.mutants.is_some() && sel.targets.is_none() && !manifest.is_reference(&t) {
+            continue;
+        }
+        let reference = manifest.is_reference(&t);
+        for w in sel
+            .runtimes
+            .iter()
+            .filter(|w| matrix::runs_on(w, reference))
+        {
+            let index = guests.len();
+            for case in sel.cases.iter().filter(|c| applies(c, w)) {
+                planned.push(Planned {
+                    name: format!("{}/{}::{}", t.name(), w.name, case.id),
+                    case: case.clone(),
+                    runtime: w.clone(),
+                    place: Place::Guest(index),
+                });
             }
-            guests.into_iter().map(|(g, _)| g).collect()
+            guests.push(GuestTarget {
+                target: t.clone(),
+                runtime: w.name.clone(),
+                keys: Vec::new(),
+                run: OnceLock::new(),
+            });
         }
-        Err(e) => {
-            trials.push(Trial::test("vm::manifest", move || Err(Failed::from(e))));
-            Vec::new()
-        }
-    };
-
-    if !args.list && !skipped.is_empty() {
-        eprintln!(
-            "skipped on the host (requirements not met):\n  {}",
-            skipped.join("\n  ")
-        );
     }
-    let conclusion = libtest_mimic::run(&args, trials);
-    let verdicts = verdicts.lock().map(|v| v.clone()).unwrap_or_default();
-    let mut notes = std::collections::BTreeMap::new();
-    for g in &guest_targets {
+    // Each guest boots for the trials the arguments select, only.
+    for p in &planned {
+        if let Place::Guest(i) = p.place {
+            if will_run(&sel.args, &p.name, false) {
+                guests[i]
+                    .keys
+                    .push(format!("{}::{}", p.runtime.name, p.case.id));
+            }
+        }
+    }
+    Ok((planned, guests))
+}
+
+/// Runs the selected host trials, one at a time and alone on the machine,
+/// printing each as it ends.
+fn run_host_trials(planned: &[Planned], args: &Arguments) -> Vec<Verdict> {
+    // A trial ignored before it runs (a requirement unmet) still gets its
+    // skip verdict, for the reports; it runs only when --ignored or
+    // --include-ignored asks for it.
+    let chosen: Vec<&Planned> = planned
+        .iter()
+        .filter(|p| matches!(p.place, Place::Host { .. }))
+        .filter(|p| will_run(args, &p.name, p.ignored_before()) || filtered_in(args, &p.name))
+        .collect();
+    if chosen.is_empty() {
+        return Vec::new();
+    }
+    let host = HostTarget {
+        dir: std::env::temp_dir().join(format!("kcell-host-{}", std::process::id())),
+        target: OnceLock::new(),
+    };
+    let total = chosen.len();
+    let mut out = Vec::with_capacity(total);
+    for (n, p) in chosen.into_iter().enumerate() {
+        let v = match &p.place {
+            Place::Host {
+                unmet: Some(reason),
+            } if !will_run(args, &p.name, true) => skip_verdict(&p.case, &p.runtime.name, reason),
+            _ => run_on_host(&p.case, &p.runtime, &host),
+        };
+        eprintln!(
+            "[host {}/{total}] {}: {} ({:.1} s)",
+            n + 1,
+            p.name,
+            v.status.as_str(),
+            v.seconds
+        );
+        out.push(v);
+    }
+    out
+}
+
+/// Boots the guests that have trials to run, `workers` at a time, the one
+/// with the most trials first; returns their verdicts.
+fn run_guests(order: Vec<&GuestTarget>, inputs: &vm::Inputs, workers: usize) -> Vec<Verdict> {
+    let queue = Mutex::new(order.into_iter());
+    let verdicts = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..workers.max(1) {
+            scope.spawn(|| loop {
+                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                let Some(g) = next else { break };
+                let _shared = measurement_lock(false);
+                // The guest carries the unit's runtime only.
+                let mut mine = inputs.clone();
+                mine.runtimes.retain(|(name, _)| *name == g.runtime);
+                // Its progress lines name the target and each trial's runtime.
+                let run = g.run.get_or_init(|| {
+                    vm::run_target(&g.target, &mine, &g.keys, &mut |line: &str| {
+                        eprintln!("{line}")
+                    })
+                });
+                verdicts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(run.verdicts.iter().cloned());
+            });
+        }
+    });
+    verdicts.into_inner().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The run's plan (shard.rs): the host's trials as one unit, each guest
+/// unit as one, estimated from --durations or the cases' timeouts, and
+/// fingerprinted with what decides the verdicts.
+fn unit_plan(sel: &Selection, planned: &[Planned], guests: &[GuestTarget]) -> shard::Plan {
+    let estimate = |p: &Planned| {
+        sel.durations
+            .get(&p.name)
+            .copied()
+            .unwrap_or(p.case.timeout as f64)
+    };
+    let mut units = Vec::new();
+    let host: Vec<&Planned> = planned
+        .iter()
+        .filter(|p| matches!(p.place, Place::Host { .. }) && filtered_in(&sel.args, &p.name))
+        .collect();
+    if !host.is_empty() {
+        units.push(shard::Unit {
+            name: "host".into(),
+            trials: host.iter().map(|p| p.name.clone()).collect(),
+            estimate: host.iter().map(|p| estimate(p)).sum(),
+        });
+    }
+    for (i, g) in guests.iter().enumerate() {
+        let mine: Vec<&Planned> = planned
+            .iter()
+            .filter(|p| matches!(p.place, Place::Guest(j) if j == i))
+            .filter(|p| will_run(&sel.args, &p.name, false))
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        units.push(shard::Unit {
+            name: g.unit(),
+            trials: mine.iter().map(|p| p.name.clone()).collect(),
+            // A boot costs seconds of its own under TCG.
+            estimate: 8.0 + mine.iter().map(|p| estimate(p)).sum::<f64>(),
+        });
+    }
+    shard::Plan::new(units, &identity(sel))
+}
+
+/// What decides the verdicts besides the trials: each runtime's version,
+/// the harness's revision, the cases and the kernel manifest.
+fn identity(sel: &Selection) -> Vec<String> {
+    let mut lines = vec![format!("kcell {}", env!("CARGO_PKG_VERSION"))];
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let revision = Command::new("git")
+        .arg("-C")
+        .arg(&root)
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "no git revision".into());
+    lines.push(format!("revision {revision}"));
+    for w in &sel.runtimes {
+        let version = w
+            .path
+            .as_ref()
+            .and_then(|p| Command::new(p).arg("--version").output().ok())
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .unwrap_or_default();
+        lines.push(format!("runtime {} {version}", w.name));
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(cases_dir())
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.push(root.join("vm/kernels.toml"));
+    files.sort();
+    for f in files {
+        // By file name: the checkout's own path differs between machines.
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let text = std::fs::read(&f).unwrap_or_default();
+        lines.push(format!("{name} {}", shard::digest(&text)));
+    }
+    lines
+}
+
+/// Boot time and problems of each guest, for matrix.md.
+fn guest_notes(guests: &[GuestTarget]) -> BTreeMap<String, String> {
+    let mut notes = BTreeMap::new();
+    for g in guests {
         if let Some(run) = g.run.get() {
             let boot = run.boot_seconds.map_or("no case started".to_string(), |b| {
                 format!("boot to first case {b:.2} s")
@@ -747,27 +807,206 @@ fn main() -> ExitCode {
                 .map(|e| format!("; {e}"))
                 .unwrap_or_default();
             notes.insert(
-                g.target.name(),
+                g.unit(),
                 format!("{boot}, {:.0} s in all{retry}{problem}", run.seconds),
             );
         }
     }
-    if mutants.is_some() {
+    notes
+}
+
+fn main() -> ExitCode {
+    let sel = match select() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (planned, guests) = match plan(&sel) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let known = match kcell_harness::differences::load(&cases_dir().join("differences.toml")) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if sel.args.list {
+        let mut trials: Vec<Trial> = planned
+            .iter()
+            .map(|p| Trial::test(p.name.clone(), || Ok(())).with_ignored_flag(p.ignored_before()))
+            .collect();
+        trials.extend(sel.malformed);
+        return libtest_mimic::run(&sel.args, trials).exit_code();
+    }
+    report_custom_kernel_gaps(&sel.cases);
+    let units = unit_plan(&sel, &planned, &guests);
+    let mine: Vec<&shard::Unit> = match sel.shard {
+        Some((k, n)) => units.shard(k, n),
+        None => units.units.iter().collect(),
+    };
+    let unit_of = |p: &Planned| match p.place {
+        Place::Host { .. } => "host".to_string(),
+        Place::Guest(i) => guests[i].unit(),
+    };
+    let mine_names: std::collections::BTreeSet<&str> =
+        mine.iter().map(|u| u.name.as_str()).collect();
+    let planned: Vec<Planned> = planned
+        .into_iter()
+        .filter(|p| sel.shard.is_none() || mine_names.contains(unit_of(p).as_str()))
+        .collect();
+    if let Some((k, n)) = sel.shard {
+        eprintln!(
+            "shard {k}/{n} of plan {}: {} of {} units ({})",
+            units.fingerprint,
+            mine.len(),
+            units.units.len(),
+            mine.iter()
+                .map(|u| u.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+
+    // Step one: run what is selected: the host's unit alone, then the
+    // guests' units on every core, the longest first.
+    let mut verdicts = run_host_trials(&planned, &sel.args);
+    let cache = vm::cache_dir();
+    let inputs = vm::Inputs {
+        manifest: match vm::kernel::Manifest::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../vm/kernels.toml"),
+        ) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        agent: PathBuf::from(env!("CARGO_BIN_EXE_kcell-agent")),
+        cases: cases_dir(),
+        cache,
+        runtimes: sel
+            .runtimes
+            .iter()
+            .filter(|w| w.name != "kcell")
+            .filter_map(|w| w.path.clone().map(|p| (w.name.clone(), p)))
+            .collect(),
+    };
+    let workers = sel.args.test_threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let mut order: Vec<(&GuestTarget, f64)> = guests
+        .iter()
+        .filter(|g| !g.keys.is_empty())
+        .filter_map(|g| {
+            let name = g.unit();
+            mine.iter()
+                .find(|u| u.name == name)
+                .map(|u| (g, u.estimate))
+        })
+        .collect();
+    order.sort_by(|a, b| {
+        b.1.total_cmp(&a.1)
+            .then_with(|| a.0.unit().cmp(&b.0.unit()))
+    });
+    verdicts.extend(run_guests(
+        order.into_iter().map(|(g, _)| g).collect(),
+        &inputs,
+        workers,
+    ));
+    let record = shard::RunRecord {
+        plan: units.clone(),
+        shard: sel.shard.map(|(k, n)| format!("{k}/{n}")),
+        ran: mine.iter().map(|u| u.name.clone()).collect(),
+    };
+    let _ = std::fs::create_dir_all(report_dir());
+    if let Err(e) = std::fs::write(
+        report_dir().join("run.json"),
+        serde_json::to_string_pretty(&record).unwrap_or_default(),
+    ) {
+        eprintln!("write {}: {e}", report_dir().join("run.json").display());
+    }
+
+    // Step two: report each trial as it is.
+    let mut tally = gate::Tally::default();
+    let judged: Vec<(Verdict, Outcome, Option<Difference>)> = verdicts
+        .iter()
+        .map(|v| {
+            let (outcome, difference) = gate::judge(v, &known);
+            if kcell_harness::killmatrix::mutation_of(&v.runtime).is_none() {
+                tally.add(v, outcome);
+            }
+            (v.clone(), outcome, difference.cloned())
+        })
+        .collect();
+    print_ignored(&judged);
+    let by_name: BTreeMap<String, (&Verdict, Outcome)> = judged
+        .iter()
+        .map(|(v, o, _)| (v.trial(), (v, *o)))
+        .collect();
+    let titles: BTreeMap<String, String> = sel
+        .cases
+        .iter()
+        .map(|c| (c.id.clone(), c.title.clone()))
+        .collect();
+    let mut trials: Vec<Trial> = planned
+        .iter()
+        .map(|p| {
+            let found = by_name.get(&p.name).copied();
+            match found {
+                Some(f) => reported_trial(p.name.clone(), &p.case.title, Some(f)),
+                // Not run: filtered out (libtest-mimic filters it the same
+                // way), or ignored before it ran.
+                None if !will_run(&sel.args, &p.name, p.ignored_before()) => {
+                    Trial::test(p.name.clone(), || Ok(())).with_ignored_flag(p.ignored_before())
+                }
+                None => reported_trial(p.name.clone(), &p.case.title, None),
+            }
+        })
+        .collect();
+    trials.extend(sel.malformed);
+    let conclusion = libtest_mimic::run(&sel.args, trials);
+    if !verdicts.is_empty() {
+        println!("tally per runtime (a skip, an inconclusive trial and a known difference are not passes):");
+        for line in tally.lines() {
+            println!("  {line}");
+        }
+    }
+    if sel.mutants.is_some() {
         return if verdicts.is_empty() || write_kill_matrix(&verdicts) {
             conclusion.exit_code()
         } else {
             ExitCode::from(101)
         };
     }
-    let titles: std::collections::BTreeMap<String, String> = cases
-        .iter()
-        .map(|c| (c.id.clone(), c.title.clone()))
-        .collect();
-    let baseline_ok =
-        verdicts.is_empty() || write_reports(&verdicts, &notes, baseline.as_deref(), &titles);
-    drop(host);
-    if baseline_ok {
+    let notes = guest_notes(&guests);
+    let reports_ok = verdicts.is_empty()
+        || publish::write_reports(
+            &report_dir(),
+            &verdicts,
+            &known,
+            &notes,
+            sel.baseline.as_deref(),
+            &titles,
+        );
+    let gate_ok =
+        match publish::gate_checks(&cases_dir(), &verdicts, &known, sel.allow_stale_differences) {
+            Ok(ok) => ok,
+            Err(e) => {
+                eprintln!("{e}");
+                false
+            }
+        };
+    if conclusion.has_failed() {
         conclusion.exit_code()
+    } else if reports_ok && gate_ok {
+        ExitCode::SUCCESS
     } else {
         ExitCode::from(101)
     }

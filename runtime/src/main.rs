@@ -6,7 +6,7 @@
 use std::os::unix::process::CommandExt;
 
 /// The suite's subcommands, carried by kcell-agent.
-const SUITE_COMMANDS: &[&str] = &["vm", "report"];
+const SUITE_COMMANDS: &[&str] = &["vm", "report", "merge"];
 
 fn main() {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
