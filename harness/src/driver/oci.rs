@@ -338,7 +338,11 @@ pub fn start(run: &Run, ctx: &RunCtx, limit: Duration) -> Result<Started, String
 /// Polls the OOM-kill counter of the cgroup at `path` every millisecond
 /// (from before the runtime makes it until the run ends) and returns the
 /// most it saw: a container killed while it is being made takes its
-/// cgroup along before any final reading.
+/// cgroup along before any final reading. On cgroup v2 the parent's
+/// memory.events counts its subtree's OOM kills too and outlives the run,
+/// so its rise over the run counts as well: a runtime that makes the
+/// cgroup, is OOM-killed and removes it between two polls (crun under
+/// TCG: "OOM: the memory limit could be too low") is still seen.
 fn watch_oom(
     path: PathBuf,
 ) -> (
@@ -350,6 +354,15 @@ fn watch_oom(
     let handle = std::thread::spawn(move || {
         let layout = Layout::read();
         let cg = layout.cgroup(&path);
+        let parent_kills = || {
+            if layout.version() != "v2" {
+                return 0;
+            }
+            path.parent()
+                .and_then(|p| layout.cgroup(p).counters().get("oom_kill").copied())
+                .unwrap_or(0)
+        };
+        let before = parent_kills();
         let mut most = 0;
         while !flag.load(std::sync::atomic::Ordering::Relaxed) {
             if let Some(n) = cg.counters().get("oom_kill") {
@@ -357,7 +370,7 @@ fn watch_oom(
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        most
+        most.max(parent_kills().saturating_sub(before))
     });
     (stop, handle)
 }
