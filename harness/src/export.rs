@@ -61,7 +61,9 @@ fn ktap_result(out: &mut String, indent: &str, n: usize, name: &str, v: &Verdict
             true,
             format!(" # SKIP inconclusive: {}", one_line(&v.detail)),
         ),
-        Outcome::Fail | Outcome::Error | Outcome::KnownDifference => (false, String::new()),
+        Outcome::Fail | Outcome::Error | Outcome::KnownDifference | Outcome::Flaky => {
+            (false, String::new())
+        }
     };
     if !ok {
         for line in diagnostics(v) {
@@ -135,7 +137,7 @@ pub fn tap13(judged: &[Judged], runtime: &str) -> String {
                 "ok {n} - {name} # SKIP inconclusive: {}\n",
                 one_line(&v.detail)
             )),
-            Outcome::Fail | Outcome::Error | Outcome::KnownDifference => {
+            Outcome::Fail | Outcome::Error | Outcome::KnownDifference | Outcome::Flaky => {
                 out.push_str(&format!("not ok {n} - {name}\n  ---\n"));
                 out.push_str(&format!("  status: {}\n", v.status.as_str()));
                 if *o == Outcome::KnownDifference {
@@ -185,7 +187,7 @@ fn kcidb_word(s: &str) -> String {
 fn kcidb_status(o: Outcome) -> &'static str {
     match o {
         Outcome::Pass => "PASS",
-        Outcome::Fail | Outcome::KnownDifference => "FAIL",
+        Outcome::Fail | Outcome::KnownDifference | Outcome::Flaky => "FAIL",
         Outcome::Error => "ERROR",
         Outcome::Skip | Outcome::Inconclusive => "SKIP",
     }

@@ -27,17 +27,20 @@ pub enum Outcome {
     Inconclusive,
     /// Failed exactly as an entry of cases/differences.toml describes.
     KnownDifference,
+    /// Repeated, it both passed and failed or errored.
+    Flaky,
 }
 
 impl Outcome {
     /// Every outcome, in the tally's order.
-    pub const ALL: [Outcome; 6] = [
+    pub const ALL: [Outcome; 7] = [
         Outcome::Pass,
         Outcome::Fail,
         Outcome::Error,
         Outcome::Skip,
         Outcome::Inconclusive,
         Outcome::KnownDifference,
+        Outcome::Flaky,
     ];
 
     /// A short name.
@@ -49,12 +52,13 @@ impl Outcome {
             Outcome::Skip => "skip",
             Outcome::Inconclusive => "inconclusive",
             Outcome::KnownDifference => "known difference",
+            Outcome::Flaky => "flaky",
         }
     }
 
-    /// Fails the run.
+    /// Fails the run (a flaky cell unless allowed by name, [`allowed_flaky`]).
     pub fn fails(self) -> bool {
-        matches!(self, Outcome::Fail | Outcome::Error)
+        matches!(self, Outcome::Fail | Outcome::Error | Outcome::Flaky)
     }
 
     /// Neither passed nor failed: reported to `cargo test` as ignored,
@@ -73,12 +77,21 @@ pub fn judge<'a>(v: &Verdict, known: &'a [Difference]) -> (Outcome, Option<&'a D
         Status::Pass => (Outcome::Pass, None),
         Status::Skip => (Outcome::Skip, None),
         Status::Inconclusive => (Outcome::Inconclusive, None),
+        Status::Flaky => (Outcome::Flaky, None),
         Status::Fail | Status::Error => match differences::explaining(known, v) {
             Some(d) => (Outcome::KnownDifference, Some(d)),
             None if v.status == Status::Fail => (Outcome::Fail, None),
             None => (Outcome::Error, None),
         },
     }
+}
+
+/// Whether the flaky cell `trial` is allowed (`--allow-flaky P,...`: a
+/// trial is allowed when its name contains one of the patterns).
+pub fn allowed_flaky(trial: &str, allowed: &[String]) -> bool {
+    allowed
+        .iter()
+        .any(|p| !p.is_empty() && trial.contains(p.as_str()))
 }
 
 /// Outcomes counted per runtime, with the exact versions that ran.
@@ -365,8 +378,8 @@ mod tests {
         assert_eq!(
             tally.lines(),
             [
-                "kcell (kcell version 1.0.0): 1 pass, 0 fail, 0 error, 0 skip, 1 inconclusive, 0 known difference",
-                "runc (runc version 1.0.0): 0 pass, 0 fail, 1 error, 1 skip, 0 inconclusive, 1 known difference",
+                "kcell (kcell version 1.0.0): 1 pass, 0 fail, 0 error, 0 skip, 1 inconclusive, 0 known difference, 0 flaky",
+                "runc (runc version 1.0.0): 0 pass, 0 fail, 1 error, 1 skip, 0 inconclusive, 1 known difference, 0 flaky",
             ]
         );
         assert_eq!(tally.total(Outcome::Error), 1);

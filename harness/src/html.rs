@@ -58,7 +58,7 @@ th,td{border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top}
 .grid th.col{writing-mode:vertical-rl;transform:rotate(180deg);white-space:nowrap;font-weight:normal}
 .grid td a{color:inherit;text-decoration:none;display:block}
 .pass{background:#d8f0d8}.fail{background:#f6b8b8;font-weight:bold}.error{background:#f3d08c;font-weight:bold}
-.skip{background:#eee;color:#777}.inconclusive{background:#e6e0f5}
+.skip{background:#eee;color:#777}.inconclusive{background:#e6e0f5}.flaky{background:#f6b8e8;font-weight:bold}
 tr.area th{background:#f4f4f4;text-align:left}
 .detail{display:none;border:2px solid #888;padding:.6em 1em;margin:1em 0}
 .detail:target{display:block}
@@ -160,7 +160,7 @@ pub fn render(
         let _ = write!(h, "<option value=\"{a}\">{a}: {name}</option>");
     }
     h.push_str("</select></label><label>verdict <select id=\"f-status\" onchange=\"kcellFilter()\"><option value=\"\">any</option>");
-    for s in ["pass", "fail", "error", "skip", "inconclusive"] {
+    for s in ["pass", "fail", "error", "skip", "inconclusive", "flaky"] {
         let _ = write!(h, "<option value=\"{s}\">{s}</option>");
     }
     h.push_str("</select></label><label>runtime <select id=\"f-runtime\" onchange=\"kcellFilter()\"><option value=\"\">all</option>");
@@ -188,7 +188,7 @@ pub fn render(
         }
         let _ = write!(
             h,
-            "<tbody><tr class=\"area\" data-area=\"{a}\" data-statuses=\" pass fail error skip inconclusive \"><th colspan=\"{}\">{a}: {name}</th></tr>",
+            "<tbody><tr class=\"area\" data-area=\"{a}\" data-statuses=\" pass fail error skip inconclusive flaky \"><th colspan=\"{}\">{a}: {name}</th></tr>",
             columns.len() + 1
         );
         for case in rows {

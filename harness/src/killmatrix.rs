@@ -64,7 +64,7 @@ pub fn score(verdicts: &[Verdict]) -> BTreeMap<String, TargetScore> {
         let fate = match v.status {
             Status::Fail => Fate::Killed,
             Status::Pass => Fate::Survived,
-            Status::Inconclusive => Fate::Inconclusive(first_line(&v.detail)),
+            Status::Inconclusive | Status::Flaky => Fate::Inconclusive(first_line(&v.detail)),
             Status::Skip => Fate::Skipped(first_line(&v.detail)),
             Status::Error => Fate::Errored(first_line(&v.detail)),
         };

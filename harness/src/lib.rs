@@ -28,6 +28,7 @@ pub mod mutant;
 pub mod observation;
 pub mod observe;
 pub mod publish;
+pub mod repeat;
 pub mod report;
 pub mod requires;
 pub mod runner;

@@ -26,10 +26,24 @@ pub fn write_reports(
     let json = serde_json::to_string_pretty(verdicts).unwrap_or_default();
     let _ = std::fs::write(dir.join("report.json"), json);
     let _ = std::fs::write(dir.join("report.xml"), report::junit_xml(verdicts));
-    let _ = std::fs::write(
-        dir.join("matrix.md"),
-        report::matrix_markdown(verdicts, notes),
-    );
+    let judged: Vec<(&Verdict, Outcome)> = verdicts
+        .iter()
+        .map(|v| (v, gate::judge(v, known).0))
+        .collect();
+    // The matrix closes with the gate's outcomes per runtime: the numbers
+    // `cargo test` ends with (a known difference counted as such).
+    let mut tally = gate::Tally::default();
+    for (v, o) in &judged {
+        if crate::killmatrix::mutation_of(&v.runtime).is_none() {
+            tally.add(v, *o);
+        }
+    }
+    let mut matrix = report::matrix_markdown(verdicts, notes);
+    matrix.push_str("\nOutcomes per runtime (cases/differences.toml applied):\n\n");
+    for line in tally.lines() {
+        matrix.push_str(&format!("- {line}\n"));
+    }
+    let _ = std::fs::write(dir.join("matrix.md"), matrix);
     let old: Option<Vec<Verdict>> = match baseline.map(|path| {
         std::fs::read_to_string(path)
             .map_err(|e| e.to_string())
@@ -47,10 +61,6 @@ pub fn write_reports(
         dir.join("report.html"),
         crate::html::render(verdicts, old.as_deref(), titles),
     );
-    let judged: Vec<(&Verdict, Outcome)> = verdicts
-        .iter()
-        .map(|v| (v, gate::judge(v, known).0))
-        .collect();
     if let Err(e) = crate::export::write_all(dir, &judged) {
         eprintln!("{e}");
         return false;

@@ -29,6 +29,7 @@ fn cell(v: &Verdict) -> String {
         Status::Skip => "skip",
         Status::Inconclusive => "inconclusive",
         Status::Error => "**ERROR**",
+        Status::Flaky => "**FLAKY**",
     };
     match &v.headline {
         Some(h) => format!("{mark} {h}"),
@@ -160,12 +161,13 @@ pub fn matrix_markdown(verdicts: &[Verdict], notes: &BTreeMap<String, String>) -
     let count = |s: Status| verdicts.iter().filter(|v| v.status == s).count();
     let _ = writeln!(
         out,
-        "\n{} pass, {} fail, {} skip, {} inconclusive, {} error",
+        "\n{} pass, {} fail, {} skip, {} inconclusive, {} error, {} flaky",
         count(Status::Pass),
         count(Status::Fail),
         count(Status::Skip),
         count(Status::Inconclusive),
-        count(Status::Error)
+        count(Status::Error),
+        count(Status::Flaky)
     );
     out
 }
@@ -207,7 +209,10 @@ pub fn junit_xml(verdicts: &[Verdict]) -> String {
     let mut out =
         String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"kcell\">\n");
     for (target, vs) in by_target {
-        let failures = vs.iter().filter(|v| v.status == Status::Fail).count();
+        let failures = vs
+            .iter()
+            .filter(|v| matches!(v.status, Status::Fail | Status::Flaky))
+            .count();
         let errors = vs.iter().filter(|v| v.status == Status::Error).count();
         let skipped = vs
             .iter()
@@ -224,7 +229,11 @@ pub fn junit_xml(verdicts: &[Verdict]) -> String {
             );
             let outcome = match v.status {
                 Status::Pass => String::new(),
-                Status::Fail => format!("<failure message=\"{}\"/>", xml_escape(&v.detail)),
+                Status::Fail | Status::Flaky => format!(
+                    "<failure message=\"{}: {}\"/>",
+                    v.status.as_str(),
+                    xml_escape(&v.detail)
+                ),
                 Status::Error => format!("<error message=\"{}\"/>", xml_escape(&v.detail)),
                 Status::Skip | Status::Inconclusive => format!(
                     "<skipped message=\"{}: {}\"/>",
@@ -330,6 +339,7 @@ mod tests {
                 observations: Observations::default(),
                 seconds: 3.5,
                 headline: headline.map(String::from),
+                repeats: None,
             }
         };
         vec![

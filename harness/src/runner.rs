@@ -515,10 +515,18 @@ pub fn run_all(
     // trials errors (the smoke run costs seconds under TCG).
     let mut unusable: std::collections::HashMap<String, Option<String>> = Default::default();
     let all = trials(&cases, runtimes);
-    let chosen: Vec<&(&Case, &Runtime)> = all
-        .iter()
-        .filter(|(c, r)| only.is_none_or(|o| o.contains(&format!("{}::{}", r.name, c.id))))
-        .collect();
+    // `only` in its own order, a trial as often as it is named (--repeat
+    // names it once per run); without it, every trial once.
+    let chosen: Vec<&(&Case, &Runtime)> = match only {
+        None => all.iter().collect(),
+        Some(keys) => keys
+            .iter()
+            .filter_map(|k| {
+                all.iter()
+                    .find(|(c, r)| *k == format!("{}::{}", r.name, c.id))
+            })
+            .collect(),
+    };
     let total = chosen.len();
     for (n, (case, runtime)) in chosen.into_iter().enumerate() {
         emit(&frames::progress(

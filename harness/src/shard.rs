@@ -138,6 +138,43 @@ pub struct RunRecord {
     pub shard: Option<String>,
     /// The units it ran.
     pub ran: Vec<String>,
+    /// When each unit ran: seconds from the run's start to its start and
+    /// end (the packing of the run, BENCHMARKS.md).
+    #[serde(default)]
+    pub timeline: Vec<Span>,
+}
+
+/// One unit's time in a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Span {
+    /// The unit.
+    pub unit: String,
+    /// Seconds from the run's start.
+    pub start: f64,
+    /// Seconds from the run's start.
+    pub end: f64,
+}
+
+impl RunRecord {
+    /// The ideal wall time of this run's units on `cores`: the host's unit
+    /// alone (it holds the measurement lock), then the guest units' time
+    /// divided among the cores, none shorter than the longest unit.
+    pub fn ideal_seconds(&self, cores: usize) -> f64 {
+        let host: f64 = self
+            .timeline
+            .iter()
+            .filter(|s| s.unit == "host")
+            .map(|s| s.end - s.start)
+            .sum();
+        let guests: Vec<f64> = self
+            .timeline
+            .iter()
+            .filter(|s| s.unit != "host")
+            .map(|s| s.end - s.start)
+            .collect();
+        let longest = guests.iter().copied().fold(0.0, f64::max);
+        host + (guests.iter().sum::<f64>() / cores.max(1) as f64).max(longest)
+    }
 }
 
 /// (target, runtime, case) of a trial name `target/runtime::CASE`.
@@ -287,6 +324,7 @@ mod tests {
                 plan: p.clone(),
                 shard: Some(format!("{k}/{n}")),
                 ran: units.iter().map(|u| u.name.clone()).collect(),
+                timeline: Vec::new(),
             },
             verdicts_of(p, &units),
         )

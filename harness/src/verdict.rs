@@ -22,6 +22,9 @@ pub enum Status {
     Inconclusive,
     /// Infrastructure failed (a run timed out, a fixture could not be made).
     Error,
+    /// Repeated (--repeat, --rerun-failures), it both passed and failed or
+    /// errored: `repeats` counts each.
+    Flaky,
 }
 
 impl Status {
@@ -33,6 +36,7 @@ impl Status {
             Status::Skip => "skip",
             Status::Inconclusive => "inconclusive",
             Status::Error => "error",
+            Status::Flaky => "flaky",
         }
     }
 }
@@ -67,6 +71,22 @@ pub struct Verdict {
     /// The key observed value, formatted for the matrix (e.g. "20.1%").
     #[serde(default)]
     pub headline: Option<String>,
+    /// When the trial ran more than once (--repeat, --rerun-failures): how
+    /// each run ended and the spread of each measured value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeats: Option<Repeats>,
+}
+
+/// The runs of one repeated trial.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Repeats {
+    /// Runs, by status (`pass`, `fail`, ...).
+    pub counts: std::collections::BTreeMap<String, usize>,
+    /// Each numeric observation's (min, median, max) over the runs.
+    pub spread: std::collections::BTreeMap<String, [f64; 3]>,
+    /// Of the runs, how many were reruns of a failure (--rerun-failures).
+    #[serde(default)]
+    pub reruns: usize,
 }
 
 impl Verdict {
@@ -93,6 +113,7 @@ impl Verdict {
             observations: Observations::default(),
             seconds: 0.0,
             headline: None,
+            repeats: None,
         }
     }
 
@@ -166,6 +187,7 @@ mod tests {
             observations: Observations::default(),
             seconds: 0.5,
             headline: None,
+            repeats: None,
         };
         let line = v.to_line();
         assert_eq!(Verdict::from_line(&line), Some(v.clone()));

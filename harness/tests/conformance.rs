@@ -89,7 +89,12 @@ impl Drop for HostTarget {
 /// skip, an inconclusive trial, a known difference; a mutant's survival or
 /// a mutant's trial that judged nothing) is ignored, its reason printed
 /// by [`print_ignored`]. A trial the run selected that has no verdict fails.
-fn reported_trial(name: String, title: &str, found: Option<(&Verdict, Outcome)>) -> Trial {
+fn reported_trial(
+    name: String,
+    title: &str,
+    found: Option<(&Verdict, Outcome)>,
+    allow_flaky: &[String],
+) -> Trial {
     let title = title.to_string();
     let Some((verdict, outcome)) = found else {
         let why = format!("no verdict for {name}: the run never reached it");
@@ -102,9 +107,10 @@ fn reported_trial(name: String, title: &str, found: Option<(&Verdict, Outcome)>)
         (verdict.status != Status::Fail, Ok(()))
     } else {
         let failure = format!("{}: {title}\n{}", verdict.status.as_str(), verdict.detail);
+        let allowed = outcome == Outcome::Flaky && gate::allowed_flaky(&name, allow_flaky);
         (
-            outcome.is_ignored(),
-            if outcome.fails() {
+            outcome.is_ignored() || allowed,
+            if outcome.fails() && !allowed {
                 Err(failure)
             } else {
                 Ok(())
@@ -116,7 +122,7 @@ fn reported_trial(name: String, title: &str, found: Option<(&Verdict, Outcome)>)
 
 /// Why each ignored trial was not a pass, one line each, before
 /// libtest-mimic's own lines.
-fn print_ignored(judged: &[(Verdict, Outcome, Option<Difference>)]) {
+fn print_ignored(judged: &[(Verdict, Outcome, Option<Difference>)], allow_flaky: &[String]) {
     let mut lines = Vec::new();
     for (v, outcome, difference) in judged {
         let first = |s: &str| s.lines().next().unwrap_or_default().trim().to_string();
@@ -135,6 +141,9 @@ fn print_ignored(judged: &[(Verdict, Outcome, Option<Difference>)]) {
                 }
                 (Outcome::Skip, _) => format!("skip: {}", first(&v.detail)),
                 (Outcome::Inconclusive, _) => format!("inconclusive: {}", first(&v.detail)),
+                (Outcome::Flaky, _) if gate::allowed_flaky(&v.trial(), allow_flaky) => {
+                    format!("flaky, allowed by --allow-flaky: {}", first(&v.detail))
+                }
                 _ => continue,
             },
         };
@@ -241,13 +250,11 @@ fn split_baseline(mut args: Vec<String>) -> (Vec<String>, Option<PathBuf>) {
     let mut baseline = None;
     if let Some(i) = args.iter().position(|a| a == "--baseline") {
         if i + 1 < args.len() {
-            baseline = Some(PathBuf::from(args.remove(i + 1)));
+            baseline = Some(from_root(&args.remove(i + 1)));
         }
         args.remove(i);
     } else if let Some(i) = args.iter().position(|a| a.starts_with("--baseline=")) {
-        baseline = Some(PathBuf::from(
-            args.remove(i).trim_start_matches("--baseline="),
-        ));
+        baseline = Some(from_root(args.remove(i).trim_start_matches("--baseline=")));
     }
     (args, baseline)
 }
@@ -445,6 +452,13 @@ struct Selection {
     shard: Option<(usize, usize)>,
     /// `--durations FILE`: an earlier report.json, for the units' estimates.
     durations: BTreeMap<String, f64>,
+    /// `--repeat N`: each selected trial N times (in the same boot).
+    repeat: usize,
+    /// `--rerun-failures M`: a failed trial rerun up to M times.
+    rerun_failures: usize,
+    /// `--allow-flaky P,...`: flaky cells whose name contains one of these
+    /// do not fail the run.
+    allow_flaky: Vec<String>,
     targets: Option<String>,
     runtimes: Vec<Wanted>,
     cases: Vec<Case>,
@@ -459,14 +473,36 @@ fn select() -> Result<Selection, String> {
     let (args, shard) = split_value(args, "--shard");
     let (args, durations_file) = split_value(args, "--durations");
     let (args, output) = split_value(args, "--output");
+    let (args, repeat) = split_value(args, "--repeat");
+    let (args, rerun_failures) = split_value(args, "--rerun-failures");
+    let (args, allow_flaky) = split_value(args, "--allow-flaky");
+    let count = |flag: &str, v: Option<String>, least: usize| -> Result<usize, String> {
+        match v {
+            None => Ok(least),
+            Some(t) => t
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n >= least)
+                .ok_or(format!(
+                    "{flag} '{t}' is not allowed: a whole number, at least {least}"
+                )),
+        }
+    };
+    let repeat = count("--repeat", repeat, 1)?;
+    let rerun_failures = count("--rerun-failures", rerun_failures, 0)?;
+    let allow_flaky = allow_flaky
+        .map(|s| s.split(',').map(|p| p.trim().to_string()).collect())
+        .unwrap_or_default();
     if let Some(dir) = output {
-        let _ = REPORT_DIR.set(PathBuf::from(dir));
+        let _ = REPORT_DIR.set(from_root(&dir));
     }
     let shard = shard.as_deref().map(shard::parse_shard).transpose()?;
     let durations = match durations_file {
         None => BTreeMap::new(),
         Some(f) => {
-            let text = std::fs::read_to_string(&f).map_err(|e| format!("--durations {f}: {e}"))?;
+            let path = from_root(&f);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("--durations {}: {e}", path.display()))?;
             shard::durations_from(&text).map_err(|e| format!("--durations {f}: {e}"))?
         }
     };
@@ -520,11 +556,26 @@ fn select() -> Result<Selection, String> {
         allow_stale_differences,
         shard,
         durations,
+        repeat,
+        rerun_failures,
+        allow_flaky,
         targets: std::env::var("KCELL_TARGETS").ok(),
         runtimes,
         cases,
         malformed,
     })
+}
+
+/// A path given on the command line: `cargo test` runs this binary in
+/// harness/, so a relative path is taken from the workspace root (where
+/// the README's commands are typed).
+fn from_root(path: &str) -> PathBuf {
+    let p = PathBuf::from(path);
+    if p.is_absolute() {
+        p
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(p)
+    }
 }
 
 /// Takes `--name VALUE` or `--name=VALUE` out of the arguments.
@@ -637,7 +688,24 @@ fn plan(sel: &Selection) -> Result<(Vec<Planned>, Vec<GuestTarget>), String> {
 
 /// Runs the selected host trials, one at a time and alone on the machine,
 /// printing each as it ends.
-fn run_host_trials(planned: &[Planned], args: &Arguments) -> Vec<Verdict> {
+/// How often each trial runs: `--repeat` times, and after a failure up to
+/// `--rerun-failures` more times until one passes. Counts the reruns.
+#[derive(Clone, Copy)]
+struct Runs {
+    repeat: usize,
+    rerun_failures: usize,
+}
+
+fn failed(v: &Verdict) -> bool {
+    matches!(v.status, Status::Fail | Status::Error)
+}
+
+fn run_host_trials(
+    planned: &[Planned],
+    args: &Arguments,
+    runs: Runs,
+    reruns: &mut BTreeMap<String, usize>,
+) -> Vec<Verdict> {
     // A trial ignored before it runs (a requirement unmet) still gets its
     // skip verdict, for the reports; it runs only when --ignored or
     // --include-ignored asks for it.
@@ -656,27 +724,114 @@ fn run_host_trials(planned: &[Planned], args: &Arguments) -> Vec<Verdict> {
     let total = chosen.len();
     let mut out = Vec::with_capacity(total);
     for (n, p) in chosen.into_iter().enumerate() {
-        let v = match &p.place {
-            Place::Host {
-                unmet: Some(reason),
-            } if !will_run(args, &p.name, true) => skip_verdict(&p.case, &p.runtime.name, reason),
-            _ => run_on_host(&p.case, &p.runtime, &host),
-        };
-        eprintln!(
-            "[host {}/{total}] {}: {} ({:.1} s)",
-            n + 1,
-            p.name,
-            v.status.as_str(),
-            v.seconds
-        );
-        out.push(v);
+        if let Place::Host {
+            unmet: Some(reason),
+        } = &p.place
+        {
+            if !will_run(args, &p.name, true) {
+                out.push(skip_verdict(&p.case, &p.runtime.name, reason));
+                eprintln!("[host {}/{total}] {}: skip", n + 1, p.name);
+                continue;
+            }
+        }
+        let mut mine = Vec::new();
+        for r in 0..runs.repeat {
+            let v = run_on_host(&p.case, &p.runtime, &host);
+            let which = if runs.repeat > 1 {
+                format!(", run {} of {}", r + 1, runs.repeat)
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "[host {}/{total}] {}: {} ({:.1} s{which})",
+                n + 1,
+                p.name,
+                v.status.as_str(),
+                v.seconds
+            );
+            mine.push(v);
+        }
+        if mine.iter().any(failed) {
+            for r in 0..runs.rerun_failures {
+                let v = run_on_host(&p.case, &p.runtime, &host);
+                eprintln!(
+                    "[host {}/{total}] {}: {} on rerun {} of at most {}",
+                    n + 1,
+                    p.name,
+                    v.status.as_str(),
+                    r + 1,
+                    runs.rerun_failures
+                );
+                *reruns.entry(p.name.clone()).or_default() += 1;
+                let passed = v.status == Status::Pass;
+                mine.push(v);
+                if passed {
+                    break;
+                }
+            }
+        }
+        out.extend(mine);
+    }
+    out
+}
+
+/// Reruns the guest trials that failed, up to `rounds` times each, a boot
+/// per unit and round, until they pass; counts the reruns.
+fn rerun_guest_failures(
+    guests: &[&GuestTarget],
+    first: &[Verdict],
+    inputs: &vm::Inputs,
+    rounds: usize,
+    reruns: &mut BTreeMap<String, usize>,
+) -> Vec<Verdict> {
+    let mut out = Vec::new();
+    for g in guests {
+        let target = g.target.name();
+        let mut still: Vec<String> = g
+            .keys
+            .iter()
+            .filter(|k| {
+                first
+                    .iter()
+                    .any(|v| v.target == target && v.key() == **k && failed(v))
+            })
+            .cloned()
+            .collect();
+        still.dedup();
+        let mut mine = inputs.clone();
+        mine.runtimes.retain(|(name, _)| *name == g.runtime);
+        for round in 0..rounds {
+            if still.is_empty() {
+                break;
+            }
+            eprintln!(
+                "[{}] rerunning {} failed trial(s), round {} of at most {rounds}",
+                g.unit(),
+                still.len(),
+                round + 1
+            );
+            let run = vm::run_target(&g.target, &mine, &still, &mut |line: &str| {
+                eprintln!("{line}")
+            });
+            for v in &run.verdicts {
+                *reruns.entry(v.trial()).or_default() += 1;
+            }
+            still.retain(|k| run.verdicts.iter().any(|v| v.key() == *k && failed(v)));
+            out.extend(run.verdicts);
+        }
     }
     out
 }
 
 /// Boots the guests that have trials to run, `workers` at a time, the one
 /// with the most trials first; returns their verdicts.
-fn run_guests(order: Vec<&GuestTarget>, inputs: &vm::Inputs, workers: usize) -> Vec<Verdict> {
+fn run_guests(
+    order: Vec<&GuestTarget>,
+    inputs: &vm::Inputs,
+    workers: usize,
+    started: std::time::Instant,
+    timeline: &Mutex<Vec<shard::Span>>,
+) -> Vec<Verdict> {
     let queue = Mutex::new(order.into_iter());
     let verdicts = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
@@ -689,11 +844,20 @@ fn run_guests(order: Vec<&GuestTarget>, inputs: &vm::Inputs, workers: usize) -> 
                 let mut mine = inputs.clone();
                 mine.runtimes.retain(|(name, _)| *name == g.runtime);
                 // Its progress lines name the target and each trial's runtime.
+                let start = started.elapsed().as_secs_f64();
                 let run = g.run.get_or_init(|| {
                     vm::run_target(&g.target, &mine, &g.keys, &mut |line: &str| {
                         eprintln!("{line}")
                     })
                 });
+                timeline
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(shard::Span {
+                        unit: g.unit(),
+                        start,
+                        end: started.elapsed().as_secs_f64(),
+                    });
                 verdicts
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -748,7 +912,13 @@ fn unit_plan(sel: &Selection, planned: &[Planned], guests: &[GuestTarget]) -> sh
 /// What decides the verdicts besides the trials: each runtime's version,
 /// the harness's revision, the cases and the kernel manifest.
 fn identity(sel: &Selection) -> Vec<String> {
-    let mut lines = vec![format!("kcell {}", env!("CARGO_PKG_VERSION"))];
+    let mut lines = vec![
+        format!("kcell {}", env!("CARGO_PKG_VERSION")),
+        format!(
+            "repeat {} rerun-failures {}",
+            sel.repeat, sel.rerun_failures
+        ),
+    ];
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let revision = Command::new("git")
         .arg("-C")
@@ -830,6 +1000,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // --repeat N: each guest unit names its trials N times (the guest runs
+    // them in that order, in one boot).
+    let mut guests = guests;
+    for g in &mut guests {
+        g.keys = g
+            .keys
+            .iter()
+            .flat_map(|k| std::iter::repeat_n(k.clone(), sel.repeat))
+            .collect();
+    }
     let known = match kcell_harness::differences::load(&cases_dir().join("differences.toml")) {
         Ok(k) => k,
         Err(e) => {
@@ -876,7 +1056,24 @@ fn main() -> ExitCode {
 
     // Step one: run what is selected: the host's unit alone, then the
     // guests' units on every core, the longest first.
-    let mut verdicts = run_host_trials(&planned, &sel.args);
+    let started = std::time::Instant::now();
+    let runs = Runs {
+        repeat: sel.repeat,
+        rerun_failures: sel.rerun_failures,
+    };
+    let mut reruns = BTreeMap::new();
+    let mut verdicts = run_host_trials(&planned, &sel.args, runs, &mut reruns);
+    let timeline = Mutex::new(Vec::new());
+    if !verdicts.is_empty() {
+        timeline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(shard::Span {
+                unit: "host".into(),
+                start: 0.0,
+                end: started.elapsed().as_secs_f64(),
+            });
+    }
     let cache = vm::cache_dir();
     let inputs = vm::Inputs {
         manifest: match vm::kernel::Manifest::load(
@@ -915,16 +1112,31 @@ fn main() -> ExitCode {
         b.1.total_cmp(&a.1)
             .then_with(|| a.0.unit().cmp(&b.0.unit()))
     });
-    verdicts.extend(run_guests(
-        order.into_iter().map(|(g, _)| g).collect(),
-        &inputs,
-        workers,
-    ));
+    let order: Vec<&GuestTarget> = order.into_iter().map(|(g, _)| g).collect();
+    let first = run_guests(order.clone(), &inputs, workers, started, &timeline);
+    if sel.rerun_failures > 0 {
+        let again = rerun_guest_failures(&order, &first, &inputs, sel.rerun_failures, &mut reruns);
+        verdicts.extend(again);
+    }
+    verdicts.extend(first);
+    // A trial that ran more than once is one cell: its counts, the spread
+    // of its values, flaky when it both passed and failed.
+    let verdicts = kcell_harness::repeat::aggregate(verdicts, &reruns);
+    let wall = started.elapsed().as_secs_f64();
     let record = shard::RunRecord {
         plan: units.clone(),
         shard: sel.shard.map(|(k, n)| format!("{k}/{n}")),
         ran: mine.iter().map(|u| u.name.clone()).collect(),
+        timeline: timeline.into_inner().unwrap_or_else(|e| e.into_inner()),
     };
+    if !record.timeline.is_empty() {
+        let ideal = record.ideal_seconds(workers);
+        eprintln!(
+            "units: {} in {wall:.0} s on {workers} core(s); ideal packing {ideal:.0} s (the host's unit alone, then the guests' time divided by the cores): {:.2} x ideal",
+            record.timeline.len(),
+            wall / ideal.max(1.0)
+        );
+    }
     let _ = std::fs::create_dir_all(report_dir());
     if let Err(e) = std::fs::write(
         report_dir().join("run.json"),
@@ -945,7 +1157,7 @@ fn main() -> ExitCode {
             (v.clone(), outcome, difference.cloned())
         })
         .collect();
-    print_ignored(&judged);
+    print_ignored(&judged, &sel.allow_flaky);
     let by_name: BTreeMap<String, (&Verdict, Outcome)> = judged
         .iter()
         .map(|(v, o, _)| (v.trial(), (v, *o)))
@@ -960,13 +1172,13 @@ fn main() -> ExitCode {
         .map(|p| {
             let found = by_name.get(&p.name).copied();
             match found {
-                Some(f) => reported_trial(p.name.clone(), &p.case.title, Some(f)),
+                Some(f) => reported_trial(p.name.clone(), &p.case.title, Some(f), &sel.allow_flaky),
                 // Not run: filtered out (libtest-mimic filters it the same
                 // way), or ignored before it ran.
                 None if !will_run(&sel.args, &p.name, p.ignored_before()) => {
                     Trial::test(p.name.clone(), || Ok(())).with_ignored_flag(p.ignored_before())
                 }
-                None => reported_trial(p.name.clone(), &p.case.title, None),
+                None => reported_trial(p.name.clone(), &p.case.title, None, &sel.allow_flaky),
             }
         })
         .collect();

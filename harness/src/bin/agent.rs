@@ -329,7 +329,8 @@ fn exported(
     })
 }
 
-const MERGE_USAGE: &str = "usage: kcell merge [-o DIR] [--cases DIR] [--baseline OLD.json] [--allow-stale-differences] SHARD_DIR...
+const MERGE_USAGE: &str = "usage: kcell merge [-o DIR] [--cases DIR] [--baseline OLD.json] [--allow-stale-differences]
+                   [--allow-flaky PATTERN,...] SHARD_DIR...
   puts the reports of `--shard K/N` runs back together: each SHARD_DIR holds a shard's report.json
   and run.json. Refuses a shard of another plan or a unit run twice; a unit no shard ran becomes an
   error verdict per trial naming it. Writes the whole run's reports to DIR (default target/kcell/merged)
@@ -343,6 +344,7 @@ fn merge(args: &[String]) -> i32 {
     let mut cases = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cases");
     let mut baseline = None;
     let mut allow_stale = false;
+    let mut allow_flaky: Vec<String> = Vec::new();
     let mut dirs = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -352,12 +354,13 @@ fn merge(args: &[String]) -> i32 {
                 println!("{MERGE_USAGE}");
                 return 0;
             }
-            "-o" | "--output" | "--cases" | "--baseline" => {
+            "-o" | "--output" | "--cases" | "--baseline" | "--allow-flaky" => {
                 let Some(v) = value() else {
                     eprintln!("kcell merge: {a} needs a value\n{MERGE_USAGE}");
                     return 2;
                 };
                 match a.as_str() {
+                    "--allow-flaky" => allow_flaky = v.split(',').map(String::from).collect(),
                     "--cases" => cases = v.into(),
                     "--baseline" => baseline = Some(PathBuf::from(v)),
                     _ => out = v.into(),
@@ -371,7 +374,12 @@ fn merge(args: &[String]) -> i32 {
             dir => dirs.push(PathBuf::from(dir)),
         }
     }
-    match merged(&dirs, &out, &cases, baseline.as_deref(), allow_stale) {
+    let gate = MergeGate {
+        baseline,
+        allow_stale,
+        allow_flaky,
+    };
+    match merged(&dirs, &out, &cases, &gate) {
         Ok(true) => 0,
         Ok(false) => 1,
         Err(e) => {
@@ -381,14 +389,15 @@ fn merge(args: &[String]) -> i32 {
     }
 }
 
-/// Reads, merges, writes and gates; Ok(false) when the merged run fails.
-fn merged(
-    dirs: &[PathBuf],
-    out: &Path,
-    cases: &Path,
-    baseline: Option<&Path>,
+/// How `kcell merge` gates the merged run.
+struct MergeGate {
+    baseline: Option<PathBuf>,
     allow_stale: bool,
-) -> Result<bool, String> {
+    allow_flaky: Vec<String>,
+}
+
+/// Reads, merges, writes and gates; Ok(false) when the merged run fails.
+fn merged(dirs: &[PathBuf], out: &Path, cases: &Path, g: &MergeGate) -> Result<bool, String> {
     use kcell_harness::{differences, gate, publish, shard};
     let read =
         |p: PathBuf| std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()));
@@ -417,26 +426,33 @@ fn merged(
         &verdicts,
         &known,
         &Default::default(),
-        baseline,
+        g.baseline.as_deref(),
         &titles,
     );
+    let timeline = shards
+        .iter()
+        .flat_map(|(_, r, _)| r.timeline.iter().cloned())
+        .collect();
     let record = shard::RunRecord {
         ran: plan.units.iter().map(|u| u.name.clone()).collect(),
         plan,
         shard: None,
+        timeline,
     };
     std::fs::write(
         out.join("run.json"),
         serde_json::to_string_pretty(&record).map_err(|e| e.to_string())?,
     )
     .map_err(|e| format!("write {}: {e}", out.join("run.json").display()))?;
-    let gate_ok = publish::gate_checks(cases, &verdicts, &known, allow_stale)?;
+    let gate_ok = publish::gate_checks(cases, &verdicts, &known, g.allow_stale)?;
     let mut tally = gate::Tally::default();
     let mut failed = Vec::new();
     for v in &verdicts {
         let outcome = gate::judge(v, &known).0;
         tally.add(v, outcome);
-        if outcome.fails() {
+        if outcome.fails()
+            && !(outcome == gate::Outcome::Flaky && gate::allowed_flaky(&v.trial(), &g.allow_flaky))
+        {
             failed.push(format!("{} {}", v.trial(), outcome.as_str()));
         }
     }

@@ -394,7 +394,11 @@ pub fn run_target(
                 if !note.is_empty() {
                     v.detail = format!("{}{note}", v.detail).trim().to_string();
                 }
-                pending.retain(|p| p != &v.key());
+                // One occurrence: a repeated trial (--repeat) is listed
+                // once per run.
+                if let Some(at) = pending.iter().position(|p| *p == v.key()) {
+                    pending.remove(at);
+                }
                 run.verdicts.push(v);
             } else if v.status == Status::Error {
                 // A malformed case file: reported under its file name.
@@ -428,7 +432,9 @@ pub fn run_target(
         // The case that was running when the guest died may have caused it:
         // it gets the error, with the console; the rest get another boot.
         if let Some(id) = boot.in_progress.filter(|id| pending.contains(id)) {
-            pending.retain(|p| p != &id);
+            if let Some(at) = pending.iter().position(|p| *p == id) {
+                pending.remove(at);
+            }
             run.verdicts.push(error_verdict(
                 &id,
                 &name,
