@@ -201,15 +201,21 @@ pub fn explaining<'a>(list: &'a [Difference], v: &Verdict) -> Option<&'a Differe
     list.iter().find(|d| d.covers(v) && d.describes(v))
 }
 
-/// The entries of `list` that covered a trial of `verdicts` and described
-/// none of them: differences that no longer show as written.
+/// The entries of `list` that covered a judged trial of `verdicts` and
+/// described none of them: differences that no longer show as written. A
+/// skipped or inconclusive trial judged nothing, so it says nothing either
+/// way.
 pub fn stale<'a>(
     list: &'a [Difference],
     verdicts: &[Verdict],
 ) -> Vec<(&'a Difference, Vec<String>)> {
     list.iter()
         .filter_map(|d| {
-            let covered: Vec<&Verdict> = verdicts.iter().filter(|v| d.covers(v)).collect();
+            let covered: Vec<&Verdict> = verdicts
+                .iter()
+                .filter(|v| !matches!(v.status, Status::Skip | Status::Inconclusive))
+                .filter(|v| d.covers(v))
+                .collect();
             let shown = covered.iter().any(|v| d.describes(v));
             (!covered.is_empty() && !shown).then(|| {
                 (
@@ -386,9 +392,13 @@ mod tests {
         error.detail = "create timed out".into();
         assert!(explaining(&list, &error).is_none());
         // Covered but not described: stale, naming the trial.
-        let stale = stale(&list, &[other_check]);
-        assert_eq!(stale.len(), 1);
-        assert_eq!(stale[0].1, ["deb-6.1-cloud/v1/runc::CG-MEM-1 fail"]);
+        let found = stale(&list, &[other_check]);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].1, ["deb-6.1-cloud/v1/runc::CG-MEM-1 fail"]);
+        // A skip judged nothing: not stale.
+        let mut skipped = verdict("runc", "runc version 1.1.5", "deb-6.1-cloud/v1", &[]);
+        skipped.status = Status::Skip;
+        assert!(stale(&list, &[skipped]).is_empty());
     }
 
     #[test]
