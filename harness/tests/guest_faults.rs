@@ -197,3 +197,88 @@ fn a_runner_killed_mid_guest_leaves_no_qemu() {
         killed.elapsed().as_secs_f64() * 1000.0
     );
 }
+
+/// Boots a v2 guest that runs kcell's CG-MEM-3, with `kcell.fault=` when
+/// given; returns its verdict of the case.
+fn swap_case_in_a_v2_guest(fault: Option<&str>) -> kcell_harness::verdict::Verdict {
+    let g = guest();
+    let work = tempfile::Builder::new()
+        .prefix("kcell-fault-swap-")
+        .tempdir()
+        .expect("tempdir");
+    let plan = vm::Plan {
+        runtimes: vec![("kcell".into(), PathBuf::from(initramfs::guest_paths::OCI))],
+        trials: vec!["kcell::CG-MEM-3".into()],
+        program: None,
+    };
+    let initrd = work.path().join("initrd");
+    let plan_json = serde_json::to_vec(&plan).expect("plan");
+    initramfs::with_files(
+        &g.initrd,
+        &[(initramfs::guest_paths::PLAN, &plan_json)],
+        &initrd,
+    )
+    .expect("initramfs with the plan");
+    let fault = fault
+        .map(|f| format!(" kcell.fault={f}"))
+        .unwrap_or_default();
+    let config = qemu::BootConfig {
+        kernel: g.kernel.image.clone(),
+        initrd,
+        cmdline: format!("{}{fault}", qemu::cmdline("deb-6.1-cloud/v2", "v2")),
+        disk: None,
+        console_log: work.path().join("console.log"),
+        verdict_log: work.path().join("verdicts.log"),
+        accel: qemu::Accel::Tcg,
+        cpus: 1,
+        memory_mib: 1024,
+        firmware: qemu::QBOOT.iter().map(PathBuf::from).find(|p| p.exists()),
+    };
+    let limits = qemu::Limits {
+        boot: Duration::from_secs(60),
+        case_slack: Duration::from_secs(30),
+        console_bytes: 4 << 20,
+    };
+    let boot = qemu::boot(&config, limits, &mut |_| {});
+    boot.verdicts
+        .into_iter()
+        .find(|v| v.case == "CG-MEM-3")
+        .unwrap_or_else(|| {
+            panic!(
+                "no CG-MEM-3 verdict: {:?}\n{}",
+                boot.ending, boot.console_tail
+            )
+        })
+}
+
+/// A v2 guest that lost its zram swap (kcell.fault=no-swap) turns CG-MEM-3
+/// into a skip. The expected skips fail the run, naming the case and the
+/// probe's reason, and the baseline gate counts the pass -> skip of the
+/// last good matrix as a regression. The same guest with its swap runs the
+/// case: the control.
+#[test]
+fn a_guest_that_lost_its_swap_fails_the_expected_skips_and_the_baseline() {
+    use kcell_harness::gate;
+    use kcell_harness::verdict::Status;
+    let without = swap_case_in_a_v2_guest(Some("no-swap"));
+    assert_eq!(without.status, Status::Skip, "{}", without.detail);
+    assert!(without.detail.contains("swap"), "{}", without.detail);
+    let expected = gate::load_expected_skips(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../cases/expected-skips.toml"),
+    )
+    .expect("cases/expected-skips.toml");
+    let check = gate::check_skips(&expected, std::slice::from_ref(&without));
+    assert_eq!(check.unexpected.len(), 1, "{check:?}");
+    assert!(
+        check.unexpected[0].starts_with("deb-6.1-cloud/v2/kcell::CG-MEM-3: needs active swap"),
+        "{check:?}"
+    );
+    let with = swap_case_in_a_v2_guest(None);
+    assert_eq!(with.status, Status::Pass, "the control: {}", with.detail);
+    let cmp = kcell_harness::report::compare(&[with], std::slice::from_ref(&without));
+    assert_eq!(cmp.regressions.len(), 1, "{cmp:?}");
+    assert_eq!(
+        (cmp.regressions[0].0.as_str(), cmp.regressions[0].3.as_str()),
+        ("CG-MEM-3", "skip")
+    );
+}

@@ -223,7 +223,8 @@ fn power_off() -> ! {
 
 /// Faults for testing the host's watchdog (`kcell.fault=` on the kernel
 /// command line): a kernel panic, an agent that hangs inside a case, a
-/// console flood.
+/// console flood. (`no-swap`, a guest without its zram swap, is made by
+/// leaving the swap out, before this.)
 fn inject(fault: &str) {
     log(&format!("injecting fault: {fault}"));
     match fault {
@@ -296,10 +297,15 @@ pub fn init_main(work: &mut GuestWork) -> ! {
     if let Err(e) = kcell::netdev::set_up("lo") {
         log(&format!("lo up: {e}"));
     }
-    if let Err(e) = zram_swap() {
+    // kcell.fault=no-swap: the guest a broken set-up would give, for the
+    // test that coverage lost this way fails the run (guest_faults.rs).
+    if param(&cmdline, "kcell.fault") == Some("no-swap") {
+        log("no swap: left out on purpose (kcell.fault=no-swap)");
+    } else if let Err(e) = zram_swap() {
         log(&format!("no swap: {e}"));
+    } else {
+        log("swap on");
     }
-    log("swap on");
     load_modules_in_background();
     if Path::new(crate::guestinfo::GUEST_DISK).exists() {
         std::env::set_var(crate::guestinfo::DISK_ENV, crate::guestinfo::GUEST_DISK);
