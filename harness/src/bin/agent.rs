@@ -252,6 +252,8 @@ struct ReportOptions {
     runtime: Option<String>,
     /// Print the cells whose verdicts differ, exit 1 if any.
     compare: bool,
+    /// KCIDB's origin: the submitting CI system's name.
+    origin: String,
 }
 
 impl ReportOptions {
@@ -264,6 +266,7 @@ impl ReportOptions {
             target: None,
             runtime: None,
             compare: false,
+            origin: "kcell".into(),
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -281,6 +284,7 @@ impl ReportOptions {
                 "--target" => o.target = Some(value("a target, e.g. host")?),
                 "--runtime" => o.runtime = Some(value("a runtime, e.g. runc")?),
                 "--compare" => o.compare = true,
+                "--origin" => o.origin = value("a KCIDB origin: lower-case letters, digits, _")?,
                 other if other.starts_with('-') => return Err(format!("unknown option '{other}'")),
                 other => o.files.push(PathBuf::from(other)),
             }
@@ -315,7 +319,7 @@ fn exported(
         Format::Ktap => export::ktap(&judged),
         Format::Kcidb => serde_json::to_string_pretty(&export::kcidb(
             &judged,
-            "kcell",
+            &opts.origin,
             &export::run_name(&judged),
         ))
         .map_err(|e| e.to_string())?,
@@ -502,7 +506,7 @@ fn vm(args: &[String]) -> i32 {
 
 fn report_usage(why: &str) -> i32 {
     eprintln!(
-        "kcell report: {why}\nusage: kcell report [OLD.json] NEW.json [-o FILE|-] [--cases DIR] [--format html|ktap|tap13|kcidb] [--target T] [--runtime R] [--compare]"
+        "kcell report: {why}\nusage: kcell report [OLD.json] NEW.json [-o FILE|-] [--cases DIR] [--format html|ktap|tap13|kcidb] [--target T] [--runtime R] [--origin NAME] [--compare]"
     );
     2
 }
