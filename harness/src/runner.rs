@@ -60,11 +60,28 @@ impl Work {
         // Runs as another uid write their pid file here.
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
             .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
-        Ok(Work {
-            dir,
-            cgroup_parent: format!("/kcell-harness/{case}-{id}"),
-        })
+        let cgroup_parent = format!("/kcell-harness/{case}-{id}");
+        own_v2_parent(&cgroup_parent);
+        Ok(Work { dir, cgroup_parent })
     }
+}
+
+/// On cgroup v2 the case's parent cgroup is the harness's own, made before
+/// any runtime runs, with the memory controller enabled for it: its
+/// hierarchical memory.events then outlives a run's cgroup that a runtime
+/// removes after an OOM kill during create, and the OOM reading
+/// (driver::oci::watch_oom) reads it there. Best effort: without it that
+/// reading falls back to polling the run's own cgroup. `Work`'s drop
+/// removes it with the rest of the case's tree.
+fn own_v2_parent(parent: &str) {
+    let crate::observe::cgroupfs::Layout::V2(root) = crate::observe::cgroupfs::Layout::read()
+    else {
+        return;
+    };
+    let top = root.join("kcell-harness");
+    let _ = std::fs::create_dir(&top);
+    let _ = std::fs::write(top.join("cgroup.subtree_control"), "+memory");
+    let _ = std::fs::create_dir(root.join(parent.trim_start_matches('/')));
 }
 
 impl Drop for Work {

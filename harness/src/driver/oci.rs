@@ -338,11 +338,14 @@ pub fn start(run: &Run, ctx: &RunCtx, limit: Duration) -> Result<Started, String
 /// Polls the OOM-kill counter of the cgroup at `path` every millisecond
 /// (from before the runtime makes it until the run ends) and returns the
 /// most it saw: a container killed while it is being made takes its
-/// cgroup along before any final reading. On cgroup v2 the parent's
-/// memory.events counts its subtree's OOM kills too and outlives the run,
-/// so its rise over the run counts as well: a runtime that makes the
-/// cgroup, is OOM-killed and removes it between two polls (crun under
-/// TCG: "OOM: the memory limit could be too low") is still seen.
+/// cgroup along before any final reading. On cgroup v2 an ancestor's
+/// memory.events counts its subtree's OOM kills too, so the rise over the
+/// run of the nearest ancestor that exists before the runtime starts (and
+/// so outlives what the runtime removes) counts as well: a runtime that
+/// makes the cgroup and its parent, is OOM-killed and removes both between
+/// two polls (crun under TCG: "OOM: the memory limit could be too low") is
+/// still seen. Trials run one at a time, so no other container's OOM
+/// falls in that window.
 fn watch_oom(
     path: PathBuf,
 ) -> (
@@ -354,12 +357,19 @@ fn watch_oom(
     let handle = std::thread::spawn(move || {
         let layout = Layout::read();
         let cg = layout.cgroup(&path);
+        // The nearest ancestor with a memory.events of its own now.
+        let ancestor = if layout.version() == "v2" {
+            path.ancestors()
+                .skip(1)
+                .find(|a| layout.cgroup(a).counters().contains_key("oom_kill"))
+                .map(std::path::Path::to_path_buf)
+        } else {
+            None
+        };
         let parent_kills = || {
-            if layout.version() != "v2" {
-                return 0;
-            }
-            path.parent()
-                .and_then(|p| layout.cgroup(p).counters().get("oom_kill").copied())
+            ancestor
+                .as_ref()
+                .and_then(|a| layout.cgroup(a).counters().get("oom_kill").copied())
                 .unwrap_or(0)
         };
         let before = parent_kills();
