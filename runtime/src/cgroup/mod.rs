@@ -316,16 +316,17 @@ impl ContainerCgroup {
     }
 
     /// Makes the cgroup's directories. Another container's removal may
-    /// take an empty shared parent (`kcell/`) away between the mkdir of
-    /// the parent and of the child (ENOENT, seen with tests starting
-    /// containers in parallel): the walk is made again.
+    /// take an empty shared parent (`kcell/`) away while this walk is
+    /// between its steps: after the mkdir of the parent, before the mkdir
+    /// of the child or before the writes that give a new v1 cpuset its
+    /// parent's CPUs (ENOENT, seen with tests starting containers in
+    /// parallel: `write '0-1' to /sys/fs/cgroup/cpuset/kcell/cpuset.cpus`).
+    /// Every ENOENT of the walk is that race: the walk is made again.
     fn make_dirs(&self) -> Result<(), CgroupError> {
         let mut tries = 0;
         loop {
             match self.make_dirs_once() {
-                Err(CgroupError::Sys(e))
-                    if e.call == "mkdir" && e.errno == nix::errno::Errno::ENOENT && tries < 20 =>
-                {
+                Err(CgroupError::Sys(e)) if e.errno == nix::errno::Errno::ENOENT && tries < 20 => {
                     tries += 1;
                 }
                 done => return done,
