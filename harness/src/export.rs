@@ -308,11 +308,7 @@ pub fn run_name(judged: &[Judged]) -> String {
         h.update(v.status.as_str().as_bytes());
         h.update(v.seconds.to_bits().to_le_bytes());
     }
-    h.finalize()
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::shard::short_hex(&h.finalize())
 }
 
 /// Writes `report.ktap`, `kcidb.json` and `tap/<runtime>.tap` (one per

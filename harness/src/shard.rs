@@ -59,12 +59,7 @@ impl Plan {
             h.update(line.as_bytes());
             h.update([2]);
         }
-        let fingerprint = h
-            .finalize()
-            .iter()
-            .take(8)
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let fingerprint = short_hex(&h.finalize());
         Plan { units, fingerprint }
     }
 
@@ -99,11 +94,13 @@ impl Plan {
 /// The first 16 hex digits of the SHA-256 of `bytes`.
 pub fn digest(bytes: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    short_hex(&sha2::Sha256::digest(bytes))
+}
+
+/// The first 16 hex digits of a SHA-256: the plan's fingerprint, the
+/// cases' digests, a run's name in KCIDB ids.
+pub fn short_hex(sha256: &[u8]) -> String {
+    sha256.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 /// `K/N` with 1 <= K <= N.
