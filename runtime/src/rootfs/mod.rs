@@ -11,6 +11,7 @@
 //! mount (and maybe user) namespace, before exec.
 
 pub mod busybox;
+mod copy_up;
 pub mod host_ns;
 pub mod inroot;
 
@@ -247,7 +248,16 @@ fn apply(
         fstype => {
             let target = inside.ensure(&m.destination, Need::Dir(0o755))?;
             let source = m.source.as_deref().unwrap_or(Path::new(fstype));
+            let below = if m.copy_up {
+                Some(copy_up::read(Path::new(&target.fd_path()))?)
+            } else {
+                None
+            };
             let made = mount_on(source, &target, Some(fstype), flags, &m.data);
+            if let (Ok(()), Some(tree)) = (&made, below) {
+                let top = inside.ensure(&m.destination, Need::Existing)?;
+                copy_up::write(&tree, Path::new(&top.fd_path()))?;
+            }
             match made {
                 // A user namespace without its own network namespace may not
                 // mount sysfs (EPERM); runc binds the host's instead. Read-only either way.

@@ -20,6 +20,11 @@ pub struct Mount {
     pub propagation: u64,
     /// Filesystem options passed as mount(2)'s data ("size=1m,mode=700").
     pub data: String,
+    /// `tmpcopyup` (a tmpfs only): what the destination held before is
+    /// copied into the new tmpfs, as runc and crun do (podman asks it for
+    /// /tmp, /var/tmp and /run under `--read-only`).
+    #[serde(default)]
+    pub copy_up: bool,
 }
 
 /// The mount options an OCI config or `-v` may give, and what they set:
@@ -73,6 +78,7 @@ pub fn option_names() -> Vec<&'static str> {
         .iter()
         .map(|(n, _, _)| *n)
         .chain(PROPAGATION_OPTIONS.iter().map(|(n, _)| *n))
+        .chain([COPY_UP])
         .collect();
     v.sort_unstable();
     v
@@ -80,7 +86,10 @@ pub fn option_names() -> Vec<&'static str> {
 
 /// Options that would change what the mount means and that kcell does not
 /// implement: refused by name rather than passed on or ignored.
-const REFUSED_OPTIONS: &[&str] = &["idmap", "ridmap", "tmpcopyup", "rro", "rrw"];
+const REFUSED_OPTIONS: &[&str] = &["idmap", "ridmap", "rro", "rrw"];
+
+/// The option that copies a tmpfs's destination into it.
+const COPY_UP: &str = "tmpcopyup";
 
 /// A mount that cannot be made as given.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -101,6 +110,16 @@ pub enum MountError {
         /// The option.
         option: String,
     },
+    /// `tmpcopyup` on a filesystem other than tmpfs.
+    #[error(
+        "mount option 'tmpcopyup' of '{destination}' is allowed on a tmpfs only, not on '{fstype}'"
+    )]
+    CopyUpNotTmpfs {
+        /// The mount's destination.
+        destination: PathBuf,
+        /// The mount's type.
+        fstype: String,
+    },
 }
 
 impl Mount {
@@ -119,8 +138,17 @@ impl Mount {
         let mut flags = MsFlags::empty();
         let mut propagation = MsFlags::empty();
         let mut data: Vec<&str> = Vec::new();
+        let mut copy_up = false;
         for o in options {
-            if let Some((_, set, clear)) = FLAG_OPTIONS.iter().find(|(n, _, _)| n == o) {
+            if o == COPY_UP {
+                if fstype != "tmpfs" {
+                    return Err(MountError::CopyUpNotTmpfs {
+                        destination: destination.to_path_buf(),
+                        fstype: fstype.to_string(),
+                    });
+                }
+                copy_up = true;
+            } else if let Some((_, set, clear)) = FLAG_OPTIONS.iter().find(|(n, _, _)| n == o) {
                 flags = (flags | *set) - *clear;
             } else if let Some((_, p)) = PROPAGATION_OPTIONS.iter().find(|(n, _)| n == o) {
                 propagation |= *p;
@@ -151,6 +179,7 @@ impl Mount {
             flags: flags.bits(),
             propagation: propagation.bits(),
             data: data.join(","),
+            copy_up,
         })
     }
 
@@ -167,6 +196,7 @@ impl Mount {
             flags: flags.bits(),
             propagation: 0,
             data: String::new(),
+            copy_up: false,
         }
     }
 
@@ -179,6 +209,7 @@ impl Mount {
             flags: flags.bits(),
             propagation: 0,
             data: data.into(),
+            copy_up: false,
         }
     }
 
