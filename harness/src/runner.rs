@@ -254,6 +254,7 @@ fn execute(
         rootfs: target.rootfs.clone(),
         agent: target.agent.clone(),
         store: target.store.clone(),
+        kcell: target.kcell.clone(),
     };
     let mut fixtures: Vec<Box<dyn Fixture>> = Vec::new();
     for name in &case.fixtures {

@@ -7,7 +7,7 @@
 
 use kcell_harness::fixture::{self, Context};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -71,6 +71,8 @@ fn a_runtime_killed_at_any_step_leaves_nothing_after_gc() {
         rootfs: root.clone(),
         agent: agent.to_path_buf(),
         store: store.clone(),
+        // The census asks kcell nothing.
+        kcell: PathBuf::new(),
     };
     let before = census(&ctx);
     let bridge = format!("kcellf{}", std::process::id() % 100_000);

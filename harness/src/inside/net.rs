@@ -191,15 +191,17 @@ pub(super) fn link_names() -> Result<Vec<String>, String> {
     Ok(names)
 }
 
-pub(super) fn lo_up() -> bool {
-    kcell::netdev::flags("lo").is_ok_and(|f| f & libc::IFF_UP as libc::c_short != 0)
+/// lo's IFF_UP, from the harness's own ioctl; an unreadable flag is an
+/// error (the trial's), never "down".
+pub(super) fn lo_up() -> Result<bool, String> {
+    crate::observe::netdev::is_up("lo")
 }
 
 pub(super) fn links() -> Res {
     let names = link_names()?;
     out("count", names.len());
     out("links", names.join(","));
-    out("lo_up", lo_up());
+    out("lo_up", lo_up()?);
     Ok(())
 }
 
@@ -230,10 +232,10 @@ pub(super) fn fresh_netns() -> Res {
                     .map_err(|e| format!("unshare net: {e}"))?;
                 let names = link_names()?;
                 out("fresh_links", names.join(","));
-                out("fresh_lo_up", lo_up());
+                out("fresh_lo_up", lo_up()?);
                 out("fresh_tcp_before_up", tcp_loopback()?);
-                kcell::netdev::set_up("lo").map_err(|e| e.to_string())?;
-                out("fresh_lo_up_after", lo_up());
+                crate::observe::netdev::set_up("lo")?;
+                out("fresh_lo_up_after", lo_up()?);
                 out("fresh_tcp_after_up", tcp_loopback()?);
                 Ok(())
             })();
@@ -265,8 +267,8 @@ pub(super) fn netns_persist(dir: &str) -> Res {
     let child = match unsafe { fork() }.map_err(|e| e.to_string())? {
         ForkResult::Child => {
             let ok = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).is_ok()
-                && kcell::netdev::set_up("lo").is_ok()
-                && kcell::netdev::set_mtu("lo", 1234).is_ok();
+                && crate::observe::netdev::set_up("lo").is_ok()
+                && crate::observe::netdev::set_mtu("lo", 1234).is_ok();
             let _ = nix::unistd::write(&w, if ok { b"y" } else { b"n" });
             // Wait until the parent has (or has not) bound the namespace.
             let mut b = [0u8; 1];
@@ -304,11 +306,8 @@ pub(super) fn netns_persist(dir: &str) -> Res {
                 nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
                     .map_err(|e| format!("setns: {e}"))?;
                 out("setns", "ok");
-                out("kept_lo_up", lo_up());
-                out(
-                    "kept_lo_mtu",
-                    kcell::netdev::mtu("lo").map_err(|e| e.to_string())?,
-                );
+                out("kept_lo_up", lo_up()?);
+                out("kept_lo_mtu", crate::observe::netdev::mtu("lo")?);
                 Ok(())
             })();
             if let Err(e) = code {

@@ -5,3 +5,5 @@
 
 pub mod cgroupfs;
 pub mod measure;
+pub mod netdev;
+pub mod nftables;

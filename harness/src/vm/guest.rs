@@ -160,7 +160,8 @@ fn mount_cgroups(version: &str) {
         Some("mode=755"),
     );
     let mut missing = String::new();
-    for c in kcell::cgroup::layout::V1_CONTROLLERS {
+    for c in offered_v1_controllers() {
+        let c = c.as_str();
         let dir = format!("/sys/fs/cgroup/{c}");
         let _ = std::fs::create_dir_all(&dir);
         if let Err(e) = mount(
@@ -177,6 +178,27 @@ fn mount_cgroups(version: &str) {
     }
     let _ = std::fs::create_dir_all("/run/kcell");
     let _ = std::fs::write(V1_MISSING, missing);
+}
+
+/// The controllers the kernel offers and has enabled, as /proc/cgroups
+/// lists them (`subsys_name hierarchy num_cgroups enabled`): what every
+/// runtime is judged on is the kernel's, not a list of any runtime's.
+fn offered_v1_controllers() -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/cgroups").unwrap_or_else(|e| {
+        log(&format!("read /proc/cgroups: {e}"));
+        String::new()
+    });
+    parse_proc_cgroups(&text)
+}
+
+fn parse_proc_cgroups(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 4 && f[3] == "1").then(|| f[0].to_string())
+        })
+        .collect()
 }
 
 /// A zram device as swap, for the swap-limit case.
@@ -294,7 +316,7 @@ pub fn init_main(work: &mut GuestWork) -> ! {
     log("root on tmpfs");
     mount_cgroups(&cgroup);
     log(&format!("cgroup {cgroup} mounted"));
-    if let Err(e) = kcell::netdev::set_up("lo") {
+    if let Err(e) = crate::observe::netdev::set_up("lo") {
         log(&format!("lo up: {e}"));
     }
     // kcell.fault=no-swap: the guest a broken set-up would give, for the
@@ -330,4 +352,18 @@ pub fn init_main(work: &mut GuestWork) -> ! {
     }
     log("done");
     power_off()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_v1_controllers_are_the_enabled_ones_proc_cgroups_lists() {
+        let text = "#subsys_name\thierarchy\tnum_cgroups\tenabled\n\
+                    cpuset\t3\t6\t1\ncpu\t1\t6\t1\nmemory\t0\t1\t0\nhugetlb\t0\t3\t1\n";
+        assert_eq!(
+            super::parse_proc_cgroups(text),
+            ["cpuset", "cpu", "hugetlb"],
+            "memory is disabled (cgroup_disable=memory) and is not mounted"
+        );
+    }
 }
