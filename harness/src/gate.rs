@@ -169,7 +169,9 @@ struct SkipFile {
 impl ExpectedSkip {
     /// Whether this entry is about the cell of `v`.
     fn covers(&self, v: &Verdict) -> bool {
-        (self.runtime == "*" || self.runtime == v.runtime)
+        (self.runtime == "*"
+            || self.runtime == v.runtime
+            || self.runtime == crate::matrix::family(&v.runtime))
             && (self.cases.iter().any(|c| c == "*" || *c == v.case))
             && self
                 .targets

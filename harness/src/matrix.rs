@@ -1,8 +1,9 @@
 //! The matrix's axes: which runtimes run on which targets. KCELL_RUNTIMES
-//! names them (kcell, runc, crun, youki, runsc, or NAME=/path for a
-//! runtime of one's own); by default kcell runs on every target and the
-//! reference runtimes on the host and on the manifest's reference targets,
-//! so the default matrix stays fast.
+//! names them (kcell, runc, crun, youki, runsc: the binary on PATH; a line
+//! of vm/runtimes.toml as NAME@LINE, e.g. runc@sid, fetched into kcell's
+//! cache; or NAME=/path for a runtime of one's own); by default kcell runs
+//! on every target and the reference runtimes on the host and on the
+//! manifest's reference targets, so the default matrix stays fast.
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +20,31 @@ pub struct Wanted {
     pub path: Option<PathBuf>,
     /// Run on every target (named by KCELL_RUNTIMES), not only the reference ones.
     pub everywhere: bool,
+    /// Why there is no binary, when fetching its line failed.
+    pub missing: Option<String>,
+}
+
+/// A runtime's family: "runc" of "runc@sid" (differences and expected
+/// skips name a family, with the versions they cover, or one line).
+pub fn family(name: &str) -> &str {
+    name.split_once('@').map_or(name, |(f, _)| f)
+}
+
+/// NAME@LINE: the line's binary, fetched (once) into `cache`.
+fn line(item: &str, name: &str, line: &str, cache: &Path) -> Wanted {
+    let fetched = crate::vm::runtimes::manifest()
+        .and_then(|m| m.find(name, line).cloned())
+        .and_then(|l| crate::vm::runtimes::fetch(cache, &l));
+    let (path, missing) = match fetched {
+        Ok(f) => (Some(f.binary), None),
+        Err(e) => (None, Some(e)),
+    };
+    Wanted {
+        name: item.to_string(),
+        path,
+        everywhere: true,
+        missing,
+    }
 }
 
 /// Where a known runtime is: on PATH, or youki in kcell's cache.
@@ -54,22 +80,26 @@ pub fn wanted(selection: Option<&str>, cache: &Path) -> Vec<Wanted> {
                 name: n.to_string(),
                 path: (n != "kcell").then(|| locate(n, cache)).flatten(),
                 everywhere: n == "kcell",
+                missing: None,
             })
             .collect(),
         Some(list) => list
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
-            .map(|item| match item.split_once('=') {
-                Some((name, path)) => Wanted {
+            .map(|item| match (item.split_once('='), item.split_once('@')) {
+                (Some((name, path)), _) => Wanted {
                     name: name.to_string(),
                     path: Some(PathBuf::from(path)),
                     everywhere: true,
+                    missing: None,
                 },
-                None => Wanted {
+                (None, Some((name, l))) => line(item, name, l, cache),
+                (None, None) => Wanted {
                     name: item.to_string(),
                     path: (item != "kcell").then(|| locate(item, cache)).flatten(),
                     everywhere: true,
+                    missing: None,
                 },
             })
             .collect(),
@@ -100,5 +130,19 @@ mod tests {
         assert_eq!(w[1].name, "mine");
         assert_eq!(w[1].path.as_deref(), Some(Path::new("/opt/myrt")));
         assert!(w.iter().all(|w| w.everywhere));
+    }
+
+    #[test]
+    fn a_line_is_named_with_its_family_and_an_unknown_one_says_why() {
+        assert_eq!(family("runc@sid"), "runc");
+        assert_eq!(family("crun"), "crun");
+        let w = wanted(Some("runc@potato"), Path::new("/nonexistent"));
+        assert_eq!(w[0].name, "runc@potato");
+        assert_eq!(w[0].path, None);
+        let why = w[0].missing.as_deref().unwrap_or_default();
+        assert!(
+            why.contains("'runc@potato' is not in vm/runtimes.toml"),
+            "{why}"
+        );
     }
 }

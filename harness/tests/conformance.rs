@@ -201,7 +201,10 @@ fn host_verdict(case: &Case, runtime: &Wanted, host: &HostTarget) -> Result<Verd
             kcell_harness::mutant::make_links(&bin.join("mutants"), &target.kcell, base, &[m])?;
         links[0].1.clone()
     } else {
-        runtime.path.clone().ok_or_else(|| format!("runtime {} not found on this machine: install it (scripts/install-deps installs runc, crun and youki) or name it KCELL_RUNTIMES={}=/path/to/binary", runtime.name, runtime.name))?
+        runtime.path.clone().ok_or_else(|| match &runtime.missing {
+            Some(why) => format!("runtime {}: {why}", runtime.name),
+            None => format!("runtime {} not found on this machine: install it (scripts/install-deps installs runc, crun and youki), name a line of vm/runtimes.toml (KCELL_RUNTIMES={}@sid) or a binary (KCELL_RUNTIMES={}=/path/to/binary)", runtime.name, runtime.name, runtime.name),
+        })?
     };
     let bin = target.kcell.parent().unwrap_or(Path::new("/"));
     let path = kcell_harness::host::runnable_by_all(&runtime.name, &path, bin)?;
@@ -290,6 +293,7 @@ fn mutant_runtimes(which: &str, cache: &Path) -> Result<Vec<Wanted>, String> {
             name,
             path: Some(path),
             everywhere: true,
+            missing: None,
         })
         .collect())
 }

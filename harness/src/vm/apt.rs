@@ -169,6 +169,26 @@ impl Apt {
             .filter(|c| c != "(none)"))
     }
 
+    /// `apt-cache depends --recurse` of `package`, Depends and
+    /// Pre-Depends only: one package per unindented line.
+    pub fn depends_recursive(&self, package: &str) -> Result<String, String> {
+        self.run(
+            "apt-cache",
+            &[
+                "depends",
+                "--recurse",
+                "--no-recommends",
+                "--no-suggests",
+                "--no-conflicts",
+                "--no-breaks",
+                "--no-replaces",
+                "--no-enhances",
+                package,
+            ],
+            None,
+        )
+    }
+
     /// The archive's SHA256 of `package=version`.
     pub fn sha256(&self, package: &str, version: &str) -> Result<String, String> {
         self.run(

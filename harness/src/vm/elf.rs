@@ -19,6 +19,7 @@ struct Dynamic {
     interp: Option<String>,
     needed: Vec<String>,
     runpath: Vec<String>,
+    rpath: Vec<String>,
 }
 
 fn read(path: &Path) -> Result<Dynamic, String> {
@@ -30,17 +31,17 @@ fn read(path: &Path) -> Result<Dynamic, String> {
         .unwrap_or(Path::new("/"))
         .display()
         .to_string();
-    let runpath = elf
-        .runpaths
-        .iter()
-        .chain(elf.rpaths.iter())
-        .flat_map(|r| r.split(':'))
-        .map(|r| r.replace("$ORIGIN", &origin))
-        .collect();
+    let dirs = |list: &[&str]| -> Vec<String> {
+        list.iter()
+            .flat_map(|r| r.split(':'))
+            .map(|r| r.replace("$ORIGIN", &origin))
+            .collect()
+    };
     Ok(Dynamic {
         interp: elf.interpreter.map(String::from),
         needed: elf.libraries.iter().map(|s| s.to_string()).collect(),
-        runpath,
+        runpath: dirs(&elf.runpaths),
+        rpath: dirs(&elf.rpaths),
     })
 }
 
@@ -51,6 +52,12 @@ pub fn closure(program: &Path) -> Result<Vec<(String, PathBuf)>, String> {
     let mut out: Vec<(String, PathBuf)> = Vec::new();
     let mut todo = vec![program.to_path_buf()];
     let mut seen: Vec<PathBuf> = Vec::new();
+    // As ld.so searches: an object's DT_RPATH and the executable's (both
+    // only when the object has no DT_RUNPATH), its DT_RUNPATH, the system's
+    // directories. A runtime line's executable carries the RPATH of its
+    // private libraries (vm/runtimes.rs), which its libraries' own
+    // dependencies are found in too.
+    let program_rpath = read(program)?.rpath;
     while let Some(file) = todo.pop() {
         if seen.contains(&file) {
             continue;
@@ -71,9 +78,16 @@ pub fn closure(program: &Path) -> Result<Vec<(String, PathBuf)>, String> {
             {
                 continue;
             }
-            let found = d
-                .runpath
+            let inherited: &[String] = if d.runpath.is_empty() {
+                &program_rpath
+            } else {
+                &[]
+            };
+            let own_rpath: &[String] = if d.runpath.is_empty() { &d.rpath } else { &[] };
+            let found = own_rpath
                 .iter()
+                .chain(inherited)
+                .chain(&d.runpath)
                 .map(String::as_str)
                 .chain(LIB_DIRS.iter().copied())
                 .map(|dir| Path::new(dir).join(&lib))

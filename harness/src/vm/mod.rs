@@ -10,6 +10,7 @@ pub mod kconfig;
 pub mod kernel;
 pub mod program;
 pub mod qemu;
+pub mod runtimes;
 
 use crate::verdict::{Status, Verdict};
 use qemu::{Accel, BootConfig, Ending, Event, Limits};
