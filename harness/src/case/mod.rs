@@ -287,6 +287,11 @@ pub struct Measure {
     /// Measure these held runs together (default: this run alone).
     #[serde(default)]
     pub runs: Vec<String>,
+    /// `cpu_share`: the cpu.shares each of `runs` asked for. On cgroup v2
+    /// the weights the runtime wrote are then named by the conversion
+    /// they follow (a reading, not a check of the kernel).
+    #[serde(default)]
+    pub shares: Vec<u64>,
 }
 
 /// The right-hand side of a check: a literal, or another observation

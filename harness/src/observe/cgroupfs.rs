@@ -211,6 +211,16 @@ impl Cgroup {
         }
     }
 
+    /// The CPU weight the kernel shares a contended CPU by: v2 cpu.weight
+    /// (1 to 10000), v1 cpu.shares (2 to 262144).
+    pub fn cpu_weight(&self) -> Option<u64> {
+        if self.v2 {
+            number(&self.dir("unified")?.join("cpu.weight"))
+        } else {
+            number(&self.dir("cpu")?.join("cpu.shares"))
+        }
+    }
+
     /// Every counter the kernel keeps here that the cases read, by name.
     pub fn counters(&self) -> BTreeMap<&'static str, u64> {
         let mut c = BTreeMap::new();

@@ -32,7 +32,7 @@ pub fn measure(m: &Measure, runs: &[(String, i32)]) -> Result<Vec<(String, Value
         _ => return Err("no run to measure".into()),
     };
     match m.kind.as_str() {
-        "cpu_share" => cpu_share(&cgroups, seconds(m, 3.0)),
+        "cpu_share" => cpu_share(&cgroups, &m.shares, seconds(m, 3.0)),
         "process_shares" => process_shares(cg, seconds(m, 3.0)),
         "cgroup_stats" => Ok(stats(cg)),
         "freeze" => freeze(cg, pid, seconds(m, 1.0)),
@@ -44,8 +44,17 @@ pub fn measure(m: &Measure, runs: &[(String, i32)]) -> Result<Vec<(String, Value
 
 /// Each cgroup's CPU usage over the same wall interval, from its own
 /// counter (v1 cpuacct.usage, v2 cpu.stat usage_usec), in CPUs. With several
-/// runs each also gets its fraction of their total.
-fn cpu_share(cgroups: &[(String, Cgroup)], over: Duration) -> Result<Vec<(String, Value)>, String> {
+/// runs each also gets its fraction of their total, the weight its cgroup
+/// holds (v1 cpu.shares, v2 cpu.weight), the fraction those weights promise
+/// (`expected`: the kernel's promise is the ratio of weights, whatever a
+/// runtime converted shares to) and the difference (`deviation`). With
+/// `shares`, on v2, `conversion` names the formula the runtime's weights
+/// follow.
+fn cpu_share(
+    cgroups: &[(String, Cgroup)],
+    shares_asked: &[u64],
+    over: Duration,
+) -> Result<Vec<(String, Value)>, String> {
     let usage = |cg: &Cgroup| {
         cg.cpu_usage_ns()
             .ok_or("the cgroup has no CPU usage counter (cpuacct.usage / cpu.stat)")
@@ -73,16 +82,74 @@ fn cpu_share(cgroups: &[(String, Cgroup)], over: Duration) -> Result<Vec<(String
     if cgroups.len() == 1 {
         out.push(("share".into(), json!(round4(shares[0]))));
     } else {
-        for ((name, _), share) in cgroups.iter().zip(&shares) {
+        let weights: Vec<u64> = cgroups
+            .iter()
+            .map(|(name, cg)| {
+                cg.cpu_weight().ok_or_else(|| {
+                    format!("{name}'s cgroup has no readable cpu.weight / cpu.shares")
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let sum: u64 = weights.iter().sum();
+        for (((name, _), share), weight) in cgroups.iter().zip(&shares).zip(&weights) {
+            let fraction = share / total.max(1e-9);
+            let expected = *weight as f64 / sum.max(1) as f64;
             out.push((format!("{name}.share"), json!(round4(*share))));
+            out.push((format!("{name}.fraction"), json!(round4(fraction))));
+            out.push((format!("{name}.weight"), json!(weight)));
+            out.push((format!("{name}.expected"), json!(round4(expected))));
             out.push((
-                format!("{name}.fraction"),
-                json!(round4(share / total.max(1e-9))),
+                format!("{name}.deviation"),
+                json!(round4(fraction - expected)),
             ));
         }
         out.push(("total".into(), json!(round4(total))));
+        let v2 = cgroups.first().is_some_and(|(_, cg)| cg.is_v2());
+        if v2 && shares_asked.len() == weights.len() {
+            out.push((
+                "conversion".into(),
+                json!(conversion(shares_asked, &weights)),
+            ));
+        }
     }
     Ok(out)
+}
+
+/// runc's linear shares-to-weight conversion (runc before 1.3.2, crun
+/// before 1.23): [2, 262144] onto [1, 10000].
+fn linear_weight(shares: u64) -> u64 {
+    if shares == 0 {
+        return 0;
+    }
+    1 + (shares.saturating_sub(2) * 9999) / 262_142
+}
+
+/// The quadratic conversion of opencontainers/cgroups#20 (runc 1.3.2,
+/// crun 1.23, youki 0.5.7): log2(shares) through a parabola that maps 2,
+/// 1024 and 262144 to 1, 100 and 10000.
+fn quadratic_weight(shares: u64) -> u64 {
+    match shares {
+        0 => 0,
+        1..=2 => 1,
+        262_144.. => 10_000,
+        _ => {
+            let l = (shares as f64).log2();
+            let exponent = (l * l + 125.0 * l) / 612.0 - 7.0 / 34.0;
+            10f64.powf(exponent).ceil() as u64
+        }
+    }
+}
+
+/// Which documented conversion `weights` are of `shares`.
+fn conversion(shares: &[u64], weights: &[u64]) -> &'static str {
+    let all = |f: fn(u64) -> u64| shares.iter().zip(weights).all(|(s, w)| f(*s) == *w);
+    if all(linear_weight) {
+        "linear"
+    } else if all(quadratic_weight) {
+        "quadratic"
+    } else {
+        "other"
+    }
 }
 
 fn round4(x: f64) -> f64 {
@@ -309,4 +376,22 @@ pub fn cpu_list(cpus: &[u32]) -> String {
         i += 1;
     }
     out.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_two_documented_conversions_of_2048_512_80() {
+        let shares = [2048, 512, 80];
+        let lin: Vec<u64> = shares.iter().map(|s| linear_weight(*s)).collect();
+        let quad: Vec<u64> = shares.iter().map(|s| quadratic_weight(*s)).collect();
+        assert_eq!(lin, [79, 20, 3]);
+        assert_eq!(quad, [174, 59, 15]);
+        assert_eq!(quadratic_weight(1024), 100);
+        assert_eq!(conversion(&shares, &lin), "linear");
+        assert_eq!(conversion(&shares, &quad), "quadratic");
+        assert_eq!(conversion(&shares, &[100, 100, 100]), "other");
+    }
 }
