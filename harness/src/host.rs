@@ -81,7 +81,53 @@ pub fn runnable_by_all(name: &str, path: &Path, bin: &Path) -> Result<PathBuf, S
         .map_err(|e| format!("copy {} to {}: {e}", path.display(), staged.display()))?;
     std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755))
         .map_err(|e| format!("chmod {}: {e}", staged.display()))?;
+    private_libraries_for_all(name, &staged, bin)?;
     std::fs::rename(&staged, &copy)
         .map_err(|e| format!("rename {} to {}: {e}", staged.display(), copy.display()))?;
     Ok(copy)
+}
+
+/// A runtime line's copy (vm/runtimes.rs) still names its private loader
+/// and libraries in kcell's cache, which uid 1000 cannot reach either: they
+/// are copied beside it (`bin/lib-NAME/`) and the copy is pointed there.
+fn private_libraries_for_all(name: &str, binary: &Path, bin: &Path) -> Result<(), String> {
+    let bytes = std::fs::read(binary).map_err(|e| format!("read {}: {e}", binary.display()))?;
+    let Ok(elf) = goblin::elf::Elf::parse(&bytes) else {
+        return Ok(());
+    };
+    let Some(lib) = elf.rpaths.first().map(PathBuf::from) else {
+        return Ok(());
+    };
+    let interp = elf.interpreter.map(PathBuf::from);
+    if !interp.as_deref().is_some_and(|i| i.starts_with(&lib)) {
+        return Ok(());
+    }
+    let own = bin.join(format!("lib-{name}"));
+    std::fs::create_dir_all(&own).map_err(|e| format!("mkdir {}: {e}", own.display()))?;
+    for e in std::fs::read_dir(&lib).map_err(|e| format!("{}: {e}", lib.display()))? {
+        let e = e.map_err(|e| e.to_string())?;
+        std::fs::copy(e.path(), own.join(e.file_name()))
+            .map_err(|err| format!("copy {}: {err}", e.path().display()))?;
+    }
+    for dir in [bin, own.as_path()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
+    }
+    let out = std::process::Command::new("patchelf")
+        .arg("--set-interpreter")
+        .arg(own.join("ld-linux-x86-64.so.2"))
+        .arg("--force-rpath")
+        .arg("--set-rpath")
+        .arg(&own)
+        .arg(binary)
+        .output()
+        .map_err(|e| format!("patchelf: {e} (scripts/install-deps installs it)"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "patchelf {}: {}",
+            binary.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
 }

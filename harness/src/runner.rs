@@ -141,6 +141,22 @@ fn remove_tree_bottom_up(dir: &Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
+/// Where the smoke run's answer for `runtime` on `target` is kept: beside
+/// the target's store, so it lives as long as the target's directory.
+fn smoke_note(target: &Target, runtime: &str) -> Option<std::path::PathBuf> {
+    let safe: String = runtime
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "@._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    Some(target.store.parent()?.join(format!("smoke-{safe}")))
+}
+
 /// Runs `case` with `runtime` on `target` and returns its verdict. Never
 /// panics on a case's failure: infrastructure problems become an `error`
 /// verdict naming the runtime, the step and what it said.
@@ -530,8 +546,19 @@ pub fn run_all(
         }
     }
     // Whether a runtime can run anything here is asked only when one of its
-    // trials errors (the smoke run costs seconds under TCG).
+    // trials errors (the smoke run costs seconds under TCG, runsc's 15 s
+    // here), and the answer is kept beside the target's store: the host
+    // runs each trial in an agent of its own, and asking again for each of
+    // 46 cases cost runsc 30 s a trial.
     let mut unusable: std::collections::HashMap<String, Option<String>> = Default::default();
+    for r in runtimes {
+        if let Some(known) =
+            smoke_note(target, &r.name).and_then(|p| std::fs::read_to_string(p).ok())
+        {
+            let why = known.strip_prefix("unusable: ").map(str::to_string);
+            unusable.insert(r.name.clone(), why);
+        }
+    }
     let all = trials(&cases, runtimes);
     // `only` in its own order, a trial as often as it is named (--repeat
     // names it once per run); without it, every trial once.
@@ -574,6 +601,12 @@ pub fn run_all(
                 let skipped = run_case(case, target, &r);
                 verdict.status = skipped.status;
                 verdict.detail = skipped.detail;
+            }
+            if let Some(note) = smoke_note(target, &runtime.name) {
+                let text = why
+                    .as_deref()
+                    .map_or("usable".to_string(), |w| format!("unusable: {w}"));
+                let _ = std::fs::write(note, text);
             }
             unusable.insert(runtime.name.clone(), why);
         }
