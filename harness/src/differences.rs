@@ -113,11 +113,15 @@ pub fn load(path: &Path) -> Result<Vec<Difference>, String> {
     Ok(list)
 }
 
-/// The first x.y.z of a `--version` line ("runc version 1.1.5+ds1" is 1.1.5).
+/// The first x.y.z of a `--version` line ("runc version 1.1.5+ds1" is
+/// 1.1.5); x.y is x.y.0 ("crun version 1.28" is 1.28.0).
 pub fn version_of(text: &str) -> Option<semver::Version> {
     text.split(|c: char| !(c.is_ascii_digit() || c == '.'))
         .filter_map(|w| {
-            let parts: Vec<&str> = w.split('.').filter(|p| !p.is_empty()).collect();
+            let mut parts: Vec<&str> = w.split('.').filter(|p| !p.is_empty()).collect();
+            if parts.len() == 2 {
+                parts.push("0");
+            }
             (parts.len() >= 3).then(|| semver::Version::parse(&parts[..3].join(".")).ok())?
         })
         .next()
@@ -256,6 +260,22 @@ pub(crate) fn glob(pattern: &str, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_version_of_two_numbers_is_x_y_0() {
+        assert_eq!(
+            version_of("crun version 1.28"),
+            semver::Version::parse("1.28.0").ok()
+        );
+        assert_eq!(
+            version_of("runc version 1.3.6+ds1"),
+            semver::Version::parse("1.3.6").ok()
+        );
+        assert_eq!(
+            version_of("youki version: 0.7.0"),
+            semver::Version::parse("0.7.0").ok()
+        );
+    }
 
     #[test]
     fn the_project_list_parses_and_every_entry_names_a_case() {

@@ -130,6 +130,23 @@ pub fn matrix_markdown(verdicts: &[Verdict], notes: &BTreeMap<String, String>) -
             let _ = writeln!(out, "| {target} | {case} | {} |", each.join("; "));
         }
     }
+    let versions = across_versions(verdicts);
+    if !versions.is_empty() {
+        out.push_str(
+            "\n## Across versions\n\nOne runtime's versions on the same target and case, oldest first, where they disagree.\n\n| runtime | target | case | verdicts | change |\n|---|---|---|---|---|\n",
+        );
+        for a in versions {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} |",
+                a.family,
+                a.target,
+                a.case,
+                a.each.join("; "),
+                a.change
+            );
+        }
+    }
     let notes: Vec<&Verdict> = verdicts
         .iter()
         .filter(|v| v.status != Status::Pass)
@@ -198,6 +215,88 @@ pub fn divergences(verdicts: &[Verdict]) -> Vec<(String, String, Vec<String>)> {
             (t.to_string(), c.to_string(), each)
         })
         .collect()
+}
+
+/// One runtime family's verdicts on one target and case across its
+/// versions, where they differ.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcrossVersions {
+    /// The family: runc of runc@bookworm and runc@sid.
+    pub family: String,
+    /// The target.
+    pub target: String,
+    /// The case.
+    pub case: String,
+    /// Each version, oldest first: "1.1.5 (runc@bookworm): FAIL oom_kills_seen = 0".
+    pub each: Vec<String>,
+    /// "fixed in 1.3.6", "regressed in 1.3.6", or how the oldest and the
+    /// newest ended ("error in 1.8.1, fail in 1.28.0").
+    pub change: String,
+}
+
+/// A verdict in a line: its status and what its failing checks observed.
+fn with_values(v: &Verdict) -> String {
+    let failing: Vec<String> = v
+        .checks
+        .iter()
+        .filter(|c| !c.ok)
+        .take(3)
+        .map(|c| format!("{} = {}", c.that, crate::expect::as_text(&c.observed)))
+        .collect();
+    if failing.is_empty() {
+        cell(v)
+    } else {
+        format!("{} {}", cell(v), failing.join(", "))
+    }
+}
+
+/// Where one runtime's versions (its lines, named NAME@LINE, and the
+/// plain NAME) disagree on the same target and case: fixed in, regressed
+/// in, with each version's observed values.
+pub fn across_versions(verdicts: &[Verdict]) -> Vec<AcrossVersions> {
+    let mut by: BTreeMap<(&str, &str, &str), Vec<&Verdict>> = BTreeMap::new();
+    for v in verdicts.iter().filter(|v| !v.runtime.is_empty()) {
+        by.entry((
+            crate::matrix::family(&v.runtime),
+            v.target.as_str(),
+            v.case.as_str(),
+        ))
+        .or_default()
+        .push(v);
+    }
+    let mut out = Vec::new();
+    for ((family, target, case), mut vs) in by {
+        let passes = |v: &&Verdict| v.status == Status::Pass;
+        if vs.len() < 2 || vs.iter().all(|v| v.status == vs[0].status) {
+            continue;
+        }
+        let key = |v: &&Verdict| crate::differences::version_of(&v.runtime_version);
+        vs.sort_by(|a, b| key(a).cmp(&key(b)).then(a.runtime.cmp(&b.runtime)));
+        let label = |v: &Verdict| key(&v).map_or(v.runtime_version.clone(), |x| x.to_string());
+        let (first, last) = (vs[0], vs[vs.len() - 1]);
+        let change = match (passes(&first), passes(&last)) {
+            (false, true) => format!("fixed in {}", label(last)),
+            (true, false) => format!("regressed in {}", label(last)),
+            _ => format!(
+                "{} in {}, {} in {}",
+                first.status.as_str(),
+                label(first),
+                last.status.as_str(),
+                label(last)
+            ),
+        };
+        out.push(AcrossVersions {
+            family: family.to_string(),
+            target: target.to_string(),
+            case: case.to_string(),
+            each: vs
+                .iter()
+                .map(|v| format!("{} ({}): {}", label(v), v.runtime, with_values(v)))
+                .collect(),
+            change,
+        });
+    }
+    out
 }
 
 /// JUnit XML: one testsuite per target and runtime, one testcase per case.
@@ -372,6 +471,41 @@ mod tests {
     #[test]
     fn junit_snapshot() {
         insta::assert_snapshot!(junit_xml(&fixed()));
+    }
+
+    #[test]
+    fn one_runtime_across_its_versions() {
+        let mut old = Verdict::bare(
+            "CG-MEM-2",
+            "deb-6.1-cloud/v1",
+            "6.1",
+            "v1",
+            Status::Error,
+            "",
+        );
+        old.runtime = "runc@bookworm".into();
+        old.runtime_version = "runc version 1.1.5+ds1".into();
+        let mut new = old.clone();
+        new.runtime = "runc@sid".into();
+        new.runtime_version = "runc version 1.3.6+ds1".into();
+        new.status = Status::Pass;
+        let mut other = new.clone();
+        other.runtime = "crun@sid".into();
+        other.runtime_version = "crun version 1.28".into();
+        let rows = across_versions(&[new.clone(), old, other]);
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(rows[0].family, "runc");
+        assert_eq!(rows[0].change, "fixed in 1.3.6");
+        assert!(
+            rows[0].each[0].starts_with("1.1.5 (runc@bookworm): **ERROR**"),
+            "{:?}",
+            rows[0].each
+        );
+        new.status = Status::Fail;
+        assert!(
+            across_versions(&[new]).is_empty(),
+            "one version alone is no comparison"
+        );
     }
 
     #[test]
