@@ -54,15 +54,87 @@ struct Work {
 impl Work {
     fn new(case: &str) -> Result<Self, String> {
         use std::os::unix::fs::PermissionsExt;
+        sweep_orphaned_cgroups();
+        sweep_orphaned_dirs();
         let id = kcell::spec::new_id();
-        let dir = std::env::temp_dir().join(format!("kcell-case-{id}"));
+        let dir = std::env::temp_dir().join(format!("kcell-case-p{}-{id}", std::process::id()));
         std::fs::create_dir(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
         // Runs as another uid write their pid file here.
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
             .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
-        let cgroup_parent = format!("/kcell-harness/{case}-{id}");
+        // The owner's PID in the name: a harness killed mid-case (SIGKILL,
+        // no Drop) leaves its tree, which the next case of any run sweeps.
+        let cgroup_parent = format!("/kcell-harness/{case}-p{}-{id}", std::process::id());
         own_v2_parent(&cgroup_parent);
         Ok(Work { dir, cgroup_parent })
+    }
+}
+
+/// The PID a case's cgroup tree names as its owner (`<case>-p<PID>-<id>`).
+fn owner_of(name: &str) -> Option<i32> {
+    let (_, rest) = name.rsplit_once("-p")?;
+    rest.split_once('-')?.0.parse().ok()
+}
+
+/// Removes the case directories in the temporary directory whose owner is
+/// gone (`kcell-case-p<PID>-<id>`), unless something is mounted under one:
+/// removing files through a mount left there would remove what it shows.
+fn sweep_orphaned_dirs() {
+    let tmp = std::env::temp_dir();
+    let Ok(entries) = std::fs::read_dir(&tmp) else {
+        return;
+    };
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if !name.starts_with("kcell-case-p") {
+            continue;
+        }
+        let dead = owner_of(&name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+        let path = e.path().display().to_string();
+        let mounted = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4))
+            .any(|m| m == path || m.starts_with(&format!("{path}/")));
+        if dead && !mounted {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Removes the case trees under kcell-harness/ whose owner is gone, with
+/// whatever a runtime left in them (processes killed first).
+fn sweep_orphaned_cgroups() {
+    let layout = crate::observe::cgroupfs::Layout::read();
+    let mut seen = std::collections::BTreeSet::new();
+    for mount in cgroup_mounts() {
+        let Ok(entries) = std::fs::read_dir(mount.join("kcell-harness")) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let dead =
+                owner_of(&name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+            if dead && seen.insert(name.clone()) {
+                let rel = Path::new("/kcell-harness").join(&name);
+                let cg = layout.cgroup(&rel);
+                for (_, d) in &cg.dirs {
+                    if let Ok(rd) = std::fs::read_dir(d) {
+                        for child in rd.flatten().filter(|c| c.path().is_dir()) {
+                            layout
+                                .cgroup(&rel.join(child.file_name()))
+                                .remove("kcell-harness");
+                        }
+                    }
+                }
+                cg.remove("kcell-harness");
+            }
+        }
+    }
+    for mount in cgroup_mounts() {
+        for name in &seen {
+            remove_tree_bottom_up(&mount.join("kcell-harness").join(name));
+        }
     }
 }
 
@@ -616,4 +688,46 @@ pub fn run_all(
         emit(&verdict.to_line());
     }
     failed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_case_tree_names_its_owner() {
+        assert_eq!(owner_of("RT-CLEAN-1-p4242-0a1b2c"), Some(4242));
+        assert_eq!(
+            owner_of("CG-BLKIO-1-8eb61b672373"),
+            None,
+            "the old names have none"
+        );
+    }
+
+    /// A tree whose owner is dead goes at the next case; one whose owner
+    /// lives stays. Root: cgroups.
+    #[test]
+    #[cfg_attr(kcell_unprivileged, ignore = "needs root: cgroups")]
+    fn a_dead_owners_tree_is_swept_and_a_live_ones_kept() {
+        assert!(nix::unistd::geteuid().is_root(), "cgroups need root");
+        let Some(mount) = cgroup_mounts()
+            .into_iter()
+            .find(|m| m.join("cgroup.procs").exists())
+        else {
+            panic!("no cgroup mount to test in");
+        };
+        let top = mount.join("kcell-harness");
+        // PID 2^22 + 1 is above pid_max's ceiling: never alive.
+        let dead = top.join("T-1-p4194305-dead").join("inner");
+        let live = top.join(format!("T-1-p{}-live", std::process::id()));
+        std::fs::create_dir_all(&dead).expect("mkdir dead tree");
+        std::fs::create_dir_all(&live).expect("mkdir live tree");
+        sweep_orphaned_cgroups();
+        let dead_gone = !dead.parent().expect("parent").exists();
+        let live_kept = live.exists();
+        let _ = std::fs::remove_dir(&live);
+        let _ = std::fs::remove_dir(&top);
+        assert!(dead_gone, "the dead owner's tree is swept");
+        assert!(live_kept, "a live owner's tree stays");
+    }
 }
