@@ -64,8 +64,53 @@ impl Drop for Podman<'_> {
     }
 }
 
+/// The host's nf_tables tables, as `nft list tables` names them, without
+/// iptables-nft's own (ip and ip6 filter, nat, mangle, raw, security):
+/// bookworm's netavark drives iptables, which makes them on first use and
+/// never removes them, whoever asked.
+fn nft_tables() -> Vec<String> {
+    let out = std::process::Command::new("nft")
+        .args(["list", "tables"])
+        .output();
+    let iptables = |l: &str| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        matches!(f.get(1), Some(&"ip") | Some(&"ip6"))
+            && matches!(
+                f.get(2),
+                Some(&"filter") | Some(&"nat") | Some(&"mangle") | Some(&"raw") | Some(&"security")
+            )
+    };
+    out.map(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| !iptables(l))
+            .map(str::to_string)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// netavark 1.17 (sid) keeps its `inet netavark` table after the last
+/// container, as dockerd keeps docker0: the test removes what was not there
+/// before, and anything else new is left for the census to report.
+fn remove_new_netavark_table(before: &[String]) {
+    let table = "table inet netavark".to_string();
+    if !before.contains(&table) && nft_tables().contains(&table) {
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", "inet", "netavark"])
+            .status();
+    }
+}
+
 /// Every check of the docker-style client, then a census.
 pub fn runs_its_containers(install: &Install, s: &Setup) {
+    let tables = nft_tables();
+    check_all(install, s);
+    remove_new_netavark_table(&tables);
+    assert_eq!(nft_tables(), tables, "podman left nf_tables tables");
+}
+
+fn check_all(install: &Install, s: &Setup) {
     let p = Podman {
         install,
         dir: s.dir.path(),
@@ -86,6 +131,13 @@ pub fn runs_its_containers(install: &Install, s: &Setup) {
 
 /// 50 containers 8 at a time, then a census.
 pub fn fifty_leave_nothing(install: &Install, s: &Setup) {
+    let tables = nft_tables();
+    fifty(install, s);
+    remove_new_netavark_table(&tables);
+    assert_eq!(nft_tables(), tables, "podman left nf_tables tables");
+}
+
+fn fifty(install: &Install, s: &Setup) {
     let p = Podman {
         install,
         dir: s.dir.path(),
