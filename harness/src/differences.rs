@@ -131,9 +131,7 @@ impl Difference {
     /// Whether this entry is about the cell of `v` (runtime, version,
     /// target, case), whatever the trial's outcome.
     pub fn covers(&self, v: &Verdict) -> bool {
-        (self.runtime == "*"
-            || self.runtime == v.runtime
-            || self.runtime == crate::matrix::family(&v.runtime))
+        crate::matrix::names_runtime(&self.runtime, &v.runtime)
             && self.case == v.case
             && self.targets.split(',').any(|p| glob(p.trim(), &v.target))
             && self

@@ -169,9 +169,7 @@ struct SkipFile {
 impl ExpectedSkip {
     /// Whether this entry is about the cell of `v`.
     fn covers(&self, v: &Verdict) -> bool {
-        (self.runtime == "*"
-            || self.runtime == v.runtime
-            || self.runtime == crate::matrix::family(&v.runtime))
+        crate::matrix::names_runtime(&self.runtime, &v.runtime)
             && (self.cases.iter().any(|c| c == "*" || *c == v.case))
             && self
                 .targets

@@ -34,6 +34,13 @@ pub fn family(name: &str) -> &str {
     name.split_once('@').map_or(name, |(f, _)| f)
 }
 
+/// Whether an entry of differences.toml or expected-skips.toml naming
+/// `entry` ("*", a family such as "runc", or one line "runc@sid") is about
+/// `runtime`.
+pub fn names_runtime(entry: &str, runtime: &str) -> bool {
+    entry == "*" || entry == runtime || entry == family(runtime)
+}
+
 /// NAME@LINE: the line's binary, fetched (once) into `cache`.
 fn line(item: &str, name: &str, line: &str, cache: &Path) -> Wanted {
     let fetched = crate::vm::runtimes::manifest()

@@ -103,11 +103,9 @@ pub fn gate_checks(
         .iter()
         .filter(|v| crate::killmatrix::mutation_of(&v.runtime).is_none())
         .filter(|v| {
-            expected.iter().any(|e| {
-                e.runtime == "*"
-                    || e.runtime == v.runtime
-                    || e.runtime == crate::matrix::family(&v.runtime)
-            })
+            expected
+                .iter()
+                .any(|e| crate::matrix::names_runtime(&e.runtime, &v.runtime))
         })
         .cloned()
         .collect();
