@@ -105,35 +105,46 @@ fn sweep_orphaned_dirs() {
 /// Removes the case trees under kcell-harness/ whose owner is gone, with
 /// whatever a runtime left in them (processes killed first).
 fn sweep_orphaned_cgroups() {
-    let layout = crate::observe::cgroupfs::Layout::read();
-    let mut seen = std::collections::BTreeSet::new();
+    let mut dead = std::collections::BTreeSet::new();
     for mount in cgroup_mounts() {
         let Ok(entries) = std::fs::read_dir(mount.join("kcell-harness")) else {
             continue;
         };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
-            let dead =
-                owner_of(&name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
-            if dead && seen.insert(name.clone()) {
-                let rel = Path::new("/kcell-harness").join(&name);
-                let cg = layout.cgroup(&rel);
-                for (_, d) in &cg.dirs {
-                    if let Ok(rd) = std::fs::read_dir(d) {
-                        for child in rd.flatten().filter(|c| c.path().is_dir()) {
-                            layout
-                                .cgroup(&rel.join(child.file_name()))
-                                .remove("kcell-harness");
-                        }
-                    }
-                }
-                cg.remove("kcell-harness");
+            if owner_of(&name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+                dead.insert(name);
             }
         }
     }
+    for name in dead {
+        remove_case_tree(&format!("/kcell-harness/{name}"));
+    }
+}
+
+/// Removes a case's cgroup tree `parent` (/kcell-harness/<case>-p<PID>-<id>)
+/// from every hierarchy, with whatever a runtime left under it (its
+/// processes killed first), and kcell-harness/ itself if it is empty then.
+fn remove_case_tree(parent: &str) {
+    let layout = crate::observe::cgroupfs::Layout::read();
+    let cg = layout.cgroup(Path::new(parent));
+    for (_, d) in &cg.dirs {
+        if let Ok(rd) = std::fs::read_dir(d) {
+            for e in rd.flatten().filter(|e| e.path().is_dir()) {
+                let rel = Path::new(parent).join(e.file_name());
+                layout.cgroup(&rel).remove("kcell-harness");
+            }
+        }
+    }
+    cg.remove("kcell-harness");
+    // Runtimes also make the cgroupsPath in the hierarchies no controller
+    // is bound to (v1's name=systemd, a hybrid host's empty cgroup2): those
+    // directories go too, deepest first.
     for mount in cgroup_mounts() {
-        for name in &seen {
-            remove_tree_bottom_up(&mount.join("kcell-harness").join(name));
+        let top = mount.join(parent.trim_start_matches('/'));
+        remove_tree_bottom_up(&top);
+        if let Some(up) = top.parent().filter(|p| *p != mount) {
+            let _ = std::fs::remove_dir(up); // kcell-harness/, if it is empty now
         }
     }
 }
@@ -158,28 +169,7 @@ fn own_v2_parent(parent: &str) {
 
 impl Drop for Work {
     fn drop(&mut self) {
-        let layout = crate::observe::cgroupfs::Layout::read();
-        let cg = layout.cgroup(Path::new(&self.cgroup_parent));
-        for (_, d) in &cg.dirs {
-            // Whatever a runtime left under the case's tree.
-            if let Ok(rd) = std::fs::read_dir(d) {
-                for e in rd.flatten().filter(|e| e.path().is_dir()) {
-                    let rel = Path::new(&self.cgroup_parent).join(e.file_name());
-                    layout.cgroup(&rel).remove("kcell-harness");
-                }
-            }
-        }
-        cg.remove("kcell-harness");
-        // Runtimes also make the cgroupsPath in the hierarchies no
-        // controller is bound to (v1's name=systemd, a hybrid host's empty
-        // cgroup2): those directories go too, deepest first.
-        for mount in cgroup_mounts() {
-            let top = mount.join(self.cgroup_parent.trim_start_matches('/'));
-            remove_tree_bottom_up(&top);
-            if let Some(parent) = top.parent().filter(|p| *p != mount) {
-                let _ = std::fs::remove_dir(parent); // kcell-harness/, if it is empty now
-            }
-        }
+        remove_case_tree(&self.cgroup_parent);
         driver::reap_orphans();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
