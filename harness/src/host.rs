@@ -113,21 +113,5 @@ fn private_libraries_for_all(name: &str, binary: &Path, bin: &Path) -> Result<()
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
             .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
     }
-    let out = std::process::Command::new("patchelf")
-        .arg("--set-interpreter")
-        .arg(own.join("ld-linux-x86-64.so.2"))
-        .arg("--force-rpath")
-        .arg("--set-rpath")
-        .arg(&own)
-        .arg(binary)
-        .output()
-        .map_err(|e| format!("patchelf: {e} (scripts/install-deps installs it)"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "patchelf {}: {}",
-            binary.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(())
+    crate::vm::runtimes::point_at_libraries(binary, &own)
 }

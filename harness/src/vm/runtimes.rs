@@ -206,19 +206,28 @@ fn unpack(apt: &Apt, line: &Line, dir: &Path, final_lib: &Path) -> Result<(), St
     let from = root.join(&line.binary);
     let binary = bin.join(&line.name);
     std::fs::copy(&from, &binary).map_err(|e| format!("copy {}: {e}", from.display()))?;
-    if lib.join("ld-linux-x86-64.so.2").is_file() {
-        run(Command::new("patchelf")
-            .arg("--set-interpreter")
-            .arg(final_lib.join("ld-linux-x86-64.so.2"))
-            .arg("--force-rpath")
-            .arg("--set-rpath")
-            .arg(final_lib)
-            .arg(&binary))?;
+    if lib.join(LOADER).is_file() {
+        point_at_libraries(&binary, final_lib)?;
     }
     // Only bin/ and lib/ stay: the packages' other files are not needed.
     let _ = std::fs::remove_dir_all(&debs);
     let _ = std::fs::remove_dir_all(&root);
     Ok(())
+}
+
+/// The dynamic loader's file name in a private library directory.
+pub const LOADER: &str = "ld-linux-x86-64.so.2";
+
+/// Points `binary`'s interpreter at `lib`'s loader and its DT_RPATH at
+/// `lib` (patchelf).
+pub fn point_at_libraries(binary: &Path, lib: &Path) -> Result<(), String> {
+    run(Command::new("patchelf")
+        .arg("--set-interpreter")
+        .arg(lib.join(LOADER))
+        .arg("--force-rpath")
+        .arg("--set-rpath")
+        .arg(lib)
+        .arg(binary))
 }
 
 /// Checks the binary runs (`--version`).
