@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::readings::{
-    answering_listener, cgroup_dir, cpu_usage_ns, find_process, find_process_or, ok, read, run,
-    shell_words, vmstat_oom_kills,
+    answering_listener, assert_paused, assert_running, cgroup_dir, cpu_share, find_process,
+    find_process_or, ok, read, run, shell_words, vmstat_oom_kills,
 };
 
 /// A client with docker's command line, driving the runtime under test.
@@ -189,24 +189,9 @@ pub fn lifecycle(c: &dyn DockerLike, image: &str) {
         "ps: {ps}"
     );
     ok(c.cmd().args(["pause", name]));
-    let frozen_at = cpu_usage_ns(pid);
-    std::thread::sleep(Duration::from_millis(500));
-    let frozen_then = cpu_usage_ns(pid);
-    let freezer = cgroup_dir(pid, "freezer");
-    let state = if freezer.join("freezer.state").exists() {
-        read(&freezer.join("freezer.state"))
-    } else {
-        read(&freezer.join("cgroup.events"))
-    };
-    assert!(
-        state == "FROZEN" || state.contains("frozen 1"),
-        "freezer: {state}"
-    );
-    assert_eq!(frozen_at, frozen_then, "a paused spinner uses no CPU");
+    assert_paused(pid);
     ok(c.cmd().args(["unpause", name]));
-    let t = cpu_usage_ns(pid);
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(cpu_usage_ns(pid) > t, "an unpaused spinner runs again");
+    assert_running(pid);
     ok(c.cmd().args(["stop", "-t", "1", name]));
     assert!(
         !Path::new(&format!("/proc/{pid}")).exists(),
@@ -323,11 +308,7 @@ pub fn limits(c: &dyn DockerLike, image: &str) {
         "-c",
         "while :; do :; done; echo kcell-marker-cpus",
     ]));
-    let pid = find_process("kcell-marker-cpus");
-    std::thread::sleep(Duration::from_millis(500));
-    let (t0, u0) = (Instant::now(), cpu_usage_ns(pid));
-    std::thread::sleep(Duration::from_secs(3));
-    let share = (cpu_usage_ns(pid) - u0) as f64 / t0.elapsed().as_nanos() as f64;
+    let share = cpu_share(find_process("kcell-marker-cpus"));
     ok(c.remove(&id));
     assert!(
         (0.15..=0.25).contains(&share),

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use crate::census::assert_census_returns;
 use crate::common::KCELL;
 use crate::install::Install;
-use crate::readings::{cgroup_dir, cpu_usage_ns, find_process, ok, read, run, vmstat_oom_kills};
+use crate::readings::{
+    assert_paused, assert_running, cpu_share, find_process, ok, read, run, terminate,
+    vmstat_oom_kills,
+};
 use crate::{Setup, KCELL_OCI};
 
 /// A containerd of the test's own: its root, state and socket in the
@@ -118,11 +121,7 @@ impl<'a> Containerd<'a> {
 
 impl Drop for Containerd<'_> {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
+        terminate(&mut self.child);
     }
 }
 
@@ -251,10 +250,7 @@ fn limits(d: &Containerd, img: &str) {
         "while :; do :; done; echo kcell-marker-ctr-cpus",
     ]));
     let pid = find_process("kcell-marker-ctr-cpus");
-    std::thread::sleep(Duration::from_millis(500));
-    let (t0, u0) = (Instant::now(), cpu_usage_ns(pid));
-    std::thread::sleep(Duration::from_secs(3));
-    let share = (cpu_usage_ns(pid) - u0) as f64 / t0.elapsed().as_nanos() as f64;
+    let share = cpu_share(pid);
     ok(d.ctr()
         .args(["task", "kill", "--signal", "SIGKILL", "kcell-ctr-cpus"]));
     wait_stopped(d, pid, "kcell-ctr-cpus");
@@ -313,23 +309,9 @@ fn lifecycle(d: &Containerd, img: &str) {
         "exec runs in the container's namespaces"
     );
     ok(d.ctr().args(["task", "pause", name]));
-    let frozen_at = cpu_usage_ns(pid);
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(frozen_at, cpu_usage_ns(pid), "a paused spinner uses no CPU");
-    let freezer = cgroup_dir(pid, "freezer");
-    let state = if freezer.join("freezer.state").exists() {
-        read(&freezer.join("freezer.state"))
-    } else {
-        read(&freezer.join("cgroup.events"))
-    };
-    assert!(
-        state == "FROZEN" || state.contains("frozen 1"),
-        "freezer: {state}"
-    );
+    assert_paused(pid);
     ok(d.ctr().args(["task", "resume", name]));
-    let t = cpu_usage_ns(pid);
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(cpu_usage_ns(pid) > t, "a resumed spinner runs again");
+    assert_running(pid);
     ok(d.ctr().args(["task", "kill", "--signal", "SIGKILL", name]));
     wait_stopped(d, pid, name);
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::census::{assert_census_returns, cgroup_mounts};
 use crate::cli::{self, DockerLike};
 use crate::install::Install;
-use crate::readings::ok;
+use crate::readings::{ok, terminate};
 use crate::{Setup, IMAGE, KCELL_OCI};
 
 /// A dockerd of the test's own: data, exec root and socket in the test's
@@ -107,11 +107,7 @@ impl Drop for Dockerd<'_> {
                 .stderr(Stdio::null())
                 .status();
         }
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
+        terminate(&mut self.child);
     }
 }
 

@@ -90,24 +90,25 @@ fn nft_tables() -> Vec<String> {
     .unwrap_or_default()
 }
 
-/// netavark 1.17 (sid) keeps its `inet netavark` table after the last
-/// container, as dockerd keeps docker0: the test removes what was not there
-/// before, and anything else new is left for the census to report.
-fn remove_new_netavark_table(before: &[String]) {
+/// Runs `check`, then removes what netavark left: netavark 1.17 (sid)
+/// keeps its `inet netavark` table after the last container, as dockerd
+/// keeps docker0, so the table goes when the test made it; anything else
+/// new fails the test.
+fn leaving_no_nft_table(install: &Install, s: &Setup, check: fn(&Install, &Setup)) {
+    let before = nft_tables();
+    check(install, s);
     let table = "table inet netavark".to_string();
     if !before.contains(&table) && nft_tables().contains(&table) {
         let _ = std::process::Command::new("nft")
             .args(["delete", "table", "inet", "netavark"])
             .status();
     }
+    assert_eq!(nft_tables(), before, "podman left nf_tables tables");
 }
 
 /// Every check of the docker-style client, then a census.
 pub fn runs_its_containers(install: &Install, s: &Setup) {
-    let tables = nft_tables();
-    check_all(install, s);
-    remove_new_netavark_table(&tables);
-    assert_eq!(nft_tables(), tables, "podman left nf_tables tables");
+    leaving_no_nft_table(install, s, check_all);
 }
 
 fn check_all(install: &Install, s: &Setup) {
@@ -131,10 +132,7 @@ fn check_all(install: &Install, s: &Setup) {
 
 /// 50 containers 8 at a time, then a census.
 pub fn fifty_leave_nothing(install: &Install, s: &Setup) {
-    let tables = nft_tables();
-    fifty(install, s);
-    remove_new_netavark_table(&tables);
-    assert_eq!(nft_tables(), tables, "podman left nf_tables tables");
+    leaving_no_nft_table(install, s, fifty);
 }
 
 fn fifty(install: &Install, s: &Setup) {

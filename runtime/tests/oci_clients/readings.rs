@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::census::cgroup_mounts;
@@ -154,4 +154,47 @@ pub fn shell_words(cmd: &Command) -> String {
         .map(|a| format!("'{}'", a.to_string_lossy().replace('\'', "'\\''")))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The share of one CPU `pid`'s cgroup used over 3 s, after 0.5 s to
+/// settle (its own counter).
+pub fn cpu_share(pid: i32) -> f64 {
+    std::thread::sleep(Duration::from_millis(500));
+    let (t0, u0) = (Instant::now(), cpu_usage_ns(pid));
+    std::thread::sleep(Duration::from_secs(3));
+    (cpu_usage_ns(pid) - u0) as f64 / t0.elapsed().as_nanos() as f64
+}
+
+/// A paused container's process: its freezer says frozen (v1
+/// freezer.state, v2 cgroup.events) and its CPU counter stands still.
+pub fn assert_paused(pid: i32) {
+    let frozen_at = cpu_usage_ns(pid);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(frozen_at, cpu_usage_ns(pid), "a paused spinner uses no CPU");
+    let freezer = cgroup_dir(pid, "freezer");
+    let state = if freezer.join("freezer.state").exists() {
+        read(&freezer.join("freezer.state"))
+    } else {
+        read(&freezer.join("cgroup.events"))
+    };
+    assert!(
+        state == "FROZEN" || state.contains("frozen 1"),
+        "freezer: {state}"
+    );
+}
+
+/// A resumed container's process uses CPU again.
+pub fn assert_running(pid: i32) {
+    let t = cpu_usage_ns(pid);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(cpu_usage_ns(pid) > t, "a resumed spinner runs again");
+}
+
+/// Stops a daemon of the test's own (SIGTERM) and waits for it.
+pub fn terminate(child: &mut Child) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
 }
