@@ -1,7 +1,7 @@
 //! Checking observations against a case's expectations. Pure: observations
 //! and checks in, a report per check out.
 
-use crate::case::{Expect, OnFail, Operand};
+use crate::case::{Comparison, Expect, OnFail, Operand};
 use crate::observation::Observations;
 use serde_json::Value;
 
@@ -101,11 +101,8 @@ fn equal(a: &Value, b: &Value) -> bool {
 
 /// Checks one expectation.
 pub fn check(e: &Expect, obs: &Observations) -> CheckReport {
-    let (op_name, operand) = e
-        .comparisons()
-        .into_iter()
-        .next()
-        .unwrap_or(("equals", &Operand::Literal(Value::Null)));
+    let operand = e.comparison.operand();
+    let op_name = e.comparison.name();
     let observed = obs.get(&e.that).cloned();
     let mut report = CheckReport {
         that: e.that.clone(),
@@ -129,30 +126,33 @@ pub fn check(e: &Expect, obs: &Observations) -> CheckReport {
         return report;
     };
     let num = |v: &Value| as_number(v);
-    report.ok = match op_name {
-        "equals" => equal(&observed, &expected),
-        "not_equals" => !equal(&observed, &expected),
-        // A relative epsilon absorbs float representation (2176.03 vs 2176.0299999).
-        "at_least" => {
-            matches!((num(&observed), num(&expected)), (Some(o), Some(x)) if o >= x - 1e-9 * x.abs().max(1.0))
+    // A relative epsilon absorbs float representation (2176.03 vs 2176.0299999).
+    let close = |x: f64| 1e-9 * x.abs().max(1.0);
+    report.ok = match &e.comparison {
+        Comparison::Equals(_) => equal(&observed, &expected),
+        Comparison::NotEquals(_) => !equal(&observed, &expected),
+        Comparison::AtLeast(_) => {
+            matches!((num(&observed), num(&expected)), (Some(o), Some(x)) if o >= x - close(x))
         }
-        "at_most" => {
-            matches!((num(&observed), num(&expected)), (Some(o), Some(x)) if o <= x + 1e-9 * x.abs().max(1.0))
+        Comparison::AtMost(_) => {
+            matches!((num(&observed), num(&expected)), (Some(o), Some(x)) if o <= x + close(x))
         }
-        "contains" => as_text(&observed).contains(&as_text(&expected)),
-        "not_contains" => !as_text(&observed).contains(&as_text(&expected)),
-        "approx" => match (num(&observed), num(&expected)) {
+        Comparison::Contains(_) => as_text(&observed).contains(&as_text(&expected)),
+        Comparison::NotContains(_) => !as_text(&observed).contains(&as_text(&expected)),
+        Comparison::Approx {
+            tolerance,
+            tolerance_pct,
+            ..
+        } => match (num(&observed), num(&expected)) {
             (Some(o), Some(x)) => {
-                let tol = e
-                    .tolerance
+                let tol = tolerance
                     .unwrap_or(0.0)
-                    .max(e.tolerance_pct.map_or(0.0, |p| x.abs() * p / 100.0));
+                    .max(tolerance_pct.map_or(0.0, |p| x.abs() * p / 100.0));
                 report.expected = format!("{} ± {}", report.expected, round(tol));
                 (o - x).abs() <= tol
             }
             _ => false,
         },
-        _ => false,
     };
     report
 }

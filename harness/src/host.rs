@@ -1,6 +1,7 @@
 //! The `host` target: cases run on this machine's own kernel. Preparing it
-//! means building the busybox image (with the probe helper inside) and a
-//! `kcell` entry point, both from the agent binary under test.
+//! means copying the agent (the probe helper inside the image, the host's
+//! marker processes) and, when kcell is among the runtimes, kcell's binary
+//! where uid 1000 can run them, and building the busybox image.
 
 use crate::driver::Target;
 use std::os::unix::fs::PermissionsExt;
@@ -9,11 +10,11 @@ use std::path::{Path, PathBuf};
 /// Where the probe helper sits inside the image.
 pub use crate::guestinfo::PROBE_IN_IMAGE;
 
-/// Builds the image root and the runtime under `dir` from `agent`, a
-/// multi-call binary: named `kcell` it is the runtime, named `kcell-probe`
-/// the in-container helper. `dir` must be reachable by uid 1000 (the
+/// Builds the image root and the binaries under `dir` from `agent` and,
+/// when given, `kcell` (kcell's CLI, which is its OCI command line under
+/// the name kcell-oci). `dir` must be reachable by uid 1000 (the
 /// unprivileged cases run the runtime as that user), e.g. under /tmp.
-pub fn prepare(dir: &Path, agent: &Path) -> Result<Target, String> {
+pub fn prepare(dir: &Path, agent: &Path, kcell: Option<&Path>) -> Result<Target, String> {
     let mkdir = |d: &Path| {
         std::fs::create_dir_all(d).map_err(|e| format!("mkdir {}: {e}", d.display()))?;
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))
@@ -22,23 +23,22 @@ pub fn prepare(dir: &Path, agent: &Path) -> Result<Target, String> {
     mkdir(dir)?;
     let bin = dir.join("bin");
     mkdir(&bin)?;
-    let runtime = bin.join("kcell");
-    let staged = bin.join(format!(".kcell.{}", std::process::id()));
-    std::fs::copy(agent, &staged)
-        .map_err(|e| format!("copy {} to {}: {e}", agent.display(), staged.display()))?;
-    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| format!("chmod {}: {e}", staged.display()))?;
-    std::fs::rename(&staged, &runtime)
-        .map_err(|e| format!("rename {} to {}: {e}", staged.display(), runtime.display()))?;
-    // The same binary is kcell's OCI command line under this name.
-    let oci = bin.join("kcell-oci");
-    let _ = std::fs::remove_file(&oci);
-    std::os::unix::fs::symlink("kcell", &oci)
-        .map_err(|e| format!("symlink {}: {e}", oci.display()))?;
-
+    let agent_copy = copy_in(agent, &bin.join("kcell-agent"))?;
+    let kcell_copy = match kcell {
+        Some(k) => {
+            let copy = copy_in(k, &bin.join("kcell"))?;
+            // kcell's CLI is its OCI command line under this name.
+            let oci = bin.join("kcell-oci");
+            let _ = std::fs::remove_file(&oci);
+            std::os::unix::fs::symlink("kcell", &oci)
+                .map_err(|e| format!("symlink {}: {e}", oci.display()))?;
+            copy
+        }
+        None => PathBuf::new(),
+    };
     let rootfs = dir.join("rootfs");
-    let busybox = kcell::rootfs::busybox::locate(&dir.join("cache")).map_err(|e| e.to_string())?;
-    kcell::rootfs::busybox::build(
+    let busybox = crate::vm::busybox::locate(&dir.join("cache"))?;
+    crate::vm::busybox::build(
         &rootfs,
         &busybox,
         &[(agent.to_path_buf(), PathBuf::from(PROBE_IN_IMAGE))],
@@ -46,11 +46,24 @@ pub fn prepare(dir: &Path, agent: &Path) -> Result<Target, String> {
     .map_err(|e| format!("building the busybox image at {}: {e}", rootfs.display()))?;
     Ok(Target {
         name: "host".into(),
-        agent: runtime.clone(),
-        kcell: runtime,
+        agent: agent_copy,
+        kcell: kcell_copy,
         rootfs,
         store: dir.join("store"),
     })
+}
+
+/// Copies `from` to `to` (mode 0755) through a staged name, so a reader
+/// never sees half a binary.
+fn copy_in(from: &Path, to: &Path) -> Result<PathBuf, String> {
+    let staged = to.with_extension(format!("staged-{}", std::process::id()));
+    std::fs::copy(from, &staged)
+        .map_err(|e| format!("copy {} to {}: {e}", from.display(), staged.display()))?;
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("chmod {}: {e}", staged.display()))?;
+    std::fs::rename(&staged, to)
+        .map_err(|e| format!("rename {} to {}: {e}", staged.display(), to.display()))?;
+    Ok(to.to_path_buf())
 }
 
 /// A runtime binary every user can run: `path` itself when it and each

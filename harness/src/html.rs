@@ -88,14 +88,6 @@ pub fn render(
     baseline: Option<&[Verdict]>,
     titles: &BTreeMap<String, String>,
 ) -> String {
-    let columns = crate::report::columns(verdicts);
-    let by: BTreeMap<(&str, &str, &str), &Verdict> = verdicts
-        .iter()
-        .map(|v| ((v.case.as_str(), v.target.as_str(), v.runtime.as_str()), v))
-        .collect();
-    let cases: BTreeSet<&str> = verdicts.iter().map(|v| v.case.as_str()).collect();
-    let runtimes: BTreeSet<&str> = verdicts.iter().map(|v| v.runtime.as_str()).collect();
-
     let mut h = String::new();
     h.push_str("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
     h.push_str("<title>kcell conformance report</title>");
@@ -117,44 +109,58 @@ pub fn render(
     );
 
     if let Some(old) = baseline {
-        let cmp = compare(old, verdicts);
-        let value = |set: &[Verdict], case: &str, col: &str| {
-            set.iter()
-                .find(|v| v.case == case && column(v) == col)
-                .and_then(|v| v.headline.clone())
-                .unwrap_or_default()
-        };
-        let _ = write!(
-            h,
-            "<h2 id=\"regressions\">Against the baseline: {} regressions, {} improvements</h2>",
-            cmp.regressions.len(),
-            cmp.improvements.len()
-        );
-        if !cmp.regressions.is_empty() || !cmp.improvements.is_empty() {
-            h.push_str("<table><tr><th>change</th><th>case</th><th>target/runtime</th><th>was</th><th>now</th></tr>");
-            for (kind, rows) in [
-                ("regression", &cmp.regressions),
-                ("improvement", &cmp.improvements),
-            ] {
-                for (case, col, was, now) in rows.iter() {
-                    let _ = write!(
-                        h,
-                        "<tr class=\"{}\"><td>{kind}</td><td>{}</td><td>{}</td><td>{} {}</td><td>{} {}</td></tr>",
-                        if kind == "regression" { "reg" } else { "" },
-                        esc(case),
-                        esc(col),
-                        esc(was),
-                        esc(&value(old, case, col)),
-                        esc(now),
-                        esc(&value(verdicts, case, col))
-                    );
-                }
-            }
-            h.push_str("</table>");
-        }
+        against_baseline(&mut h, old, verdicts);
     }
+    filters(&mut h, verdicts);
+    grid(&mut h, verdicts, titles);
+    plots(&mut h, verdicts);
+    details(&mut h, verdicts, titles);
+    h.push_str("</body></html>\n");
+    h
+}
 
-    // Filters.
+/// The regressions and improvements against an earlier run.
+fn against_baseline(h: &mut String, old: &[Verdict], verdicts: &[Verdict]) {
+    let cmp = compare(old, verdicts);
+    let value = |set: &[Verdict], case: &str, col: &str| {
+        set.iter()
+            .find(|v| v.case == case && column(v) == col)
+            .and_then(|v| v.headline.clone())
+            .unwrap_or_default()
+    };
+    let _ = write!(
+        h,
+        "<h2 id=\"regressions\">Against the baseline: {} regressions, {} improvements</h2>",
+        cmp.regressions.len(),
+        cmp.improvements.len()
+    );
+    if !cmp.regressions.is_empty() || !cmp.improvements.is_empty() {
+        h.push_str("<table><tr><th>change</th><th>case</th><th>target/runtime</th><th>was</th><th>now</th></tr>");
+        for (kind, rows) in [
+            ("regression", &cmp.regressions),
+            ("improvement", &cmp.improvements),
+        ] {
+            for (case, col, was, now) in rows.iter() {
+                let _ = write!(
+                    h,
+                    "<tr class=\"{}\"><td>{kind}</td><td>{}</td><td>{}</td><td>{} {}</td><td>{} {}</td></tr>",
+                    if kind == "regression" { "reg" } else { "" },
+                    esc(case),
+                    esc(col),
+                    esc(was),
+                    esc(&value(old, case, col)),
+                    esc(now),
+                    esc(&value(verdicts, case, col))
+                );
+            }
+        }
+        h.push_str("</table>");
+    }
+}
+
+/// The area, verdict and runtime selectors.
+fn filters(h: &mut String, verdicts: &[Verdict]) {
+    let runtimes: BTreeSet<&str> = verdicts.iter().map(|v| v.runtime.as_str()).collect();
     h.push_str("<p class=\"filters\"><label>area <select id=\"f-area\" onchange=\"kcellFilter()\"><option value=\"\">all</option>");
     for (a, name) in AREAS {
         let _ = write!(h, "<option value=\"{a}\">{a}: {name}</option>");
@@ -168,8 +174,16 @@ pub fn render(
         let _ = write!(h, "<option value=\"{0}\">{0}</option>", esc(r));
     }
     h.push_str("</select></label></p>");
+}
 
-    // The grid.
+/// The grid: a row per case, by area; a column per target and runtime.
+fn grid(h: &mut String, verdicts: &[Verdict], titles: &BTreeMap<String, String>) {
+    let columns = crate::report::columns(verdicts);
+    let by: BTreeMap<(&str, &str, &str), &Verdict> = verdicts
+        .iter()
+        .map(|v| ((v.case.as_str(), v.target.as_str(), v.runtime.as_str()), v))
+        .collect();
+    let cases: BTreeSet<&str> = verdicts.iter().map(|v| v.case.as_str()).collect();
     h.push_str("<table class=\"grid\"><thead><tr><th>case</th>");
     for (t, r) in &columns {
         let _ = write!(
@@ -230,10 +244,10 @@ pub fn render(
         h.push_str("</tbody>");
     }
     h.push_str("</table>");
+}
 
-    plots(&mut h, verdicts);
-
-    // Every cell's detail, shown when its link is followed.
+/// Every cell's detail, shown when its link is followed.
+fn details(h: &mut String, verdicts: &[Verdict], titles: &BTreeMap<String, String>) {
     h.push_str("<h2>Details</h2><p>Follow a cell of the grid to see its checks here.</p>");
     for v in verdicts {
         let _ = write!(
@@ -285,8 +299,6 @@ pub fn render(
         }
         h.push_str("</section>");
     }
-    h.push_str("</body></html>\n");
-    h
 }
 
 /// One plotted measurement: (target/runtime, expected, tolerance, observed).

@@ -11,6 +11,8 @@
 #![deny(missing_docs)]
 
 pub mod case;
+pub mod command;
+pub mod data;
 pub mod differences;
 pub mod driver;
 pub mod expect;
@@ -21,10 +23,10 @@ pub mod gate;
 pub mod guestinfo;
 pub mod host;
 pub mod html;
-pub mod inside;
 pub mod killmatrix;
 pub mod matrix;
 pub mod mutant;
+pub mod netlink;
 pub mod observation;
 pub mod observe;
 pub mod publish;
@@ -33,6 +35,7 @@ pub mod report;
 pub mod requires;
 pub mod runner;
 pub mod shard;
+pub mod suite;
 pub mod text;
 pub mod verdict;
 pub mod vm;

@@ -14,14 +14,17 @@ use std::path::{Path, PathBuf};
 /// of the suite's readings are not explained for it yet.
 pub const REFERENCES: &[&str] = &["runc@sid", "crun@sid", "youki"];
 
-/// One runtime asked for: its name and, for runtimes other than kcell,
-/// where its binary is (None: not found here).
+/// One runtime asked for: its name and where its binary is (None: not
+/// found here).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Wanted {
     /// kcell, runc, ... or the user's name.
     pub name: String,
-    /// The binary (kcell's is the host target's kcell-oci, known later).
+    /// The binary (kcell's: its kcell-oci, when kcell's binary was found).
     pub path: Option<PathBuf>,
+    /// A mutant of the kill matrix: (base runtime, mutation). Only the kill
+    /// matrix makes these; a user's runtime is never one.
+    pub mutant: Option<(String, String)>,
     /// Run on every target (named by KCELL_RUNTIMES), not only the reference ones.
     pub everywhere: bool,
     /// Why there is no binary, when fetching its line failed.
@@ -53,7 +56,33 @@ fn line(item: &str, name: &str, line: &str, cache: &Path) -> Wanted {
     Wanted {
         name: item.to_string(),
         path,
+        mutant: None,
         everywhere: true,
+        missing,
+    }
+}
+
+/// A runtime found by name: kcell by the binary given, the others on PATH.
+fn named(name: &str, cache: &Path, kcell: Option<&Path>, everywhere: bool) -> Wanted {
+    let (path, missing) = if name == "kcell" {
+        match kcell {
+            Some(k) => (Some(k.with_file_name("kcell-oci")), None),
+            None => (
+                None,
+                Some(
+                    "kcell's binary was not given (kcell-conformance --kcell PATH, or KCELL_BIN)"
+                        .to_string(),
+                ),
+            ),
+        }
+    } else {
+        (locate(name, cache), None)
+    };
+    Wanted {
+        name: name.to_string(),
+        path,
+        mutant: None,
+        everywhere,
         missing,
     }
 }
@@ -82,45 +111,50 @@ pub fn locate(name: &str, cache: &Path) -> Option<PathBuf> {
     None
 }
 
-/// The runtimes of `selection` (KCELL_RUNTIMES), or the default.
-pub fn wanted(selection: Option<&str>, cache: &Path) -> Vec<Wanted> {
-    match selection.map(str::trim).filter(|s| !s.is_empty()) {
-        None => std::iter::once("kcell")
+/// The runtimes of `selection` (KCELL_RUNTIMES), or the default; `kcell`
+/// is kcell's CLI binary when it was found. A name with `+` is refused:
+/// it marks the kill matrix's mutants in every report.
+pub fn wanted(
+    selection: Option<&str>,
+    cache: &Path,
+    kcell: Option<&Path>,
+) -> Result<Vec<Wanted>, String> {
+    let Some(list) = selection.map(str::trim).filter(|s| !s.is_empty()) else {
+        return Ok(std::iter::once("kcell")
             .chain(REFERENCES.iter().copied())
             .map(|n| match n.split_once('@') {
                 Some((name, l)) => Wanted {
                     everywhere: false,
                     ..line(n, name, l, cache)
                 },
-                None => Wanted {
-                    name: n.to_string(),
-                    path: (n != "kcell").then(|| locate(n, cache)).flatten(),
-                    everywhere: n == "kcell",
-                    missing: None,
-                },
+                None => named(n, cache, kcell, n == "kcell"),
             })
-            .collect(),
-        Some(list) => list
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|item| match (item.split_once('='), item.split_once('@')) {
+            .collect());
+    };
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|item| {
+            let name = item.split_once('=').map_or(item, |(n, _)| n);
+            if name.contains('+') || name.is_empty() {
+                return Err(format!(
+                    "runtime name '{name}' is not allowed: a name without '+' ('+' marks the kill matrix's mutants), e.g. {}",
+                    name.replace('+', "-")
+                ));
+            }
+            Ok(match (item.split_once('='), item.split_once('@')) {
                 (Some((name, path)), _) => Wanted {
                     name: name.to_string(),
                     path: Some(PathBuf::from(path)),
+                    mutant: None,
                     everywhere: true,
                     missing: None,
                 },
                 (None, Some((name, l))) => line(item, name, l, cache),
-                (None, None) => Wanted {
-                    name: item.to_string(),
-                    path: (item != "kcell").then(|| locate(item, cache)).flatten(),
-                    everywhere: true,
-                    missing: None,
-                },
+                (None, None) => named(item, cache, kcell, true),
             })
-            .collect(),
-    }
+        })
+        .collect()
 }
 
 /// Whether `w` runs on a target that is (or is not) a reference target.
@@ -135,7 +169,7 @@ mod tests {
     #[test]
     fn the_default_puts_kcell_everywhere_and_references_on_reference_targets() {
         // A cache that cannot be made: the lines are named, never fetched.
-        let w = wanted(None, Path::new("/dev/null/kcell-cache"));
+        let w = wanted(None, Path::new("/dev/null/kcell-cache"), None).expect("default");
         let names: Vec<&str> = w.iter().map(|w| w.name.as_str()).collect();
         assert_eq!(names, ["kcell", "runc@sid", "crun@sid", "youki"]);
         assert!(runs_on(&w[0], false));
@@ -144,17 +178,36 @@ mod tests {
 
     #[test]
     fn a_runtime_of_ones_own_by_path() {
-        let w = wanted(Some("kcell,mine=/opt/myrt"), Path::new("/x"));
+        let kcell = Path::new("/opt/kcell/kcell");
+        let w = wanted(Some("kcell,mine=/opt/myrt"), Path::new("/x"), Some(kcell)).expect("two");
         assert_eq!(w[1].name, "mine");
         assert_eq!(w[1].path.as_deref(), Some(Path::new("/opt/myrt")));
-        assert!(w.iter().all(|w| w.everywhere));
+        assert_eq!(
+            w[0].path.as_deref(),
+            Some(Path::new("/opt/kcell/kcell-oci"))
+        );
+        assert!(w.iter().all(|w| w.everywhere && w.mutant.is_none()));
+        let without = wanted(Some("kcell"), Path::new("/x"), None).expect("one");
+        assert!(without[0]
+            .missing
+            .as_deref()
+            .is_some_and(|m| m.contains("--kcell")));
+    }
+
+    #[test]
+    fn a_name_with_a_plus_is_refused_naming_it() {
+        let e = wanted(Some("crun+patched=/x"), Path::new("/x"), None).expect_err("refused");
+        assert!(
+            e.contains("'crun+patched' is not allowed") && e.contains("crun-patched"),
+            "{e}"
+        );
     }
 
     #[test]
     fn a_line_is_named_with_its_family_and_an_unknown_one_says_why() {
         assert_eq!(family("runc@sid"), "runc");
         assert_eq!(family("crun"), "crun");
-        let w = wanted(Some("runc@potato"), Path::new("/nonexistent"));
+        let w = wanted(Some("runc@potato"), Path::new("/nonexistent"), None).expect("named");
         assert_eq!(w[0].name, "runc@potato");
         assert_eq!(w[0].path, None);
         let why = w[0].missing.as_deref().unwrap_or_default();

@@ -568,24 +568,20 @@ fn lies(sub: &str) -> Option<String> {
 /// The config.json each container run of `case` gets (as the OCI driver
 /// makes it, with placeholder paths): what decides applicability.
 pub fn configs_of(case: &crate::case::Case) -> Vec<Value> {
-    use crate::case::RunOn;
+    use crate::case::RunKind;
     case.runs
         .iter()
-        .filter(|r| r.on == RunOn::Container && r.exec.is_none() && r.kcell.is_empty())
+        .filter(|r| r.kind() == RunKind::Container)
         .filter_map(|r| {
             // A throttled device is a fixture's ("{block_device.majmin}"):
             // any device number makes the same config for this purpose.
             let mut container = r.container.clone();
-            for rates in [
+            for throttles in [
                 &mut container.limits.read_bps,
                 &mut container.limits.write_bps,
             ] {
-                for rate in rates.iter_mut() {
-                    if let (Some(a), Some(b)) = (rate.find('{'), rate.find('}')) {
-                        if a < b {
-                            rate.replace_range(a..=b, "0:0");
-                        }
-                    }
+                for t in throttles.iter_mut() {
+                    t.device = crate::case::container::DeviceNumber::Fixed { major: 0, minor: 0 };
                 }
             }
             let joined = r

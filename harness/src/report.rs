@@ -62,13 +62,35 @@ pub fn columns(verdicts: &[Verdict]) -> Vec<(String, String)> {
 /// The kernel x runtime x case matrix as Markdown, with the divergences
 /// between runtimes and the skip, failure and error reasons under it.
 pub fn matrix_markdown(verdicts: &[Verdict], notes: &BTreeMap<String, String>) -> String {
-    let columns = columns(verdicts);
-    let cases: BTreeSet<&str> = verdicts.iter().map(|v| v.case.as_str()).collect();
-    let by: BTreeMap<(&str, String), &Verdict> = verdicts
-        .iter()
-        .map(|v| ((v.case.as_str(), column(v)), v))
-        .collect();
     let mut out = String::from("# kcell conformance matrix\n\n");
+    let columns = columns(verdicts);
+    targets_and_runtimes(&mut out, verdicts, &columns, notes);
+    out.push('\n');
+    grid_markdown(&mut out, verdicts, &columns);
+    disagreements(&mut out, verdicts);
+    not_passed(&mut out, verdicts);
+    let count = |s: Status| verdicts.iter().filter(|v| v.status == s).count();
+    let _ = writeln!(
+        out,
+        "\n{} pass, {} fail, {} skip, {} inconclusive, {} error, {} flaky",
+        count(Status::Pass),
+        count(Status::Fail),
+        count(Status::Skip),
+        count(Status::Inconclusive),
+        count(Status::Error),
+        count(Status::Flaky)
+    );
+    out
+}
+
+/// A line per target (kernel, cgroup, the guest's notes) and per runtime
+/// (its versions).
+fn targets_and_runtimes(
+    out: &mut String,
+    verdicts: &[Verdict],
+    columns: &[(String, String)],
+    notes: &BTreeMap<String, String>,
+) {
     let mut targets: Vec<String> = columns.iter().map(|(t, _)| t.clone()).collect();
     targets.dedup();
     for t in &targets {
@@ -98,7 +120,15 @@ pub fn matrix_markdown(verdicts: &[Verdict], notes: &BTreeMap<String, String>) -
         };
         let _ = writeln!(out, "- runtime `{r}`: {version}");
     }
-    out.push('\n');
+}
+
+/// The grid: a row per case, a column per target and runtime.
+fn grid_markdown(out: &mut String, verdicts: &[Verdict], columns: &[(String, String)]) {
+    let cases: BTreeSet<&str> = verdicts.iter().map(|v| v.case.as_str()).collect();
+    let by: BTreeMap<(&str, String), &Verdict> = verdicts
+        .iter()
+        .map(|v| ((v.case.as_str(), column(v)), v))
+        .collect();
     let names: Vec<String> = columns
         .iter()
         .map(|(t, r)| {
@@ -121,6 +151,10 @@ pub fn matrix_markdown(verdicts: &[Verdict], notes: &BTreeMap<String, String>) -
             .collect();
         let _ = writeln!(out, "| {c} | {} |", cells.join(" | "));
     }
+}
+
+/// Where runtimes disagree, and where one runtime's versions do.
+fn disagreements(out: &mut String, verdicts: &[Verdict]) {
     let div = divergences(verdicts);
     if !div.is_empty() {
         out.push_str(
@@ -147,6 +181,10 @@ pub fn matrix_markdown(verdicts: &[Verdict], notes: &BTreeMap<String, String>) -
             );
         }
     }
+}
+
+/// Every trial that did not pass, with its detail cut to a line.
+fn not_passed(out: &mut String, verdicts: &[Verdict]) {
     let notes: Vec<&Verdict> = verdicts
         .iter()
         .filter(|v| v.status != Status::Pass)
@@ -175,18 +213,6 @@ pub fn matrix_markdown(verdicts: &[Verdict], notes: &BTreeMap<String, String>) -
             );
         }
     }
-    let count = |s: Status| verdicts.iter().filter(|v| v.status == s).count();
-    let _ = writeln!(
-        out,
-        "\n{} pass, {} fail, {} skip, {} inconclusive, {} error, {} flaky",
-        count(Status::Pass),
-        count(Status::Fail),
-        count(Status::Skip),
-        count(Status::Inconclusive),
-        count(Status::Error),
-        count(Status::Flaky)
-    );
-    out
 }
 
 fn xml_escape(s: &str) -> String {

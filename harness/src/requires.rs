@@ -174,6 +174,13 @@ pub fn unmet(req: &Requires) -> Option<String> {
             ));
         }
     }
+    cgroup_unmet(req)
+        .or_else(|| kernel_config_unmet(&req.kernel_config))
+        .or_else(|| machine_unmet(req))
+}
+
+/// The cgroup version, controllers and files a case needs.
+fn cgroup_unmet(req: &Requires) -> Option<String> {
     let layout = Layout::read();
     if let Some(want) = &req.cgroup {
         if layout.version() != want.as_str() {
@@ -223,18 +230,26 @@ pub fn unmet(req: &Requires) -> Option<String> {
             return Some(format!("cgroup file {file} of the {ctrl} controller does not exist (for memsw: boot with swapaccount=1 or a kernel with CONFIG_MEMCG_SWAP; before 5.19 v2 has no memory.peak)"));
         }
     }
-    if !req.kernel_config.is_empty() {
-        let cfg = kernel_config();
-        for opt in &req.kernel_config {
-            // The config where it can be read; else the feature, tried.
-            let have = match &cfg {
-                Some(c) => Some(matches!(
-                    config_value(c, opt).as_deref(),
-                    Some("y") | Some("m")
-                )),
-                None => try_feature(opt),
-            };
-            match have {
+    None
+}
+
+/// Kernel options a case needs: from the config where it is readable,
+/// else the feature, tried.
+fn kernel_config_unmet(options: &[String]) -> Option<String> {
+    if options.is_empty() {
+        return None;
+    }
+    let cfg = kernel_config();
+    for opt in options {
+        // The config where it can be read; else the feature, tried.
+        let have = match &cfg {
+            Some(c) => Some(matches!(
+                config_value(c, opt).as_deref(),
+                Some("y") | Some("m")
+            )),
+            None => try_feature(opt),
+        };
+        match have {
                 Some(true) => {}
                 Some(false) if cfg.is_some() => {
                     return Some(format!("the kernel is built without {opt}"))
@@ -250,8 +265,12 @@ pub fn unmet(req: &Requires) -> Option<String> {
                     ))
                 }
             }
-        }
     }
+    None
+}
+
+/// CPUs, swap, user namespaces, a block device.
+fn machine_unmet(req: &Requires) -> Option<String> {
     if let Some(n) = req.min_cpus {
         let have = online_cpus();
         if have < n {

@@ -1,34 +1,25 @@
 //! Small helpers every layer shares, with no knowledge of any of them:
-//! sizes as cases write them (`64k`, `10m`) and sorted directory listings.
+//! sizes as cases write them (`64k`, `10m`) and sorted directory listings
+//! (read as the probe reads them: its crate's), and unique names.
 
-use std::path::Path;
+pub use kcell_probe::text::{size, sorted_names};
 
-/// Bytes of a size written as a number with an optional k, m or g suffix.
-pub fn size(text: &str) -> Result<u64, String> {
-    let t = text.trim().to_ascii_lowercase();
-    let (digits, shift) = match t.chars().last() {
-        Some('k') => (&t[..t.len() - 1], 10),
-        Some('m') => (&t[..t.len() - 1], 20),
-        Some('g') => (&t[..t.len() - 1], 30),
-        _ => (t.as_str(), 0),
-    };
-    digits
-        .parse::<u64>()
-        .map(|n| n << shift)
-        .map_err(|_| format!("size '{text}' is not a number with k, m or g"))
-}
-
-/// The entry names of `dir`, sorted (none when it cannot be read).
-pub fn sorted_names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().to_string())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
+/// Twelve hex digits from /dev/urandom, for the names of what the harness
+/// makes (fixtures, scratch directories, staged files); time and process ID
+/// when there is no /dev/urandom (an early guest), still unique per run.
+pub fn unique_id() -> String {
+    let mut bytes = [0u8; 6];
+    let filled = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+    if filled.is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let mix = (nanos as u64) ^ (u64::from(std::process::id()) << 32);
+        bytes.copy_from_slice(&mix.to_le_bytes()[..6]);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

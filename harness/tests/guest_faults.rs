@@ -4,6 +4,8 @@
 //! hang of the test run. Boots the 6.1 cloud kernel (fetched into the cache
 //! like the matrix does) with `kcell.fault=` on its command line.
 
+mod support;
+
 use kcell_harness::vm::{self, initramfs, kernel, qemu};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -24,12 +26,14 @@ fn guest() -> Guest {
         .expect("deb-6.1-cloud in the manifest");
     let cache = vm::cache_dir();
     let kernel = kernel::fetch(spec, &cache).expect("fetch the 6.1 cloud kernel");
-    let busybox = kcell::rootfs::busybox::locate(&cache).expect("static busybox");
+    let busybox = vm::busybox::locate(&cache).expect("static busybox");
+    let kcell = support::kcell();
     let inputs = initramfs::Inputs {
         kernel: &kernel,
         agent: Path::new(env!("CARGO_BIN_EXE_kcell-agent")),
+        kcell: Some(&kcell),
         busybox: &busybox,
-        cases: &Path::new(env!("CARGO_MANIFEST_DIR")).join("../cases"),
+        cases: &kcell_harness::data::cases_dir(),
         early: &manifest.modules.early,
         late: &manifest.modules.load,
         extra: &[],

@@ -7,6 +7,8 @@
 //! does not turn a pass into a failure; with the limit really dropped, the
 //! same lie does not turn the failure into a pass. Root only.
 
+mod support;
+
 use kcell_harness::case::Case;
 use kcell_harness::driver::Runtime;
 use kcell_harness::mutant;
@@ -29,7 +31,8 @@ fn a_lying_runtime_still_gets_the_true_verdict() {
         .prefix("kcell-case-oracle-")
         .tempdir()
         .expect("tempdir");
-    let target = kcell_harness::host::prepare(work.path(), agent).expect("host target");
+    let target = kcell_harness::host::prepare(work.path(), agent, Some(&support::kcell()))
+        .expect("host target");
     let _ = nix::sys::prctl::set_child_subreaper(true);
     let case = Case::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../cases/CG-MEM-2.toml"))
         .expect("CG-MEM-2");
@@ -38,7 +41,7 @@ fn a_lying_runtime_still_gets_the_true_verdict() {
     }
     let link = |mutation: &str| {
         let path = work.path().join(mutant::link_name(mutation, "kcell"));
-        std::os::unix::fs::symlink(&target.kcell, &path).expect("symlink");
+        std::os::unix::fs::symlink(&target.agent, &path).expect("symlink");
         path
     };
     let honest = Runtime::probe("kcell", &target.kcell.with_file_name("kcell-oci")).expect("kcell");

@@ -10,6 +10,8 @@
 //! own (unshare(CLONE_NEWNET) is per thread), and the `ip` and `nft`
 //! commands it starts inherit it: nothing is left on the host. Root only.
 
+mod support;
+
 use kcell_harness::fixture::{self, Context};
 use kcell_harness::observe::{netdev, nftables};
 use std::path::{Path, PathBuf};
@@ -71,8 +73,11 @@ fn the_census_sees_a_table_it_did_not_make() {
     root();
     let (before, during, after) = in_new_netns(|| {
         let store = tempfile::tempdir().expect("tempdir");
-        let census =
-            fixture::make("census", &context(PathBuf::new(), store.path())).expect("census");
+        let census = fixture::make(
+            fixture::FixtureName::Census,
+            &context(PathBuf::new(), store.path()),
+        )
+        .expect("census");
         let now = || census.observe()[0].1.as_str().unwrap_or("").to_string();
         let before = now();
         sh("nft add table ip kcell-leak");
@@ -91,8 +96,11 @@ fn the_bridge_fixture_sees_a_link_and_a_table_and_their_absence() {
     root();
     let seen = in_new_netns(|| {
         let store = tempfile::tempdir().expect("tempdir");
-        let bridge = fixture::make("test_bridge", &context(PathBuf::new(), store.path()))
-            .expect("test_bridge");
+        let bridge = fixture::make(
+            fixture::FixtureName::TestBridge,
+            &context(PathBuf::new(), store.path()),
+        )
+        .expect("test_bridge");
         let name = bridge
             .vars()
             .into_iter()
@@ -124,8 +132,7 @@ fn the_bridge_fixture_sees_a_link_and_a_table_and_their_absence() {
 fn the_image_fixture_finds_its_layer_by_its_own_digest_or_fails() {
     root();
     let work = tempfile::tempdir().expect("tempdir");
-    let kcell = work.path().join("kcell");
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_kcell-agent"), &kcell).expect("symlink");
+    let kcell = support::kcell();
     let rootfs = work.path().join("rootfs");
     std::fs::create_dir_all(rootfs.join("etc")).expect("mkdir");
     std::fs::write(rootfs.join("etc/kcell-ovl"), "x").expect("write");
@@ -133,7 +140,7 @@ fn the_image_fixture_finds_its_layer_by_its_own_digest_or_fails() {
     let mut ctx = context(kcell, &store);
     ctx.rootfs = rootfs;
 
-    let image = fixture::make("image", &ctx).expect("the image fixture");
+    let image = fixture::make(fixture::FixtureName::Image, &ctx).expect("the image fixture");
     let var = |k: &str| {
         image
             .vars()
@@ -156,7 +163,9 @@ fn the_image_fixture_finds_its_layer_by_its_own_digest_or_fails() {
     std::fs::set_permissions(&liar, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("chmod");
     ctx.kcell = liar;
-    let refused = fixture::make("image", &ctx).err().unwrap_or_default();
+    let refused = fixture::make(fixture::FixtureName::Image, &ctx)
+        .err()
+        .unwrap_or_default();
     assert!(
         refused.contains("does not list the layer the harness wrote (sha256:"),
         "{refused}"

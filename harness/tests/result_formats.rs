@@ -10,6 +10,8 @@
 //! directives. Each checks that the failing trial is a failure there too.
 //! scripts/install-deps installs the Python packages. Root only.
 
+mod support;
+
 use kcell_harness::case::Case;
 use kcell_harness::driver::Runtime;
 use kcell_harness::export;
@@ -21,13 +23,14 @@ use std::process::Command;
 /// The verdicts of a small real host run: a pass, a failure and a skip.
 fn host_run(work: &Path) -> Vec<Verdict> {
     let agent = Path::new(env!("CARGO_BIN_EXE_kcell-agent"));
-    let target = kcell_harness::host::prepare(work, agent).expect("host target");
+    let target =
+        kcell_harness::host::prepare(work, agent, Some(&support::kcell())).expect("host target");
     let _ = nix::sys::prctl::set_child_subreaper(true);
     let cases = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cases");
     let uts = Case::load(&cases.join("NS-UTS-1.toml")).expect("NS-UTS-1");
     let kcell = Runtime::probe("kcell", &target.kcell.with_file_name("kcell-oci")).expect("kcell");
     let link = work.join(kcell_harness::mutant::link_name("drop-ns-uts", "kcell"));
-    std::os::unix::fs::symlink(&target.kcell, &link).expect("symlink");
+    std::os::unix::fs::symlink(&target.agent, &link).expect("symlink");
     let mutant = Runtime::probe("kcell+drop-ns-uts", &link).expect("mutant");
     let mut verdicts = vec![
         kcell_harness::runner::run_case(&uts, &target, &kcell),

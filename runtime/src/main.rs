@@ -1,11 +1,11 @@
 //! The `kcell` command; invoked as `kcell-oci` (a link or copy of this
-//! binary) it is the OCI runtime command line. `kcell vm` and `kcell
-//! report` belong to the conformance suite: they are handed to the
-//! `kcell-agent` built beside this binary, which carries them.
+//! binary) it is the OCI runtime command line. `kcell vm`, `kcell report`
+//! and `kcell merge` belong to the conformance suite: they are handed to
+//! the `kcell-conformance` built beside this binary.
 
 use std::os::unix::process::CommandExt;
 
-/// The suite's subcommands, carried by kcell-agent.
+/// The suite's subcommands, carried by kcell-conformance.
 const SUITE_COMMANDS: &[&str] = &["vm", "report", "merge"];
 
 fn main() {
@@ -30,25 +30,22 @@ fn main() {
     std::process::exit(code);
 }
 
-/// Runs kcell-agent (beside this binary) as `kcell` with `args`; returns
-/// only when it cannot.
+/// Runs kcell-conformance (beside this binary) with `args`; returns only
+/// when it cannot.
 fn hand_to_agent(sub: &str, args: &[std::ffi::OsString]) -> i32 {
     let agent = std::env::current_exe()
         .ok()
-        .and_then(|me| me.parent().map(|d| d.join("kcell-agent")))
+        .and_then(|me| me.parent().map(|d| d.join("kcell-conformance")))
         .filter(|a| a.is_file());
     match agent {
         Some(a) => {
-            let e = std::process::Command::new(&a)
-                .arg0("kcell")
-                .args(args)
-                .exec();
+            let e = std::process::Command::new(&a).args(args).exec();
             eprintln!("kcell {sub}: exec {}: {e}", a.display());
             125
         }
         None => {
             eprintln!(
-                "kcell {sub}: the conformance suite's kcell-agent is not beside this kcell (build it: cargo build -p kcell-harness)"
+                "kcell {sub}: the conformance suite's kcell-conformance is not beside this kcell (build it: cargo build -p kcell-harness)"
             );
             125
         }

@@ -45,45 +45,7 @@ impl serde::Serialize for NsChoice {
     }
 }
 
-/// The cgroup limits of a container (each optional).
-#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Limits {
-    /// CPUs of bandwidth (0.2 = 20000 of every 100000 µs).
-    #[serde(default)]
-    pub cpus: Option<f64>,
-    /// Relative weight in v1 shares (2..262144).
-    #[serde(default)]
-    pub cpu_shares: Option<u64>,
-    /// Allowed CPUs, e.g. "1".
-    #[serde(default)]
-    pub cpuset: Option<String>,
-    /// Memory limit, e.g. "64k", "10m".
-    #[serde(default)]
-    pub memory: Option<String>,
-    /// Swap on top of the memory limit, e.g. "0".
-    #[serde(default)]
-    pub swap: Option<String>,
-    /// Most tasks.
-    #[serde(default)]
-    pub pids: Option<u64>,
-    /// Read throttles "MAJ:MIN:RATE".
-    #[serde(default)]
-    pub read_bps: Vec<String>,
-    /// Write throttles "MAJ:MIN:RATE".
-    #[serde(default)]
-    pub write_bps: Vec<String>,
-    /// Device rules denied, "TYPE MAJ:MIN ACCESS".
-    #[serde(default)]
-    pub device_deny: Vec<String>,
-}
-
-impl Limits {
-    /// No limit set.
-    pub fn is_empty(&self) -> bool {
-        *self == Limits::default()
-    }
-}
+pub use super::limits::{CpuList, DeviceNumber, DeviceRule, Limits, Size, Throttle};
 
 /// One mount, OCI-style.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
@@ -173,24 +135,6 @@ pub struct Container {
     /// Another root than the target's image (`{fixture.key}` allowed).
     pub root: Option<String>,
 }
-
-/// The keys a run may use for its container (the loader refuses others).
-pub const KEYS: &[&str] = &[
-    "hostname",
-    "namespaces",
-    "uid_map",
-    "gid_map",
-    "time_offsets",
-    "limits",
-    "mounts",
-    "capabilities",
-    "seccomp",
-    "user",
-    "env",
-    "cwd",
-    "dns",
-    "root",
-];
 
 impl Container {
     /// The namespaces made new, in [`NAMESPACES`] order; user when maps are

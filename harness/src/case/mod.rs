@@ -21,10 +21,14 @@
 //! why = "the name set in the new namespace"
 //! ```
 
+mod check;
 pub mod container;
+pub mod limits;
+
+pub use check::{Comparison, Expect, OnFail, Operand, COMPARISONS};
 
 use serde::Deserialize;
-use serde_json::Value;
+
 use std::path::{Path, PathBuf};
 
 /// Errors reading a case file: the file, the line and what is wrong.
@@ -45,38 +49,110 @@ pub enum CaseError {
     },
 }
 
-/// Fixture names a case may list (fixture::make makes each).
-pub const FIXTURE_NAMES: &[&str] = &[
-    "host_hostname",
-    "sysv_queue",
-    "posix_mq",
-    "host_process",
-    "marker",
-    "scratch",
-    "host_file",
-    "host_uptime",
-    "overflow_ids",
-    "host_links",
-    "rootfs_listing",
-    "block_device",
-    "census",
-    "image",
-    "image_pair",
-    "outside",
-    "test_bridge",
-    "abstract_socket",
-    "hostile_root",
-];
+/// The fixtures a case may list: the one registry (fixture::make makes
+/// each, exhaustively; a case file naming another is refused at load).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FixtureName {
+    /// The host's hostname.
+    HostHostname,
+    /// A System V message queue on the host.
+    SysvQueue,
+    /// A POSIX message queue on the host.
+    PosixMq,
+    /// A marker process on the host.
+    HostProcess,
+    /// A name no process has, for hiding checks.
+    Marker,
+    /// A scratch directory on the host.
+    Scratch,
+    /// A file on the host.
+    HostFile,
+    /// The host's uptime.
+    HostUptime,
+    /// The kernel's overflow uid and gid.
+    OverflowIds,
+    /// The host's links.
+    HostLinks,
+    /// The image root's listing.
+    RootfsListing,
+    /// A loop block device for I/O throttling.
+    BlockDevice,
+    /// The host's census (mounts, cgroups, links, tables, records).
+    Census,
+    /// An image imported into kcell's store.
+    Image,
+    /// Two images sharing a layer.
+    ImagePair,
+    /// A host beyond a bridge, with a listener.
+    Outside,
+    /// A bridge name and subnet for kcell's bridge networking.
+    TestBridge,
+    /// An abstract unix socket on the host.
+    AbstractSocket,
+    /// A hostile root (symlinks out of it).
+    HostileRoot,
+}
 
-/// The measurements a run may ask for (observe::measure takes them).
-pub const MEASURE_KINDS: &[&str] = &[
-    "cpu_share",
-    "process_shares",
-    "cgroup_stats",
-    "freeze",
-    "cpu_placement",
-    "thread_quota",
-];
+impl FixtureName {
+    /// The name a case file writes, and its variables' prefix.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FixtureName::HostHostname => "host_hostname",
+            FixtureName::SysvQueue => "sysv_queue",
+            FixtureName::PosixMq => "posix_mq",
+            FixtureName::HostProcess => "host_process",
+            FixtureName::Marker => "marker",
+            FixtureName::Scratch => "scratch",
+            FixtureName::HostFile => "host_file",
+            FixtureName::HostUptime => "host_uptime",
+            FixtureName::OverflowIds => "overflow_ids",
+            FixtureName::HostLinks => "host_links",
+            FixtureName::RootfsListing => "rootfs_listing",
+            FixtureName::BlockDevice => "block_device",
+            FixtureName::Census => "census",
+            FixtureName::Image => "image",
+            FixtureName::ImagePair => "image_pair",
+            FixtureName::Outside => "outside",
+            FixtureName::TestBridge => "test_bridge",
+            FixtureName::AbstractSocket => "abstract_socket",
+            FixtureName::HostileRoot => "hostile_root",
+        }
+    }
+}
+
+/// The measurements a run may ask for: the one registry (observe::measure
+/// takes each, exhaustively).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MeasureKind {
+    /// Each run's CPU usage over a window, and its share of the total.
+    CpuShare,
+    /// The CPU share of each process of a run.
+    ProcessShares,
+    /// The cgroup's counters.
+    CgroupStats,
+    /// Freezing and thawing the cgroup, as the kernel reports it.
+    Freeze,
+    /// Which CPUs the run's threads ran on.
+    CpuPlacement,
+    /// The CPU a threaded workload gets under its quota.
+    ThreadQuota,
+}
+
+impl MeasureKind {
+    /// The name a case file writes (and the observations' default prefix).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MeasureKind::CpuShare => "cpu_share",
+            MeasureKind::ProcessShares => "process_shares",
+            MeasureKind::CgroupStats => "cgroup_stats",
+            MeasureKind::Freeze => "freeze",
+            MeasureKind::CpuPlacement => "cpu_placement",
+            MeasureKind::ThreadQuota => "thread_quota",
+        }
+    }
+}
 
 /// A case, as written in its file.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -107,7 +183,7 @@ pub struct Case {
     pub requires: Requires,
     /// Host-side fixtures, by name.
     #[serde(default)]
-    pub fixtures: Vec<String>,
+    pub fixtures: Vec<FixtureName>,
     /// Container runs, in order.
     #[serde(default, rename = "run")]
     pub runs: Vec<Run>,
@@ -243,23 +319,44 @@ pub struct Run {
     pub container: container::Container,
 }
 
-/// The keys of a run itself (besides its container's, [`container::KEYS`]).
-const RUN_KEYS: &[&str] = &[
-    "name",
-    "on",
-    "command",
-    "exec",
-    "kcell",
-    "image",
-    "kcell_args",
-    "as_user",
-    "hold",
-    "measure",
-    "keep",
-    "kill_runtime",
-    "timeout",
-    "may_not_start",
-];
+/// What a run is, decided once from its fields (the loader checks that
+/// they agree): every layer asks [`Run::kind`], none re-derives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunKind {
+    /// A new container of the runtime under test (of kcell's CLI, in a
+    /// case of scope "kcell").
+    Container,
+    /// A plain process on the target, outside any container: the control.
+    Host,
+    /// A process in a held run's container (the runtime's exec).
+    Exec,
+    /// A command of kcell's own CLI that is not a container (`kcell = [...]`).
+    KcellCommand,
+}
+
+impl Run {
+    /// The run's kind.
+    pub fn kind(&self) -> RunKind {
+        if !self.kcell.is_empty() {
+            RunKind::KcellCommand
+        } else if self.on == RunOn::Host {
+            RunKind::Host
+        } else if self.exec.is_some() {
+            RunKind::Exec
+        } else {
+            RunKind::Container
+        }
+    }
+
+    /// Whether the run needs kcell's own CLI (its commands, images, flags,
+    /// or a kill of its runtime process): scope "kcell" only.
+    pub fn uses_kcell_cli(&self) -> bool {
+        self.kind() == RunKind::KcellCommand
+            || self.image.is_some()
+            || !self.kcell_args.is_empty()
+            || self.kill_runtime
+    }
+}
 
 /// Whether a case runs on every runtime or exercises kcell's own commands.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -277,7 +374,7 @@ pub enum Scope {
 #[serde(deny_unknown_fields)]
 pub struct Measure {
     /// What is measured (see observe::measure).
-    pub kind: String,
+    pub kind: MeasureKind,
     /// Seconds to measure over, where the probe measures a rate.
     #[serde(default)]
     pub seconds: Option<f64>,
@@ -292,97 +389,6 @@ pub struct Measure {
     /// they follow (a reading, not a check of the kernel).
     #[serde(default)]
     pub shares: Vec<u64>,
-}
-
-/// The right-hand side of a check: a literal, or another observation
-/// (optionally scaled: `{ of = "control.rate", times = 0.2 }`).
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(untagged)]
-pub enum Operand {
-    /// Another observation, times a factor, plus an offset.
-    Ref {
-        /// The observation's key.
-        of: String,
-        /// Multiplier (default 1).
-        #[serde(default)]
-        times: Option<f64>,
-        /// Added after multiplying (default 0).
-        #[serde(default)]
-        plus: Option<f64>,
-    },
-    /// A literal value.
-    Literal(Value),
-}
-
-/// What a failed check makes of the verdict.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnFail {
-    /// The case fails.
-    #[default]
-    Fail,
-    /// The case is inconclusive: the control showed the machine could not
-    /// have told the difference.
-    Inconclusive,
-}
-
-/// One check of an observation. Exactly one comparison is given.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Expect {
-    /// The observation's key, "<run>.<key>" or "<fixture>.<key>".
-    pub that: String,
-    /// Equal (numbers compare numerically).
-    #[serde(default)]
-    pub equals: Option<Operand>,
-    /// Not equal.
-    #[serde(default)]
-    pub not_equals: Option<Operand>,
-    /// >= (numbers).
-    #[serde(default)]
-    pub at_least: Option<Operand>,
-    /// <= (numbers).
-    #[serde(default)]
-    pub at_most: Option<Operand>,
-    /// Substring of the observation's text.
-    #[serde(default)]
-    pub contains: Option<Operand>,
-    /// Not a substring.
-    #[serde(default)]
-    pub not_contains: Option<Operand>,
-    /// Within `tolerance` (absolute) or `tolerance_pct` (relative) of this.
-    #[serde(default)]
-    pub approx: Option<Operand>,
-    /// Absolute tolerance for `approx`.
-    #[serde(default)]
-    pub tolerance: Option<f64>,
-    /// Relative tolerance for `approx`, in percent.
-    #[serde(default)]
-    pub tolerance_pct: Option<f64>,
-    /// Why this is expected, and why the tolerance is what it is.
-    #[serde(default)]
-    pub why: Option<String>,
-    /// What a failure means.
-    #[serde(default)]
-    pub on_fail: OnFail,
-}
-
-impl Expect {
-    /// The comparisons given, by name.
-    pub fn comparisons(&self) -> Vec<(&'static str, &Operand)> {
-        [
-            ("equals", &self.equals),
-            ("not_equals", &self.not_equals),
-            ("at_least", &self.at_least),
-            ("at_most", &self.at_most),
-            ("contains", &self.contains),
-            ("not_contains", &self.not_contains),
-            ("approx", &self.approx),
-        ]
-        .into_iter()
-        .filter_map(|(n, o)| o.as_ref().map(|o| (n, o)))
-        .collect()
-    }
 }
 
 /// 1-based line of byte offset `pos` in `text`.
@@ -400,166 +406,159 @@ fn find_line(text: &str, needle: &str) -> usize {
     text.find(needle).map_or(0, |p| line_of(text, p))
 }
 
+/// A run flattens its container's keys, which serde then cannot check:
+/// the raw tables are checked here instead.
+fn check_run_keys(text: &str) -> Result<(), Problem> {
+    let Ok(raw) = text.parse::<toml::Table>() else {
+        return Ok(());
+    };
+    let known = run_keys();
+    for run in raw
+        .get("run")
+        .and_then(|r| r.as_array())
+        .into_iter()
+        .flatten()
+    {
+        for key in run.as_table().into_iter().flat_map(|t| t.keys()) {
+            if !known.contains(key) {
+                return Err((
+                    find_line(text, key),
+                    format!(
+                        "unknown field `{key}` of a run: known are {}",
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The line of the value a message names in quotes (`size '10x' ...`),
+/// at or after `from`: a run's container is flattened into it, and serde
+/// then places a bad value at its run's table, not at its own line.
+fn value_line(text: &str, message: &str, from: usize) -> usize {
+    let quoted = message
+        .split_once('\'')
+        .and_then(|(_, rest)| rest.split_once('\''))
+        .map(|(value, _)| value)
+        .filter(|v| !v.is_empty());
+    let Some(value) = quoted else {
+        return from;
+    };
+    text.lines()
+        .enumerate()
+        .skip(from.saturating_sub(1))
+        .find(|(_, l)| l.contains(&format!("\"{value}\"")))
+        .map_or(from, |(i, _)| i + 1)
+}
+
+/// The keys a run may have: its own and its container's, read from the
+/// types themselves (a run serialised has every field), so no list is kept
+/// by hand beside them.
+fn run_keys() -> Vec<String> {
+    let minimal: Result<Run, _> = toml::from_str("name = \"x\"\ncommand = [\"x\"]");
+    let mut keys: Vec<String> = minimal
+        .ok()
+        .and_then(|r| serde_json::to_value(r).ok())
+        .and_then(|v| v.as_object().map(|o| o.keys().cloned().collect()))
+        .unwrap_or_default();
+    keys.sort();
+    keys
+}
+
+/// A problem at a line of the case file.
+type Problem = (usize, String);
+
 impl Case {
     /// Parses a case from TOML text; `file` names it in errors.
     pub fn parse(text: &str, file: &Path) -> Result<Case, CaseError> {
-        let err = |line: usize, message: String| CaseError::Parse {
+        let err = |(line, message): Problem| CaseError::Parse {
             file: file.to_path_buf(),
             line,
             message,
         };
         let mut case: Case = toml::from_str(text).map_err(|e| {
             let line = e.span().map_or(0, |s| line_of(text, s.start));
-            err(line, e.message().to_string())
+            err((value_line(text, e.message(), line), e.message().to_string()))
         })?;
-        // A run flattens its container's keys, which serde then cannot
-        // check: the raw tables are checked here instead.
-        if let Ok(raw) = text.parse::<toml::Table>() {
-            for run in raw
-                .get("run")
-                .and_then(|r| r.as_array())
-                .into_iter()
-                .flatten()
-            {
-                for key in run.as_table().into_iter().flat_map(|t| t.keys()) {
-                    if !RUN_KEYS.contains(&key.as_str()) && !container::KEYS.contains(&key.as_str())
-                    {
-                        return Err(err(
-                            find_line(text, key),
-                            format!(
-                                "unknown field `{key}` of a run: known are {}, {}",
-                                RUN_KEYS.join(", "),
-                                container::KEYS.join(", ")
-                            ),
-                        ));
-                    }
-                }
-            }
-        }
+        check_run_keys(text).map_err(err)?;
         case.file = file.to_path_buf();
         // A case lives in cases/<ID>.toml: the runner finds a case by its file name.
         if let Some(stem) = file.file_stem().and_then(|s| s.to_str()) {
             if stem != case.id && file.extension().is_some_and(|x| x == "toml") {
-                return Err(err(
+                return Err(err((
                     find_line(text, "id"),
                     format!(
                         "id '{}' does not match the file name: a case lives in <ID>.toml",
                         case.id
                     ),
-                ));
+                )));
             }
         }
         if case.runs.is_empty() {
-            return Err(err(0, "a case needs at least one [[run]]".into()));
+            return Err(err((0, "a case needs at least one [[run]]".into())));
         }
         let mut names = std::collections::BTreeSet::new();
         for run in &case.runs {
-            // Runs and fixtures share the `{name.key}` namespace.
-            if case.fixtures.contains(&run.name) {
-                return Err(err(
-                    find_line(text, &format!("\"{}\"", run.name)),
-                    format!(
-                        "run name '{}' is also a fixture's: their {{{}.*}} variables would clash",
-                        run.name, run.name
-                    ),
-                ));
-            }
-            if !names.insert(run.name.as_str()) {
-                return Err(err(
-                    find_line(text, &format!("\"{}\"", run.name)),
-                    format!("run name '{}' is used twice", run.name),
-                ));
-            }
             let at = find_line(text, &format!("\"{}\"", run.name));
-            if run.command.is_empty() == run.kcell.is_empty() {
-                return Err(err(at, format!("run '{}' needs either a command (a container, a host process or an exec) or kcell (a command of kcell's CLI), not both", run.name)));
+            if !names.insert(run.name.as_str()) {
+                return Err(err((at, format!("run name '{}' is used twice", run.name))));
             }
-            let kcell_only = !run.kcell.is_empty()
-                || run.image.is_some()
-                || !run.kcell_args.is_empty()
-                || run.kill_runtime;
-            if kcell_only && case.scope != Scope::Kcell {
-                return Err(err(at, format!("run '{}' uses kcell's own CLI (kcell, image, kcell_args or kill_runtime): the case needs scope = \"kcell\"", run.name)));
-            }
-            if let Some(problem) = run.container.problem() {
-                return Err(err(at, format!("run '{}': {problem}", run.name)));
-            }
-            if let Some(target) = &run.exec {
-                if !case
-                    .runs
-                    .iter()
-                    .any(|r| &r.name == target && r.hold && r.keep)
-                {
-                    return Err(err(
-                        at,
-                        format!(
-                            "run '{}' execs into '{target}', which is no earlier held and kept run",
-                            run.name
-                        ),
-                    ));
-                }
-            }
-            for (ns, owner) in run.container.joined() {
-                if !case
-                    .runs
-                    .iter()
-                    .any(|r| r.name == owner && r.hold && r.keep)
-                {
-                    return Err(err(at, format!("run '{}' joins the {ns} namespace of '{owner}', which is no held and kept run", run.name)));
-                }
-            }
-            for m in &run.measure {
-                if !MEASURE_KINDS.contains(&m.kind.as_str()) {
-                    return Err(err(
-                        find_line(text, &m.kind),
-                        format!(
-                            "unknown measurement '{}': known are {}",
-                            m.kind,
-                            MEASURE_KINDS.join(", ")
-                        ),
-                    ));
-                }
-            }
-            if run.keep && !run.hold {
-                return Err(err(
-                    find_line(text, &format!("\"{}\"", run.name)),
-                    format!(
-                        "run '{}' keeps but does not hold: only a held run can be kept",
-                        run.name
-                    ),
-                ));
-            }
-            if !run.measure.is_empty() && !run.hold {
-                return Err(err(find_line(text, &format!("\"{}\"", run.name)), format!("run '{}' measures but does not hold: measurements happen while the run holds", run.name)));
-            }
-        }
-        for f in &case.fixtures {
-            if !FIXTURE_NAMES.contains(&f.as_str()) {
-                return Err(err(
-                    find_line(text, f),
-                    format!(
-                        "unknown fixture '{f}': known are {}",
-                        FIXTURE_NAMES.join(", ")
-                    ),
-                ));
-            }
-        }
-        for e in &case.expects {
-            let n = e.comparisons().len();
-            if n != 1 {
-                return Err(err(find_line(text, &format!("\"{}\"", e.that)), format!("check of '{}' has {n} comparisons: give exactly one of equals, not_equals, at_least, at_most, contains, not_contains, approx", e.that)));
-            }
-            if e.approx.is_some() && e.tolerance.is_none() && e.tolerance_pct.is_none() {
-                return Err(err(
-                    find_line(text, &format!("\"{}\"", e.that)),
-                    format!(
-                        "approx check of '{}' needs tolerance or tolerance_pct",
-                        e.that
-                    ),
-                ));
-            }
+            case.check_run(run).map_err(|message| err((at, message)))?;
         }
         Ok(case)
+    }
+
+    /// What the loader checks of one run beyond its types.
+    fn check_run(&self, run: &Run) -> Result<(), String> {
+        let name = &run.name;
+        // Runs and fixtures share the `{name.key}` namespace.
+        if self.fixtures.iter().any(|f| f.as_str() == name) {
+            return Err(format!(
+                "run name '{name}' is also a fixture's: their {{{name}.*}} variables would clash"
+            ));
+        }
+        if run.command.is_empty() == run.kcell.is_empty() {
+            return Err(format!("run '{name}' needs either a command (a container, a host process or an exec) or kcell (a command of kcell's CLI), not both"));
+        }
+        if run.uses_kcell_cli() && self.scope != Scope::Kcell {
+            return Err(format!("run '{name}' uses kcell's own CLI (kcell, image, kcell_args or kill_runtime): the case needs scope = \"kcell\""));
+        }
+        if let Some(problem) = run.container.problem() {
+            return Err(format!("run '{name}': {problem}"));
+        }
+        let held_and_kept = |owner: &str| {
+            self.runs
+                .iter()
+                .any(|r| r.name == owner && r.hold && r.keep)
+        };
+        if let Some(target) = run.exec.as_deref().filter(|t| !held_and_kept(t)) {
+            return Err(format!(
+                "run '{name}' execs into '{target}', which is no earlier held and kept run"
+            ));
+        }
+        if let Some((ns, owner)) = run
+            .container
+            .joined()
+            .into_iter()
+            .find(|(_, o)| !held_and_kept(o))
+        {
+            return Err(format!(
+                "run '{name}' joins the {ns} namespace of '{owner}', which is no held and kept run"
+            ));
+        }
+        if run.keep && !run.hold {
+            return Err(format!(
+                "run '{name}' keeps but does not hold: only a held run can be kept"
+            ));
+        }
+        if !run.measure.is_empty() && !run.hold {
+            return Err(format!(
+                "run '{name}' measures but does not hold: measurements happen while the run holds"
+            ));
+        }
+        Ok(())
     }
 
     /// Reads and parses one case file.
@@ -605,6 +604,7 @@ pub fn load_dir(dir: &Path) -> Vec<Result<Case, CaseError>> {
 mod tests {
     use super::*;
     use rstest::rstest;
+    use serde_json::Value;
 
     const GOOD: &str = r#"
 id = "NS-UTS-1"
@@ -642,10 +642,10 @@ tolerance = 0.5
         assert_eq!(c.limits.cpus, Some(0.2));
         assert!(!c.new_namespaces().contains(&"ipc"));
         assert!(
-            matches!(case.expects[0].equals, Some(Operand::Literal(Value::String(ref s))) if s == "container")
+            matches!(case.expects[0].comparison, Comparison::Equals(Operand::Literal(Value::String(ref s))) if s == "container")
         );
         assert!(
-            matches!(case.expects[1].approx, Some(Operand::Ref { ref of, times: Some(t), .. }) if of == "control.exit" && t == 2.0)
+            matches!(case.expects[1].comparison, Comparison::Approx { operand: Operand::Ref { ref of, times: Some(t), .. }, tolerance: Some(_), .. } if of == "control.exit" && t == 2.0)
         );
         assert_eq!(case.timeout, 60);
     }
@@ -656,7 +656,7 @@ tolerance = 0.5
     #[case::no_runs("id = \"X\"\ntitle = \"t\"\n", 0, "at least one [[run]]")]
     #[case::two_comparisons("id = \"X\"\ntitle = \"t\"\n[[run]]\nname = \"a\"\ncommand = [\"true\"]\n[[expect]]\nthat = \"a.exit\"\nequals = 0\nat_least = 0\n", 7, "2 comparisons")]
     #[case::approx_without_tolerance("id = \"X\"\ntitle = \"t\"\n[[run]]\nname = \"a\"\ncommand = [\"true\"]\n[[expect]]\nthat = \"a.x\"\napprox = 1\n", 7, "needs tolerance")]
-    #[case::unknown_fixture("id = \"X\"\ntitle = \"t\"\nfixtures = [\"nope\"]\n[[run]]\nname = \"a\"\ncommand = [\"true\"]\n", 3, "unknown fixture 'nope'")]
+    #[case::unknown_fixture("id = \"X\"\ntitle = \"t\"\nfixtures = [\"nope\"]\n[[run]]\nname = \"a\"\ncommand = [\"true\"]\n", 3, "unknown variant `nope`, expected one of `host_hostname`")]
     #[case::no_command(
         "id = \"X\"\ntitle = \"t\"\n[[run]]\nname = \"a\"\n",
         4,
@@ -676,6 +676,8 @@ tolerance = 0.5
         "no earlier held and kept run"
     )]
     #[case::unknown_namespace("id = \"X\"\ntitle = \"t\"\n[[run]]\nname = \"a\"\ncommand = [\"true\"]\nnamespaces = { bogus = \"new\" }\n", 4, "unknown namespace 'bogus'")]
+    #[case::bad_memory_limit("id = \"X\"\ntitle = \"t\"\n[[run]]\nname = \"a\"\ncommand = [\"true\"]\n\nlimits = { memory = \"10q\" }\n", 7, "size '10q' is not allowed")]
+    #[case::bad_throttle("id = \"X\"\ntitle = \"t\"\n[[run]]\nname = \"a\"\ncommand = [\"true\"]\nlimits = { read_bps = [\"{block_device.majmin}\"] }\n", 6, "throttle '{block_device.majmin}' is not allowed")]
     #[case::measure_without_hold("id = \"X\"\ntitle = \"t\"\n[[run]]\nname = \"a\"\ncommand = [\"true\"]\nmeasure = [{ kind = \"cgroup_stats\" }]\n", 4, "does not hold")]
     fn malformed_cases_name_file_line_and_problem(
         #[case] text: &str,

@@ -6,7 +6,9 @@
 //! denies), changed by what the case's [`Container`] says. The harness
 //! chooses the cgroupsPath, so it knows where to read the counters.
 
-use crate::case::container::{Container, MountDesc, SeccompChoice};
+use crate::case::container::{
+    Container, DeviceNumber, DeviceRule, Limits, MountDesc, SeccompChoice, Throttle,
+};
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -154,30 +156,22 @@ fn caps(c: &Container) -> Result<Vec<String>, String> {
 
 pub use crate::text::size;
 
-fn rate(text: &str) -> Result<Value, String> {
-    let mut p = text.splitn(3, ':');
-    let (Some(maj), Some(min), Some(r)) = (p.next(), p.next(), p.next()) else {
-        return Err(format!("rate '{text}' is not MAJ:MIN:RATE"));
-    };
-    let n = |s: &str| {
-        s.parse::<i64>()
-            .map_err(|_| format!("rate '{text}': '{s}' is not a number"))
-    };
-    Ok(json!({"major": n(maj)?, "minor": n(min)?, "rate": size(r)?}))
+/// A throttle with its device number (a fixture's variable already
+/// replaced, see oci.rs) in the OCI form.
+fn rate(t: &Throttle) -> Result<Value, String> {
+    match &t.device {
+        DeviceNumber::Fixed { major, minor } => {
+            Ok(json!({"major": major, "minor": minor, "rate": t.rate.0}))
+        }
+        DeviceNumber::Variable(v) => Err(format!(
+            "throttle '{}': the device {v} was not replaced by its fixture",
+            t.text
+        )),
+    }
 }
 
-fn device_rule(text: &str) -> Result<Value, String> {
-    let parts: Vec<&str> = text.split_whitespace().collect();
-    let [kind, numbers, access] = parts.as_slice() else {
-        return Err(format!("device rule '{text}' is not 'TYPE MAJ:MIN ACCESS'"));
-    };
-    let (maj, min) = numbers
-        .split_once(':')
-        .ok_or_else(|| format!("device rule '{text}' has no MAJ:MIN"))?;
-    let num = |s: &str| -> Value { s.parse::<i64>().map_or(Value::Null, |n| json!(n)) };
-    Ok(
-        json!({"allow": false, "type": kind, "major": num(maj), "minor": num(min), "access": access}),
-    )
+fn device_rule(d: &DeviceRule) -> Value {
+    json!({"allow": false, "type": d.kind.to_string(), "major": d.major, "minor": d.minor, "access": d.access})
 }
 
 /// The harness's default seccomp profile, in the OCI form.
@@ -215,29 +209,13 @@ fn mount(m: &MountDesc) -> Value {
            "source": m.source.clone().unwrap_or_else(|| m.kind.clone()), "options": options})
 }
 
-/// The config.json of `c` placed as `p` says.
+/// The config.json of `c` placed as `p` says, built per concern: the
+/// namespaces, the process, the mounts, the linux section (id maps,
+/// resources, devices, seccomp).
 pub fn config(c: &Container, p: &Placement) -> Result<Value, String> {
-    let mut new = c.new_namespaces();
-    if p.rootless.is_some()
-        && !new.contains(&"user")
-        && c.namespaces.get("user") != Some(&crate::case::container::NsChoice::Host)
-    {
-        // A runtime run without root makes its container in a user namespace.
-        new.push("user");
-    }
+    let new = namespaces_made(c, p);
     let user_ns = new.contains(&"user");
-    let unmapped = user_ns && c.uid_map.is_empty() && p.rootless.is_none();
-    let (uid, gid) = match &c.user {
-        Some(u) => {
-            let (a, b) = u.split_once(':').unwrap_or((u, u));
-            let n = |s: &str| {
-                s.parse::<u32>()
-                    .map_err(|_| format!("user '{u}' is not UID[:GID]"))
-            };
-            (n(a)?, n(b)?)
-        }
-        None => (0, 0),
-    };
+    let (uid, gid) = user_ids(c)?;
     let caps = caps(c)?;
     let held: Vec<String> = if uid == 0 { caps.clone() } else { Vec::new() };
     let mut env = vec![
@@ -246,6 +224,64 @@ pub fn config(c: &Container, p: &Placement) -> Result<Value, String> {
         format!("HOSTNAME={}", c.hostname.as_deref().unwrap_or(p.id)),
     ];
     env.extend(c.env.iter().cloned());
+    let mut process = json!({
+        "terminal": false,
+        "user": {"uid": uid, "gid": gid},
+        "args": p.args,
+        "env": env,
+        "cwd": c.cwd.as_deref().unwrap_or("/"),
+        "capabilities": {"bounding": caps, "effective": held, "permitted": held},
+        "noNewPrivileges": true
+    });
+    if p.rootless.is_some() {
+        process["user"] = json!({"uid": 0, "gid": 0});
+    }
+    let unmapped = user_ns && c.uid_map.is_empty() && p.rootless.is_none();
+    let mut config = json!({
+        "ociVersion": "1.0.2",
+        "process": process,
+        "root": {"path": p.root.display().to_string(), "readonly": false},
+        "mounts": mounts(c, p, &new, unmapped),
+        "linux": linux(c, p, &new)?,
+    });
+    if new.contains(&"uts") {
+        config["hostname"] = json!(c.hostname.as_deref().unwrap_or(p.id));
+    }
+    Ok(config)
+}
+
+/// The namespaces the container gets made: the case's, and a user
+/// namespace for a runtime run without root.
+fn namespaces_made(c: &Container, p: &Placement) -> Vec<&'static str> {
+    let mut new = c.new_namespaces();
+    if p.rootless.is_some()
+        && !new.contains(&"user")
+        && c.namespaces.get("user") != Some(&crate::case::container::NsChoice::Host)
+    {
+        // A runtime run without root makes its container in a user namespace.
+        new.push("user");
+    }
+    new
+}
+
+/// UID and GID of the container's process (`user = "UID[:GID]"`, root by default).
+fn user_ids(c: &Container) -> Result<(u32, u32), String> {
+    match &c.user {
+        Some(u) => {
+            let (a, b) = u.split_once(':').unwrap_or((u, u));
+            let n = |s: &str| {
+                s.parse::<u32>()
+                    .map_err(|_| format!("user '{u}' is not UID[:GID]"))
+            };
+            Ok((n(a)?, n(b)?))
+        }
+        None => Ok((0, 0)),
+    }
+}
+
+/// The standard mounts (as runc's spec writes them), then the case's.
+fn mounts(c: &Container, p: &Placement, new: &[&str], unmapped: bool) -> Vec<Value> {
+    let user_ns = new.contains(&"user");
     let nsn = json!(["nosuid", "noexec", "nodev"]);
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc", "options": nsn}),
@@ -257,24 +293,16 @@ pub fn config(c: &Container, p: &Placement) -> Result<Value, String> {
                            "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
         );
     }
-    let pts = if user_ns {
-        json!([
-            "nosuid",
-            "noexec",
-            "newinstance",
-            "ptmxmode=0666",
-            "mode=0620"
-        ])
-    } else {
-        json!([
-            "nosuid",
-            "noexec",
-            "newinstance",
-            "ptmxmode=0666",
-            "mode=0620",
-            "gid=5"
-        ])
-    };
+    let mut pts = vec![
+        "nosuid",
+        "noexec",
+        "newinstance",
+        "ptmxmode=0666",
+        "mode=0620",
+    ];
+    if !user_ns {
+        pts.push("gid=5");
+    }
     if unmapped {
         // Nothing can be created in a user namespace without a mapping
         // (EOVERFLOW): the host's /dev, with fresh pts and shm over it.
@@ -298,6 +326,23 @@ pub fn config(c: &Container, p: &Placement) -> Result<Value, String> {
         mounts.push(json!({"destination": "/etc/resolv.conf", "type": "bind",
                            "source": r.display().to_string(), "options": ["rbind", "ro"]}));
     }
+    mounts
+}
+
+/// One id map line "IN:OUT:LEN" in the OCI form.
+fn id_map(line: &str) -> Result<Value, String> {
+    let bad = || format!("id map '{line}' is not IN:OUT:LEN");
+    let f: Vec<&str> = line.split(':').collect();
+    let n = |s: &str| s.parse::<u32>().map_err(|_| bad());
+    match f.as_slice() {
+        [i, o, len] => Ok(json!({"containerID": n(i)?, "hostID": n(o)?, "size": n(len)?})),
+        _ => Err(bad()),
+    }
+}
+
+/// The linux section: namespaces, masked and read-only paths, id maps,
+/// clock offsets, the cgroup, resources, devices, seccomp.
+fn linux(c: &Container, p: &Placement, new: &[&str]) -> Result<Value, String> {
     let mut namespaces: Vec<Value> = new
         .iter()
         .map(|ns| json!({"type": oci_namespace(ns)}))
@@ -314,25 +359,13 @@ pub fn config(c: &Container, p: &Placement) -> Result<Value, String> {
         linux["uidMappings"] = json!([{"containerID": 0, "hostID": huid, "size": 1}]);
         linux["gidMappings"] = json!([{"containerID": 0, "hostID": hgid, "size": 1}]);
     }
-    let maps = |lines: &[String]| -> Result<Vec<Value>, String> {
-        lines
-            .iter()
-            .map(|l| {
-                let f: Vec<&str> = l.split(':').collect();
-                let n = |s: &str| {
-                    s.parse::<u32>()
-                        .map_err(|_| format!("id map '{l}' is not IN:OUT:LEN"))
-                };
-                match f.as_slice() {
-                    [i, o, n3] => {
-                        Ok(json!({"containerID": n(i)?, "hostID": n(o)?, "size": n(n3)?}))
-                    }
-                    _ => Err(format!("id map '{l}' is not IN:OUT:LEN")),
-                }
-            })
-            .collect()
-    };
     if !c.uid_map.is_empty() {
+        let maps = |lines: &[String]| {
+            lines
+                .iter()
+                .map(|l| id_map(l))
+                .collect::<Result<Vec<_>, _>>()
+        };
         linux["uidMappings"] = json!(maps(&c.uid_map)?);
         linux["gidMappings"] = json!(maps(&c.gid_map)?);
     }
@@ -343,88 +376,59 @@ pub fn config(c: &Container, p: &Placement) -> Result<Value, String> {
     if let Some(path) = p.cgroups_path {
         linux["cgroupsPath"] = json!(path);
     }
-    let l = &c.limits;
-    if !l.is_empty() {
-        let mut r = json!({});
-        if let Some(cpus) = l.cpus {
-            r["cpu"]["quota"] = json!((cpus * 100_000.0).round() as i64);
-            r["cpu"]["period"] = json!(100_000);
-        }
-        if let Some(s) = l.cpu_shares {
-            r["cpu"]["shares"] = json!(s);
-        }
-        if let Some(set) = &l.cpuset {
-            r["cpu"]["cpus"] = json!(set);
-        }
-        if let Some(m) = &l.memory {
-            let m = size(m)?;
-            r["memory"]["limit"] = json!(m);
-            if let Some(s) = &l.swap {
-                // OCI's swap is memory plus swap.
-                r["memory"]["swap"] = json!(m + size(s)?);
-            }
-        }
-        if let Some(n) = l.pids {
-            r["pids"] = json!({"limit": n});
-        }
-        if !l.read_bps.is_empty() {
-            r["blockIO"]["throttleReadBpsDevice"] = json!(l
-                .read_bps
-                .iter()
-                .map(|t| rate(t))
-                .collect::<Result<Vec<_>, _>>()?);
-        }
-        if !l.write_bps.is_empty() {
-            r["blockIO"]["throttleWriteBpsDevice"] = json!(l
-                .write_bps
-                .iter()
-                .map(|t| rate(t))
-                .collect::<Result<Vec<_>, _>>()?);
-        }
-        linux["resources"] = r;
+    if !c.limits.is_empty() {
+        linux["resources"] = resources(&c.limits)?;
     }
     // Every device allowed but those a case denies (runtimes differ in
     // their default otherwise: runc's denies what is not on its list).
     let mut rules = vec![json!({"allow": true, "access": "rwm"})];
-    for d in &l.device_deny {
-        rules.push(device_rule(d)?);
-    }
+    rules.extend(c.limits.device_deny.iter().map(device_rule));
     if p.rootless.is_none() {
         linux["resources"]["devices"] = json!(rules);
     }
     if let Some(s) = seccomp(c.seccomp) {
         linux["seccomp"] = s;
     }
-    let mut process = json!({
-        "terminal": false,
-        "user": {"uid": uid, "gid": gid},
-        "args": p.args,
-        "env": env,
-        "cwd": c.cwd.as_deref().unwrap_or("/"),
-        "capabilities": {"bounding": caps, "effective": held, "permitted": held},
-        "noNewPrivileges": true
-    });
-    if let Some((huid, _)) = p.rootless {
-        let _ = huid;
-        process["user"] = json!({"uid": 0, "gid": 0});
+    Ok(linux)
+}
+
+/// The limits as OCI resources.
+fn resources(l: &Limits) -> Result<Value, String> {
+    let mut r = json!({});
+    if let Some(cpus) = l.cpus {
+        r["cpu"]["quota"] = json!((cpus * 100_000.0).round() as i64);
+        r["cpu"]["period"] = json!(100_000);
     }
-    let mut config = json!({
-        "ociVersion": "1.0.2",
-        "process": process,
-        "root": {"path": p.root.display().to_string(), "readonly": false},
-        "mounts": mounts,
-        "linux": linux,
-    });
-    if new.contains(&"uts") {
-        config["hostname"] = json!(c.hostname.as_deref().unwrap_or(p.id));
+    if let Some(s) = l.cpu_shares {
+        r["cpu"]["shares"] = json!(s);
     }
-    Ok(config)
+    if let Some(set) = &l.cpuset {
+        r["cpu"]["cpus"] = json!(set.0);
+    }
+    if let Some(m) = l.memory {
+        r["memory"]["limit"] = json!(m.0);
+        if let Some(s) = l.swap {
+            // OCI's swap is memory plus swap.
+            r["memory"]["swap"] = json!(m.0 + s.0);
+        }
+    }
+    if let Some(n) = l.pids {
+        r["pids"] = json!({"limit": n});
+    }
+    let throttles = |list: &[Throttle]| list.iter().map(rate).collect::<Result<Vec<_>, _>>();
+    if !l.read_bps.is_empty() {
+        r["blockIO"]["throttleReadBpsDevice"] = json!(throttles(&l.read_bps)?);
+    }
+    if !l.write_bps.is_empty() {
+        r["blockIO"]["throttleWriteBpsDevice"] = json!(throttles(&l.write_bps)?);
+    }
+    Ok(r)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::case::container::{Limits, NsChoice};
+    use crate::case::container::{NsChoice, Size};
 
     fn place<'a>(args: &'a [String]) -> Placement<'a> {
         Placement {
@@ -468,9 +472,11 @@ mod tests {
         let mut c = Container {
             limits: Limits {
                 cpus: Some(0.2),
-                memory: Some("10m".into()),
-                swap: Some("0".into()),
-                device_deny: vec!["c 1:3 rwm".into()],
+                memory: Some(Size(10 << 20)),
+                swap: Some(Size(0)),
+                device_deny: toml::from_str::<Limits>("device_deny = [\"c 1:3 rwm\"]")
+                    .expect("a rule")
+                    .device_deny,
                 ..Default::default()
             },
             ..Default::default()

@@ -12,16 +12,35 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-/// kcell's `run` flags for `c`.
+/// kcell's `run` flags for `c`: its namespaces, limits, mounts and process.
 pub fn flags(c: &Container, ctx: &RunCtx) -> Result<Vec<String>, String> {
-    let mut f: Vec<String> = Vec::new();
-    let mut push = |a: &str, b: String| {
-        f.push(a.to_string());
-        f.push(b);
-    };
+    let mut f = Flags::default();
     if let Some(h) = &c.hostname {
-        push("--hostname", h.clone());
+        f.push("--hostname", h.clone());
     }
+    namespace_flags(&mut f, c, ctx)?;
+    limit_flags(&mut f, c, ctx);
+    mount_flags(&mut f, c, ctx)?;
+    process_flags(&mut f, c);
+    // A flag without a value was pushed with an empty one.
+    f.0.retain(|a| !a.is_empty());
+    Ok(f.0)
+}
+
+/// Flags and their values, in order.
+#[derive(Default)]
+struct Flags(Vec<String>);
+
+impl Flags {
+    fn push(&mut self, flag: &str, value: String) {
+        self.0.push(flag.to_string());
+        self.0.push(value);
+    }
+}
+
+/// The namespaces made, not made or joined; id maps; clock offsets.
+fn namespace_flags(f: &mut Flags, c: &Container, ctx: &RunCtx) -> Result<(), String> {
+    let mut push = |a: &str, b: String| f.push(a, b);
     let mut no_ns = Vec::new();
     for (ns, choice) in &c.namespaces {
         match choice {
@@ -61,6 +80,12 @@ pub fn flags(c: &Container, ctx: &RunCtx) -> Result<Vec<String>, String> {
         push("--boottime-offset", o.boottime.to_string());
         push("--monotonic-offset", o.monotonic.to_string());
     }
+    Ok(())
+}
+
+/// The cgroup limits.
+fn limit_flags(f: &mut Flags, c: &Container, ctx: &RunCtx) {
+    let mut push = |a: &str, b: String| f.push(a, b);
     let l = &c.limits;
     if let Some(x) = l.cpus {
         push("--cpus", x.to_string());
@@ -69,26 +94,31 @@ pub fn flags(c: &Container, ctx: &RunCtx) -> Result<Vec<String>, String> {
         push("--cpu-shares", x.to_string());
     }
     if let Some(x) = &l.cpuset {
-        push("--cpuset-cpus", x.clone());
+        push("--cpuset-cpus", x.0.clone());
     }
-    if let Some(x) = &l.memory {
-        push("--memory", x.clone());
+    if let Some(x) = l.memory {
+        push("--memory", x.0.to_string());
     }
-    if let Some(x) = &l.swap {
-        push("--swap", x.clone());
+    if let Some(x) = l.swap {
+        push("--swap", x.0.to_string());
     }
     if let Some(x) = l.pids {
         push("--pids", x.to_string());
     }
     for r in &l.read_bps {
-        push("--device-read-bps", substitute(r, ctx.vars));
+        push("--device-read-bps", substitute(&r.text, ctx.vars));
     }
     for r in &l.write_bps {
-        push("--device-write-bps", substitute(r, ctx.vars));
+        push("--device-write-bps", substitute(&r.text, ctx.vars));
     }
     for r in &l.device_deny {
-        push("--device-deny", r.clone());
+        push("--device-deny", r.text.clone());
     }
+}
+
+/// Binds and tmpfs mounts (the only kinds kcell's CLI mounts).
+fn mount_flags(f: &mut Flags, c: &Container, ctx: &RunCtx) -> Result<(), String> {
+    let mut push = |a: &str, b: String| f.push(a, b);
     for m in &c.mounts {
         let dest = substitute(&m.destination, ctx.vars);
         match m.kind.as_str() {
@@ -120,6 +150,12 @@ pub fn flags(c: &Container, ctx: &RunCtx) -> Result<Vec<String>, String> {
             other => return Err(format!("kcell's CLI mounts bind and tmpfs, not {other}")),
         }
     }
+    Ok(())
+}
+
+/// Capabilities, seccomp, user, environment, directory, DNS.
+fn process_flags(f: &mut Flags, c: &Container) {
+    let mut push = |a: &str, b: String| f.push(a, b);
     for cap in &c.capabilities.drop {
         push("--cap-drop", cap.clone());
     }
@@ -143,9 +179,16 @@ pub fn flags(c: &Container, ctx: &RunCtx) -> Result<Vec<String>, String> {
     for d in &c.dns {
         push("--dns", d.clone());
     }
-    // A flag without a value was pushed with an empty one.
-    f.retain(|a| !a.is_empty());
-    Ok(f)
+}
+
+/// kcell's CLI on this target; an error when none was given (the harness
+/// finds kcell as a binary, like any runtime).
+fn kcell_binary<'a>(ctx: &'a RunCtx) -> Result<&'a std::path::Path, String> {
+    let k = ctx.target.kcell.as_path();
+    if k.as_os_str().is_empty() {
+        return Err("this case runs kcell's own commands, and no kcell binary was given (kcell-conformance --kcell PATH, kcell-agent run --kcell PATH)".into());
+    }
+    Ok(k)
 }
 
 /// A container or command of kcell's CLI.
@@ -153,7 +196,7 @@ pub fn start(run: &Run, ctx: &RunCtx, limit: Duration) -> Result<Started, String
     let dir = ctx.work.join(&run.name);
     std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
     let pid_file = dir.join("pid");
-    let mut cmd = Command::new(&ctx.target.kcell);
+    let mut cmd = Command::new(kcell_binary(ctx)?);
     cmd.env("KCELL_ROOT", &ctx.target.store);
     if run.kcell.is_empty() {
         let id = ctx
@@ -190,7 +233,7 @@ pub fn start_exec(run: &Run, into: &str, ctx: &RunCtx, limit: Duration) -> Resul
         .iter()
         .find(|(n, _, _)| n == into)
         .ok_or_else(|| format!("run '{}' execs into '{into}', which is not held", run.name))?;
-    let mut cmd = Command::new(&ctx.target.kcell);
+    let mut cmd = Command::new(kcell_binary(ctx)?);
     cmd.env("KCELL_ROOT", &ctx.target.store)
         .arg("exec")
         .arg(id)

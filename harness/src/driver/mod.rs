@@ -11,9 +11,10 @@
 pub mod bundle;
 pub mod kcell_cli;
 pub mod oci;
+mod oom;
 pub mod runtime;
 
-use crate::case::{Run, RunOn};
+use crate::case::{Run, RunKind};
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -214,7 +215,7 @@ impl Started {
         let out_reader = std::thread::spawn(move || {
             let mut all = String::new();
             for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let (start, end) = (line == crate::inside::MARK, line == crate::inside::MARK_END);
+                let (start, end) = (line == kcell_probe::MARK, line == kcell_probe::MARK_END);
                 if start || end {
                     let mut m = marked.lock().unwrap_or_else(|e| e.into_inner());
                     let counters = m.cgroup.as_ref().map(|c| {
@@ -325,21 +326,18 @@ pub fn wait_pid(pid: i32, deadline: Instant) -> Option<i64> {
 
 /// Starts `run` as the case and runtime say.
 pub fn start(run: &Run, ctx: &RunCtx, limit: Duration) -> Result<Started, String> {
-    if !run.kcell.is_empty()
-        || run.image.is_some()
-        || !run.kcell_args.is_empty()
-        || run.kill_runtime
-    {
-        return kcell_cli::start(run, ctx, limit);
-    }
-    match (run.on, &run.exec) {
-        (RunOn::Host, _) => start_host(run, ctx, limit),
-        (RunOn::Container, Some(into)) if ctx.scope_kcell => {
+    match (run.kind(), &run.exec) {
+        (RunKind::KcellCommand, _) => kcell_cli::start(run, ctx, limit),
+        (RunKind::Host, _) => start_host(run, ctx, limit),
+        (RunKind::Exec, Some(into)) if ctx.scope_kcell => {
             kcell_cli::start_exec(run, into, ctx, limit)
         }
-        (RunOn::Container, Some(into)) => oci::start_exec(run, into, ctx, limit),
-        (RunOn::Container, None) if ctx.scope_kcell => kcell_cli::start(run, ctx, limit),
-        (RunOn::Container, None) => oci::start(run, ctx, limit),
+        (RunKind::Exec, Some(into)) => oci::start_exec(run, into, ctx, limit),
+        (RunKind::Exec, None) => Err(format!("run '{}' is an exec into no run", run.name)),
+        (RunKind::Container, _) if ctx.scope_kcell || run.uses_kcell_cli() => {
+            kcell_cli::start(run, ctx, limit)
+        }
+        (RunKind::Container, _) => oci::start(run, ctx, limit),
     }
 }
 

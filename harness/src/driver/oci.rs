@@ -7,6 +7,7 @@
 //! the runtime leaves (processes in the cgroup the harness chose, the
 //! cgroup itself) the harness kills and removes.
 
+use super::oom;
 use super::{bundle, pipes, substitute, tail, wait_pid, Ended, How, RunCtx, Started};
 use crate::case::Run;
 use crate::observe::cgroupfs::Layout;
@@ -144,8 +145,18 @@ fn read_pid(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-/// `create` and `start` of the run's container.
-pub fn start(run: &Run, ctx: &RunCtx, limit: Duration) -> Result<Started, String> {
+/// The bundle of a run: its directory, config.json written, and what the
+/// create needs of it.
+struct Bundle {
+    dir: PathBuf,
+    id: String,
+    /// The cgroup the harness chose (None for a rootless run).
+    cgroup: Option<String>,
+}
+
+/// Writes the run's bundle: the root, its resolv.conf, the namespaces it
+/// joins, the case's variables replaced, config.json.
+fn write_bundle(run: &Run, ctx: &RunCtx) -> Result<Bundle, String> {
     let id = ctx
         .vars
         .iter()
@@ -188,30 +199,7 @@ pub fn start(run: &Run, ctx: &RunCtx, limit: Duration) -> Result<Started, String
         .map(|a| substitute(a, ctx.vars))
         .collect();
     let rootless = run.as_user.map(|u| (u, u));
-    let mut container = c.clone();
-    container.mounts = c
-        .mounts
-        .iter()
-        .map(|m| {
-            let mut m = m.clone();
-            m.source = m.source.map(|s| substitute(&s, ctx.vars));
-            m.destination = substitute(&m.destination, ctx.vars);
-            m.options = m.options.iter().map(|o| substitute(o, ctx.vars)).collect();
-            m
-        })
-        .collect();
-    container.limits.read_bps = c
-        .limits
-        .read_bps
-        .iter()
-        .map(|r| substitute(r, ctx.vars))
-        .collect();
-    container.limits.write_bps = c
-        .limits
-        .write_bps
-        .iter()
-        .map(|r| substitute(r, ctx.vars))
-        .collect();
+    let container = substituted(c, ctx.vars)?;
     let config = bundle::config(
         &container,
         &bundle::Placement {
@@ -227,11 +215,44 @@ pub fn start(run: &Run, ctx: &RunCtx, limit: Duration) -> Result<Started, String
     .map_err(|e| format!("run '{}': {e}", run.name))?;
     let text = serde_json::to_string_pretty(&config).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("config.json"), text).map_err(|e| format!("write config.json: {e}"))?;
-    let pid_file = dir.join("pid");
+    Ok(Bundle {
+        dir,
+        id,
+        cgroup: rootless.is_none().then_some(cgroup),
+    })
+}
+
+/// The container with the case's variables replaced in its mounts and its
+/// throttles' devices.
+fn substituted(
+    c: &crate::case::container::Container,
+    vars: &[(String, String)],
+) -> Result<crate::case::container::Container, String> {
+    let mut container = c.clone();
+    for m in &mut container.mounts {
+        m.source = m.source.as_ref().map(|s| substitute(s, vars));
+        m.destination = substitute(&m.destination, vars);
+        m.options = m.options.iter().map(|o| substitute(o, vars)).collect();
+    }
+    for throttles in [
+        &mut container.limits.read_bps,
+        &mut container.limits.write_bps,
+    ] {
+        for t in throttles.iter_mut() {
+            t.device = resolved_device(&t.device, vars)?;
+        }
+    }
+    Ok(container)
+}
+
+/// `create` and `start` of the run's container.
+pub fn start(run: &Run, ctx: &RunCtx, limit: Duration) -> Result<Started, String> {
+    let b = write_bundle(run, ctx)?;
+    let pid_file = b.dir.join("pid");
     let state = state_root(ctx, run.as_user);
     std::fs::create_dir_all(&state).map_err(|e| format!("mkdir {}: {e}", state.display()))?;
     if let Some(uid) = run.as_user {
-        for d in [&dir, &state, &ctx.work.to_path_buf()] {
+        for d in [&b.dir, &state, &ctx.work.to_path_buf()] {
             let _ = nix::unistd::chown(
                 d.as_path(),
                 Some(nix::unistd::Uid::from_raw(uid)),
@@ -243,33 +264,34 @@ pub fn start(run: &Run, ctx: &RunCtx, limit: Duration) -> Result<Started, String
     let mut st = Started::new(
         run,
         How::Oci {
-            id: id.clone(),
+            id: b.id.clone(),
             state: state.clone(),
             as_user: run.as_user,
         },
         ours,
         limit,
     );
-    if rootless.is_none() {
-        st.cgroup = Some(PathBuf::from(&cgroup));
+    if let Some(cgroup) = &b.cgroup {
+        st.cgroup = Some(PathBuf::from(cgroup));
         st.mark.lock().unwrap_or_else(|e| e.into_inner()).cgroup = st.cgroup.clone();
         if run.may_not_start {
-            st.oom_watch = Some(watch_oom(PathBuf::from(&cgroup)));
+            st.oom_watch = Some(oom::watch(PathBuf::from(cgroup)));
         }
     }
     let step_limit = limit.min(Duration::from_secs(60));
+    let create = [
+        "--bundle".into(),
+        b.dir.display().to_string(),
+        "--pid-file".into(),
+        pid_file.display().to_string(),
+        b.id.clone(),
+    ];
     let created = runtime_cmd(
         ctx,
         &state,
         run.as_user,
         "create",
-        &[
-            "--bundle".into(),
-            dir.display().to_string(),
-            "--pid-file".into(),
-            pid_file.display().to_string(),
-            id.clone(),
-        ],
+        &create,
         step_limit,
         Some(theirs),
     )
@@ -283,106 +305,78 @@ pub fn start(run: &Run, ctx: &RunCtx, limit: Duration) -> Result<Started, String
         })
     })
     .and_then(|pid| {
-        st.pid = Some(pid);
-        st.cpu_at_start_ns = st
-            .cgroup
-            .as_ref()
-            .and_then(|c| Layout::read().cgroup(c).cpu_usage_ns());
-        st.placed = st.cgroup.as_ref().map(|want| {
-            let layout = Layout::read();
-            let expected = layout.cgroup(want);
-            layout.of_pid(pid).is_some_and(|actual| {
-                actual
-                    .dirs
-                    .iter()
-                    .any(|(c, d)| expected.dir(c) == Some(d.as_path()))
-            })
-        });
-        runtime_cmd(
-            ctx,
-            &state,
-            run.as_user,
-            "start",
-            std::slice::from_ref(&id),
-            step_limit,
-            None,
-        )
-        .map(|_| pid)
+        note_created(&mut st, pid);
+        let start = std::slice::from_ref(&b.id);
+        runtime_cmd(ctx, &state, run.as_user, "start", start, step_limit, None).map(|_| pid)
     });
-    if let Err(e) = created {
-        clean_up(ctx, &st);
-        if run.may_not_start {
-            st.how = How::NotStarted(e);
-            return Ok(st);
+    match created {
+        Ok(_) => Ok(st),
+        Err(e) => {
+            clean_up(ctx, &st);
+            if run.may_not_start {
+                st.how = How::NotStarted(e);
+                return Ok(st);
+            }
+            Err(create_error(run, st, &e))
         }
-        // `create` had the run's own stderr (crun writes its error there
-        // rather than in the log): what it said belongs in the message.
-        drop(st.stdin.take());
-        let (_, stderr, _) = st.output();
-        let said = one_paragraph(&tail(&stderr));
-        let last = stderr
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .map(one_paragraph)
-            .unwrap_or_default();
-        return Err(if said.is_empty() || e.contains(&last) {
-            format!("run '{}': {e}", run.name)
-        } else {
-            format!("run '{}': {e}; its stderr: {said}", run.name)
-        });
     }
-    Ok(st)
 }
 
-/// Polls the OOM-kill counter of the cgroup at `path` every millisecond
-/// (from before the runtime makes it until the run ends) and returns the
-/// most it saw: a container killed while it is being made takes its
-/// cgroup along before any final reading. On cgroup v2 an ancestor's
-/// memory.events counts its subtree's OOM kills too, so the rise over the
-/// run of the nearest ancestor that exists before the runtime starts (and
-/// so outlives what the runtime removes) counts as well: a runtime that
-/// makes the cgroup and its parent, is OOM-killed and removes both between
-/// two polls (crun under TCG: "OOM: the memory limit could be too low") is
-/// still seen. Trials run one at a time, so no other container's OOM
-/// falls in that window.
-fn watch_oom(
-    path: PathBuf,
-) -> (
-    std::sync::Arc<std::sync::atomic::AtomicBool>,
-    std::thread::JoinHandle<u64>,
-) {
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = stop.clone();
-    let handle = std::thread::spawn(move || {
+/// What the harness reads as soon as the container's first process
+/// exists: its PID, the cgroup's CPU counter, whether it is in the cgroup
+/// the harness chose.
+fn note_created(st: &mut Started, pid: i32) {
+    st.pid = Some(pid);
+    st.cpu_at_start_ns = st
+        .cgroup
+        .as_ref()
+        .and_then(|c| Layout::read().cgroup(c).cpu_usage_ns());
+    st.placed = st.cgroup.as_ref().map(|want| {
         let layout = Layout::read();
-        let cg = layout.cgroup(&path);
-        // The nearest ancestor with a memory.events of its own now.
-        let ancestor = if layout.version() == "v2" {
-            path.ancestors()
-                .skip(1)
-                .find(|a| layout.cgroup(a).counters().contains_key("oom_kill"))
-                .map(std::path::Path::to_path_buf)
-        } else {
-            None
-        };
-        let parent_kills = || {
-            ancestor
-                .as_ref()
-                .and_then(|a| layout.cgroup(a).counters().get("oom_kill").copied())
-                .unwrap_or(0)
-        };
-        let before = parent_kills();
-        let mut most = 0;
-        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-            if let Some(n) = cg.counters().get("oom_kill") {
-                most = most.max(*n);
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        most.max(parent_kills().saturating_sub(before))
+        let expected = layout.cgroup(want);
+        layout.of_pid(pid).is_some_and(|actual| {
+            actual
+                .dirs
+                .iter()
+                .any(|(c, d)| expected.dir(c) == Some(d.as_path()))
+        })
     });
-    (stop, handle)
+}
+
+/// A create or start that failed, with what the runtime said on the run's
+/// own stderr (crun writes its error there rather than in the log).
+fn create_error(run: &Run, mut st: Started, e: &str) -> String {
+    drop(st.stdin.take());
+    let (_, stderr, _) = st.output();
+    let said = one_paragraph(&tail(&stderr));
+    let last = stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(one_paragraph)
+        .unwrap_or_default();
+    if said.is_empty() || e.contains(&last) {
+        format!("run '{}': {e}", run.name)
+    } else {
+        format!("run '{}': {e}; its stderr: {said}", run.name)
+    }
+}
+
+/// A throttle's device with a fixture's variable replaced by its MAJ:MIN.
+fn resolved_device(
+    d: &crate::case::container::DeviceNumber,
+    vars: &[(String, String)],
+) -> Result<crate::case::container::DeviceNumber, String> {
+    use crate::case::container::DeviceNumber;
+    match d {
+        DeviceNumber::Variable(v) => {
+            let value = substitute(v, vars);
+            DeviceNumber::parse_fixed(&value)
+                .map(|(major, minor)| DeviceNumber::Fixed { major, minor })
+                .ok_or_else(|| format!("the device {v} is '{value}', not MAJ:MIN"))
+        }
+        fixed => Ok(fixed.clone()),
+    }
 }
 
 /// `exec --detach --pid-file` into a held run's container.
@@ -468,7 +462,7 @@ pub fn finish(mut st: Started, ctx: &RunCtx) -> Result<Ended, String> {
     drop(st.stdin.take());
     if let How::NotStarted(why) = &st.how {
         let why = why.clone();
-        let seen = stop_watch(&mut st);
+        let seen = oom::stop(&mut st);
         let (stdout, stderr, seconds) = st.output();
         return Ok(Ended {
             exit: -1,
@@ -537,7 +531,7 @@ pub fn finish(mut st: Started, ctx: &RunCtx) -> Result<Ended, String> {
     {
         counters.insert("memory_at_mark_bytes", m);
     }
-    let seen = stop_watch(&mut st).map(|s| s.max(counters.get("oom_kill").copied().unwrap_or(0)));
+    let seen = oom::stop(&mut st).map(|s| s.max(counters.get("oom_kill").copied().unwrap_or(0)));
     clean_up(ctx, &st);
     let name = st.run.name.clone();
     let limit = st.limit();
@@ -562,10 +556,4 @@ pub fn finish(mut st: Started, ctx: &RunCtx) -> Result<Ended, String> {
         oom_kills_seen: seen,
         start_error: None,
     })
-}
-
-fn stop_watch(st: &mut Started) -> Option<u64> {
-    let (stop, handle) = st.oom_watch.take()?;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    handle.join().ok()
 }

@@ -136,7 +136,7 @@ impl Needs {
         let mut n = Needs::default();
         for r in runs
             .iter()
-            .filter(|r| r.on == crate::case::RunOn::Container && r.exec.is_none())
+            .filter(|r| r.kind() == crate::case::RunKind::Container)
         {
             let c = &r.container;
             for ns in c

@@ -3,12 +3,10 @@
 //! for its processes (/proc, through the `procfs` crate).
 
 use super::cgroupfs::{Cgroup, Layout};
-use crate::case::Measure;
+use crate::case::{Measure, MeasureKind};
 use serde_json::{json, Value};
 use std::fs;
 use std::time::{Duration, Instant};
-
-pub use crate::case::MEASURE_KINDS as KINDS;
 
 fn seconds(m: &Measure, default: f64) -> Duration {
     Duration::from_secs_f64(m.seconds.unwrap_or(default))
@@ -31,14 +29,13 @@ pub fn measure(m: &Measure, runs: &[(String, i32)]) -> Result<Vec<(String, Value
         (Some((_, cg)), Some((_, pid))) => (cg, *pid),
         _ => return Err("no run to measure".into()),
     };
-    match m.kind.as_str() {
-        "cpu_share" => cpu_share(&cgroups, &m.shares, seconds(m, 3.0)),
-        "process_shares" => process_shares(cg, seconds(m, 3.0)),
-        "cgroup_stats" => Ok(stats(cg)),
-        "freeze" => freeze(cg, pid, seconds(m, 1.0)),
-        "cpu_placement" => cpu_placement(cg, seconds(m, 1.0)),
-        "thread_quota" => thread_quota(cg, pid, seconds(m, 3.0)),
-        other => Err(format!("unknown measurement '{other}'")),
+    match m.kind {
+        MeasureKind::CpuShare => cpu_share(&cgroups, &m.shares, seconds(m, 3.0)),
+        MeasureKind::ProcessShares => process_shares(cg, seconds(m, 3.0)),
+        MeasureKind::CgroupStats => Ok(stats(cg)),
+        MeasureKind::Freeze => freeze(cg, pid, seconds(m, 1.0)),
+        MeasureKind::CpuPlacement => cpu_placement(cg, seconds(m, 1.0)),
+        MeasureKind::ThreadQuota => thread_quota(cg, pid, seconds(m, 3.0)),
     }
 }
 

@@ -5,5 +5,6 @@
 
 pub mod cgroupfs;
 pub mod measure;
-pub mod netdev;
+/// Link flags and MTU by ioctl: the probe crate's, which reads them inside containers too.
+pub use kcell_probe::netdev;
 pub mod nftables;

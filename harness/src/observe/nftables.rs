@@ -149,6 +149,51 @@ fn table_name(mut attrs: &[u8]) -> Result<String, String> {
     Err("nf_tables dump: a table without NFTA_TABLE_NAME".into())
 }
 
+/// The code of a family as nft names it.
+fn family_code(name: &str) -> Option<u8> {
+    [
+        libc::NFPROTO_INET,
+        libc::NFPROTO_IPV4,
+        libc::NFPROTO_ARP,
+        libc::NFPROTO_NETDEV,
+        libc::NFPROTO_BRIDGE,
+        libc::NFPROTO_IPV6,
+    ]
+    .into_iter()
+    .map(|c| c as u8)
+    .find(|c| family(*c) == name)
+}
+
+/// Deletes `table` (a fixture's clean-up after a failed case): one
+/// NFT_MSG_DELTABLE in a batch, as nf_tables takes its changes.
+pub fn delete(table: &Table) -> Result<(), String> {
+    use crate::netlink::{Message, NLM_F_ACK, NLM_F_REQUEST};
+    const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+    const NFNL_MSG_BATCH_END: u16 = 0x11;
+    const NFT_MSG_DELTABLE: u16 = 2;
+    let what = format!("NFT_MSG_DELTABLE {table}");
+    let family = family_code(table.family).ok_or_else(|| format!("{what}: unknown family"))?;
+    // nfgenmsg: family, version, resource id (the subsystem, for a batch).
+    let batch = [
+        libc::AF_UNSPEC as u8,
+        0,
+        NFNL_SUBSYS_NFTABLES.to_be_bytes()[0],
+        NFNL_SUBSYS_NFTABLES.to_be_bytes()[1],
+    ];
+    let mut bytes = Message::new(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 1, &batch).bytes();
+    let mut del = Message::new(
+        NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_DELTABLE,
+        NLM_F_REQUEST | NLM_F_ACK,
+        2,
+        &[family, 0, 0, 0],
+    );
+    del.attr_str(NFTA_TABLE_NAME, &table.name);
+    bytes.extend(del.bytes());
+    bytes.extend(Message::new(NFNL_MSG_BATCH_END, NLM_F_REQUEST, 3, &batch).bytes());
+    let sock = crate::netlink::open(SockProtocol::NetlinkNetFilter, "NETLINK_NETFILTER")?;
+    crate::netlink::request(&sock, &bytes, &[2], &what)
+}
+
 /// Whether a table named `name` exists in any family.
 pub fn exists(name: &str) -> Result<bool, String> {
     Ok(tables()?.iter().any(|t| t.name == name))
@@ -174,9 +219,13 @@ mod tests {
         let name = format!("kcellt{}", std::process::id());
         assert!(nft(&format!("add table inet {name}")), "nft add table");
         let listed = tables();
-        let gone = nft(&format!("delete table inet {name}"));
+        let table = Table {
+            family: "inet",
+            name: name.clone(),
+        };
+        let deleted = delete(&table);
         let listed = listed.expect("the dump");
-        assert!(gone, "nft delete table");
+        deleted.expect("the harness's own delete");
         assert!(
             listed.contains(&Table {
                 family: "inet",

@@ -316,7 +316,7 @@ pub fn init_main(work: &mut GuestWork) -> ! {
     log("root on tmpfs");
     mount_cgroups(&cgroup);
     log(&format!("cgroup {cgroup} mounted"));
-    if let Err(e) = crate::observe::netdev::set_up("lo") {
+    if let Err(e) = kcell_probe::netdev::set_up("lo") {
         log(&format!("lo up: {e}"));
     }
     // kcell.fault=no-swap: the guest a broken set-up would give, for the

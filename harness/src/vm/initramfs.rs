@@ -1,4 +1,5 @@
-//! The guest's initramfs: the agent as /init (and as /bin/kcell), busybox,
+//! The guest's initramfs: the agent as /init, kcell's binary (when kcell is
+//! among the runtimes) as /bin/kcell and /bin/kcell-oci, busybox,
 //! the busybox container image, the cases, the kernel's modules (plain .ko,
 //! decompressed here) with their load order, and the kernel's config. Written
 //! as an uncompressed newc cpio (no decompression cost under TCG) and cached
@@ -18,9 +19,9 @@ pub mod guest_paths {
     pub const ROOTFS: &str = "/rootfs";
     /// The case files.
     pub const CASES: &str = "/cases";
-    /// kcell's CLI (a link to /init, the agent).
+    /// kcell's CLI, when kcell is among the runtimes.
     pub const RUNTIME: &str = "/bin/kcell";
-    /// kcell's OCI command line (a link to /init too).
+    /// kcell's OCI command line (the same file).
     pub const OCI: &str = "/bin/kcell-oci";
     /// The runtimes under test other than kcell: /opt/kcell/runtimes/NAME.
     pub const RUNTIMES: &str = "/opt/kcell/runtimes";
@@ -190,8 +191,11 @@ impl<W: Write> Cpio<W> {
 pub struct Inputs<'a> {
     /// The kernel whose modules go in.
     pub kernel: &'a Kernel,
-    /// The agent binary (becomes /init, /bin/kcell and the image's kcell-probe).
+    /// The agent binary (becomes /init and the image's kcell-probe).
     pub agent: &'a Path,
+    /// kcell's binary (becomes /bin/kcell and /bin/kcell-oci), when kcell
+    /// is among the runtimes.
+    pub kcell: Option<&'a Path>,
     /// A static busybox.
     pub busybox: &'a Path,
     /// The case files.
@@ -239,15 +243,17 @@ pub fn is_agent(file: &Path, agent: &Path) -> bool {
     }
 }
 
-/// A copy of `agent` without debug info (TCG unpacks every byte at boot).
-fn stripped(agent: &Path, cache: &Path) -> Result<PathBuf, String> {
+/// A copy of `binary` (the agent, kcell) without debug info (TCG unpacks
+/// every byte at boot).
+fn stripped(binary: &Path, cache: &Path) -> Result<PathBuf, String> {
+    let agent = binary;
     let bytes = std::fs::read(agent).map_err(|e| format!("{}: {e}", agent.display()))?;
     let hash = format!("{:x}", sha2::Sha256::digest(&bytes));
-    let out = cache.join(format!("agent-{}", &hash[..16]));
+    let out = cache.join(format!("stripped-{}", &hash[..16]));
     if !out.exists() {
         // Builders in parallel (two targets of one run) each write their own
         // temporary file; the rename makes whichever finishes first the copy.
-        let tmp = out.with_extension(format!("tmp-{}", kcell::spec::new_id()));
+        let tmp = out.with_extension(format!("tmp-{}", crate::text::unique_id()));
         let ok = Command::new("strip")
             .arg("--strip-debug")
             .arg("-o")
@@ -299,72 +305,120 @@ fn module_bytes(path: &Path) -> Result<Vec<u8>, String> {
 /// Builds (or finds in `cache`) the initramfs for `inputs`; returns its path.
 pub fn build(inputs: &Inputs, cache: &Path) -> Result<PathBuf, String> {
     std::fs::create_dir_all(cache).map_err(|e| format!("mkdir {}: {e}", cache.display()))?;
-    let agent = stripped(inputs.agent, cache)?;
-    let (early, late) = match &inputs.kernel.modules {
-        Some(dir) => {
-            let early = module_closure(dir, inputs.early)?;
-            let late: Vec<PathBuf> = module_closure(dir, inputs.late)?
-                .into_iter()
-                .filter(|m| !early.contains(m))
-                .collect();
-            (early, late)
-        }
-        None => (Vec::new(), Vec::new()),
-    };
-    let modules: Vec<PathBuf> = early.iter().chain(&late).cloned().collect();
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(inputs.cases)
-        .map_err(|e| format!("{}: {e}", inputs.cases.display()))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        // Every TOML file: the agent in the guest picks the cases among them.
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    cases.sort();
-
-    // Every input goes into the name: a changed case, binary or kernel rebuilds it.
-    let mut h = sha2::Sha256::new();
-    h.update(b"kcell-initramfs-v4");
-    for p in [agent.as_path(), inputs.busybox]
-        .into_iter()
-        .chain(cases.iter().map(PathBuf::as_path))
-        .chain(modules.iter().map(PathBuf::as_path))
-    {
-        h.update(p.to_string_lossy().as_bytes());
-        h.update(std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?);
-    }
-    h.update(inputs.kernel.release.as_bytes());
-    for (at, file) in inputs.extra {
-        h.update(at.as_bytes());
-        if is_agent(file, inputs.agent) {
-            h.update(b"-> /init");
-        } else {
-            h.update(std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?);
-        }
-    }
+    let contents = Contents::gather(inputs, cache)?;
     let out = cache.join(format!(
-        "initramfs-{}-{:x}.cpio",
+        "initramfs-{}-{}.cpio",
         inputs.kernel.id,
-        h.finalize()
+        contents.digest(inputs)?
     ));
     if out.exists() {
         return Ok(out);
     }
-
-    let staging = cache.join(format!("staging-{}", kcell::spec::new_id()));
+    let tmp = out.with_extension(format!("tmp-{}", crate::text::unique_id()));
+    let staging = cache.join(format!("staging-{}", crate::text::unique_id()));
+    let written = write_archive(inputs, &contents, &staging, &tmp);
     let _ = std::fs::remove_dir_all(&staging);
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| format!("chmod {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &out).map_err(|e| format!("rename {}: {e}", tmp.display()))?;
+    Ok(out)
+}
+
+/// What goes into an initramfs besides the inputs' own paths: the stripped
+/// binaries, the modules (early and late, in load order) and the case files.
+struct Contents {
+    agent: PathBuf,
+    kcell: Option<PathBuf>,
+    early: Vec<PathBuf>,
+    late: Vec<PathBuf>,
+    cases: Vec<PathBuf>,
+}
+
+impl Contents {
+    fn gather(inputs: &Inputs, cache: &Path) -> Result<Contents, String> {
+        let (early, late) = match &inputs.kernel.modules {
+            Some(dir) => {
+                let early = module_closure(dir, inputs.early)?;
+                let late: Vec<PathBuf> = module_closure(dir, inputs.late)?
+                    .into_iter()
+                    .filter(|m| !early.contains(m))
+                    .collect();
+                (early, late)
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        let mut cases: Vec<PathBuf> = std::fs::read_dir(inputs.cases)
+            .map_err(|e| format!("{}: {e}", inputs.cases.display()))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            // Every TOML file: the agent in the guest picks the cases among them.
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        cases.sort();
+        Ok(Contents {
+            agent: stripped(inputs.agent, cache)?,
+            kcell: inputs.kcell.map(|k| stripped(k, cache)).transpose()?,
+            early,
+            late,
+            cases,
+        })
+    }
+
+    fn modules(&self) -> impl Iterator<Item = &PathBuf> {
+        self.early.iter().chain(&self.late)
+    }
+
+    /// Every input, hashed: a changed case, binary or kernel rebuilds it.
+    fn digest(&self, inputs: &Inputs) -> Result<String, String> {
+        let mut h = sha2::Sha256::new();
+        h.update(b"kcell-initramfs-v5");
+        for p in [self.agent.as_path(), inputs.busybox]
+            .into_iter()
+            .chain(self.kcell.as_deref())
+            .chain(self.cases.iter().map(PathBuf::as_path))
+            .chain(self.modules().map(PathBuf::as_path))
+        {
+            h.update(p.to_string_lossy().as_bytes());
+            h.update(std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?);
+        }
+        h.update(inputs.kernel.release.as_bytes());
+        for (at, file) in inputs.extra {
+            h.update(at.as_bytes());
+            if is_agent(file, inputs.agent) {
+                h.update(b"-> /init");
+            } else {
+                h.update(std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?);
+            }
+        }
+        Ok(format!("{:x}", h.finalize()))
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Writes the archive to `tmp`, the container image assembled in `staging`.
+fn write_archive(
+    inputs: &Inputs,
+    contents: &Contents,
+    staging: &Path,
+    tmp: &Path,
+) -> Result<(), String> {
     let image = staging.join("rootfs");
-    kcell::rootfs::busybox::build(
+    super::busybox::build(
         &image,
         inputs.busybox,
         &[(
-            agent.clone(),
+            contents.agent.clone(),
             PathBuf::from(crate::guestinfo::PROBE_IN_IMAGE),
         )],
-    )
-    .map_err(|e| e.to_string())?;
-
-    let tmp = out.with_extension(format!("tmp-{}", kcell::spec::new_id()));
-    let file = std::fs::File::create(&tmp).map_err(|e| format!("create {}: {e}", tmp.display()))?;
+    )?;
+    let file = std::fs::File::create(tmp).map_err(|e| format!("create {}: {e}", tmp.display()))?;
     let mut cpio = Cpio::new(std::io::BufWriter::new(file));
     let io = |e: std::io::Error| format!("writing {}: {e}", tmp.display());
     // The root must be 0755 or an unprivileged uid cannot exec anything.
@@ -380,64 +434,77 @@ pub fn build(inputs: &Inputs, cache: &Path) -> Result<PathBuf, String> {
     ] {
         cpio.dir(d, mode).map_err(io)?;
     }
-    // The image, but its two big binaries go in as hard links below.
+    write_binaries(&mut cpio, inputs, contents, &image).map_err(io)?;
+    for c in &contents.cases {
+        let name = c
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        cpio.file(&format!("{}/{name}", guest_paths::CASES), &read(c)?, 0o644)
+            .map_err(io)?;
+    }
+    write_modules(&mut cpio, inputs, contents)?;
+    if let Some(cfg) = &inputs.kernel.config {
+        let at = format!("boot/config-{}", inputs.kernel.release);
+        cpio.file(&at, &read(cfg)?, 0o644).map_err(io)?;
+    }
+    cpio.finish().map(drop).map_err(io)
+}
+
+/// The image (its two big binaries as hard links), the agent as /init,
+/// kcell, the runtimes and their libraries, busybox and its applets.
+fn write_binaries<W: Write>(
+    cpio: &mut Cpio<W>,
+    inputs: &Inputs,
+    contents: &Contents,
+    image: &Path,
+) -> std::io::Result<()> {
+    let unreadable = |e: String| std::io::Error::other(e);
     let probe = format!(
         "{}{}",
         guest_paths::ROOTFS,
         crate::guestinfo::PROBE_IN_IMAGE
     );
     let image_busybox = format!("{}/bin/busybox", guest_paths::ROOTFS);
-    cpio.tree(&image, guest_paths::ROOTFS, &[&probe, &image_busybox])
-        .map_err(io)?;
+    cpio.tree(image, guest_paths::ROOTFS, &[&probe, &image_busybox])?;
     cpio.linked_file(
         &["init", &probe],
-        &std::fs::read(&agent).map_err(|e| e.to_string())?,
+        &read(&contents.agent).map_err(unreadable)?,
         0o755,
-    )
-    .map_err(io)?;
-    cpio.symlink(guest_paths::RUNTIME, "/init").map_err(io)?;
-    cpio.symlink(guest_paths::OCI, "/init").map_err(io)?;
+    )?;
+    if let Some(k) = &contents.kcell {
+        let bytes = read(k).map_err(unreadable)?;
+        cpio.linked_file(&[guest_paths::RUNTIME, guest_paths::OCI], &bytes, 0o755)?;
+    }
     for (at, file) in inputs.extra {
         // The agent under another name (a mutant runtime) is a link to it.
         if is_agent(file, inputs.agent) {
-            cpio.symlink(at, "/init").map_err(io)?;
+            cpio.symlink(at, "/init")?;
             continue;
         }
         let mode = std::fs::metadata(file)
             .map(|m| m.mode() & 0o7777)
             .unwrap_or(0o755);
-        cpio.file(
-            at,
-            &std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?,
-            mode,
-        )
-        .map_err(io)?;
+        cpio.file(at, &read(file).map_err(unreadable)?, mode)?;
     }
-    cpio.linked_file(
-        &["bin/busybox", &image_busybox],
-        &std::fs::read(inputs.busybox).map_err(|e| e.to_string())?,
-        0o755,
-    )
-    .map_err(io)?;
+    let busybox = read(inputs.busybox).map_err(unreadable)?;
+    cpio.linked_file(&["bin/busybox", &image_busybox], &busybox, 0o755)?;
     // Every applet, so a program of one's own (kcell vm) finds cp, tar, ...
     for applet in applets(inputs.busybox) {
-        cpio.symlink(&format!("bin/{applet}"), "/bin/busybox")
-            .map_err(io)?;
+        cpio.symlink(&format!("bin/{applet}"), "/bin/busybox")?;
     }
-    for c in &cases {
-        let name = c
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        cpio.file(
-            &format!("{}/{name}", guest_paths::CASES),
-            &std::fs::read(c).map_err(|e| e.to_string())?,
-            0o644,
-        )
-        .map_err(io)?;
-    }
+    Ok(())
+}
+
+/// The modules, decompressed, and their load orders (early, late).
+fn write_modules<W: Write>(
+    cpio: &mut Cpio<W>,
+    inputs: &Inputs,
+    contents: &Contents,
+) -> Result<(), String> {
+    let io = |e: std::io::Error| format!("writing the initramfs: {e}");
     let (mut early_order, mut late_order) = (String::new(), String::new());
-    for (i, m) in modules.iter().enumerate() {
+    for (i, m) in contents.modules().enumerate() {
         let base = m
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
@@ -445,7 +512,7 @@ pub fn build(inputs: &Inputs, cache: &Path) -> Result<PathBuf, String> {
         let plain = base.split(".ko").next().unwrap_or(&base).to_string() + ".ko";
         let path = format!("lib/modules/{}/{i:02}-{plain}", inputs.kernel.release);
         cpio.file(&path, &module_bytes(m)?, 0o644).map_err(io)?;
-        let order = if early.contains(m) {
+        let order = if contents.early.contains(m) {
             &mut early_order
         } else {
             &mut late_order
@@ -455,21 +522,7 @@ pub fn build(inputs: &Inputs, cache: &Path) -> Result<PathBuf, String> {
     cpio.file(guest_paths::MODULES_EARLY, early_order.as_bytes(), 0o644)
         .map_err(io)?;
     cpio.file(guest_paths::MODULES_LATE, late_order.as_bytes(), 0o644)
-        .map_err(io)?;
-    if let Some(cfg) = &inputs.kernel.config {
-        cpio.file(
-            &format!("boot/config-{}", inputs.kernel.release),
-            &std::fs::read(cfg).map_err(|e| e.to_string())?,
-            0o644,
-        )
-        .map_err(io)?;
-    }
-    cpio.finish().map_err(io)?;
-    let _ = std::fs::remove_dir_all(&staging);
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))
-        .map_err(|e| e.to_string())?;
-    std::fs::rename(&tmp, &out).map_err(|e| format!("rename {}: {e}", tmp.display()))?;
-    Ok(out)
+        .map_err(io)
 }
 
 /// `base` with a second archive appended holding `files` (the kernel

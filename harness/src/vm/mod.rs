@@ -3,6 +3,7 @@
 //! boot serves every case of its target.
 
 pub mod apt;
+pub mod busybox;
 pub mod elf;
 pub mod guest;
 pub mod initramfs;
@@ -32,17 +33,7 @@ impl VmTarget {
     }
 }
 
-/// The cache directory: KCELL_CACHE, else $XDG_CACHE_HOME/kcell, else ~/.cache/kcell.
-pub fn cache_dir() -> PathBuf {
-    if let Some(p) = std::env::var_os("KCELL_CACHE") {
-        return PathBuf::from(p);
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("kcell")
-}
+pub use crate::data::cache_dir;
 
 /// The VM targets to run, from KCELL_TARGETS ("all", "host", or a comma list
 /// of target names or kernel IDs; default: the manifest's default kernels,
@@ -88,12 +79,14 @@ pub struct Inputs {
     pub manifest: kernel::Manifest,
     /// The agent binary.
     pub agent: PathBuf,
+    /// kcell's binary, when the guest runs kcell (or a mutant of it).
+    pub kcell: Option<PathBuf>,
     /// The cases directory.
     pub cases: PathBuf,
     /// The cache directory.
     pub cache: PathBuf,
-    /// The runtimes under test besides kcell (whose kcell-oci is the agent):
-    /// (name, binary on the host), carried into the guest with their libraries.
+    /// The runtimes under test besides kcell: (name, binary on the host),
+    /// carried into the guest with their libraries.
     pub runtimes: Vec<(String, PathBuf)>,
 }
 
@@ -124,12 +117,19 @@ type Files = Vec<(String, PathBuf)>;
 
 /// The runtimes' binaries and libraries as they go into a guest, and
 /// where each runtime's binary is there.
-fn runtime_files(runtimes: &[(String, PathBuf)], agent: &Path) -> Result<(Files, Files), String> {
+fn runtime_files(
+    runtimes: &[(String, PathBuf)],
+    agent: &Path,
+    kcell: bool,
+) -> Result<(Files, Files), String> {
     let mut files: Vec<(String, PathBuf)> = Vec::new();
-    let mut at = vec![(
-        "kcell".to_string(),
-        PathBuf::from(initramfs::guest_paths::OCI),
-    )];
+    let mut at = Vec::new();
+    if kcell {
+        at.push((
+            "kcell".to_string(),
+            PathBuf::from(initramfs::guest_paths::OCI),
+        ));
+    }
     for (name, host) in runtimes {
         let file = host
             .file_name()
@@ -252,13 +252,50 @@ pub fn run_target(
         boots: 0,
         error: None,
     };
-    let fail_all = |run: &mut TargetRun, why: String, kernel: &str| {
-        run.verdicts = ids
-            .iter()
-            .map(|id| error_verdict(id, &name, kernel, t.cgroup, why.clone()))
-            .collect();
-        run.error = Some(why);
-    };
+    match prepare(t, inputs) {
+        Ok(mut guest) => {
+            boot_until_done(&mut guest, t, inputs, ids, &mut run, progress);
+            run.seconds = started.elapsed().as_secs_f64();
+            progress(&format!(
+                "[{name}] done in {:.0} s (boot to first case {})",
+                run.seconds,
+                run.boot_seconds.map_or("-".into(), |b| format!("{b:.2} s"))
+            ));
+            if std::env::var_os("KCELL_KEEP").is_some() {
+                progress(&format!(
+                    "[{name}] KCELL_KEEP: console and verdict logs kept in {}",
+                    guest.work.display()
+                ));
+            } else {
+                let _ = std::fs::remove_dir_all(&guest.work);
+            }
+        }
+        Err((why, kernel)) => {
+            run.verdicts = ids
+                .iter()
+                .map(|id| error_verdict(id, &name, &kernel, t.cgroup, why.clone()))
+                .collect();
+            run.error = Some(why);
+            run.seconds = started.elapsed().as_secs_f64();
+        }
+    }
+    run
+}
+
+/// A guest ready to boot: its kernel's label, the initramfs without a
+/// plan, the runtimes' paths inside, its scratch directory and QEMU's
+/// configuration.
+struct Prepared {
+    kernel_label: String,
+    base_initrd: PathBuf,
+    runtime_paths: Vec<(String, PathBuf)>,
+    work: PathBuf,
+    config: BootConfig,
+}
+
+/// The kernel, the runtimes' files, the initramfs and the scratch disk;
+/// an error says which, with the kernel's label when it is known.
+fn prepare(t: &VmTarget, inputs: &Inputs) -> Result<Prepared, (String, String)> {
     let kernel = if t.kernel == "custom" {
         let image = std::env::var_os("KCELL_KERNEL")
             .map(PathBuf::from)
@@ -271,30 +308,19 @@ pub fn run_target(
             None => Err(format!("kernel {} is not in vm/kernels.toml", t.kernel)),
         }
     };
-    let kernel = match kernel {
-        Ok(k) => k,
-        Err(e) => {
-            fail_all(&mut run, format!("kernel: {e}"), "");
-            run.seconds = started.elapsed().as_secs_f64();
-            return run;
-        }
-    };
-    let kernel_label = format!("{} ({})", kernel.release, kernel.version);
-    let (extra, runtime_paths) = match runtime_files(&inputs.runtimes, &inputs.agent) {
-        Ok(x) => x,
-        Err(e) => {
-            fail_all(&mut run, format!("runtimes: {e}"), &kernel_label);
-            run.seconds = started.elapsed().as_secs_f64();
-            return run;
-        }
-    };
-    let initrd = kcell::rootfs::busybox::locate(&inputs.cache)
-        .map_err(|e| e.to_string())
+    let kernel = kernel.map_err(|e| (format!("kernel: {e}"), String::new()))?;
+    let label = format!("{} ({})", kernel.release, kernel.version);
+    let fail = |what: &str, e: String| (format!("{what}: {e}"), label.clone());
+    let (extra, runtime_paths) =
+        runtime_files(&inputs.runtimes, &inputs.agent, inputs.kcell.is_some())
+            .map_err(|e| fail("runtimes", e))?;
+    let base_initrd = busybox::locate(&inputs.cache)
         .and_then(|busybox| {
             initramfs::build(
                 &initramfs::Inputs {
                     kernel: &kernel,
                     agent: &inputs.agent,
+                    kcell: inputs.kcell.as_deref(),
                     busybox: &busybox,
                     cases: &inputs.cases,
                     early: &inputs.manifest.modules.early,
@@ -303,34 +329,18 @@ pub fn run_target(
                 },
                 &inputs.cache.join("initramfs"),
             )
-        });
-    let initrd = match initrd {
-        Ok(i) => i,
-        Err(e) => {
-            fail_all(&mut run, format!("initramfs: {e}"), &kernel_label);
-            run.seconds = started.elapsed().as_secs_f64();
-            return run;
-        }
-    };
+        })
+        .map_err(|e| fail("initramfs", e))?;
+    let name = t.name();
     let work = std::env::temp_dir().join(format!(
         "kcell-vm-{}-{}",
         name.replace('/', "-"),
-        kcell::spec::new_id()
+        crate::text::unique_id()
     ));
-    let prepared = std::fs::create_dir_all(&work).and_then(|()| {
-        let disk = std::fs::File::create(work.join("disk.img"))?;
-        disk.set_len(64 << 20)
-    });
-    if let Err(e) = prepared {
-        fail_all(
-            &mut run,
-            format!("scratch {}: {e}", work.display()),
-            &kernel_label,
-        );
-        return run;
-    }
-    let base_initrd = initrd;
-    let mut config = BootConfig {
+    std::fs::create_dir_all(&work)
+        .and_then(|()| std::fs::File::create(work.join("disk.img"))?.set_len(64 << 20))
+        .map_err(|e| fail(&format!("scratch {}", work.display()), e.to_string()))?;
+    let config = BootConfig {
         kernel: kernel.image.clone(),
         initrd: work.join("initramfs.cpio"),
         cmdline: qemu::cmdline(&name, t.cgroup),
@@ -342,33 +352,60 @@ pub fn run_target(
         cpus: 2,
         memory_mib: 1024,
     };
-    // Boots until every case has a verdict: one retry for a guest that dies
-    // before its first verdict (early-boot deaths under TCG), and one more
-    // boot for the cases a guest did not reach when it died mid-run.
+    Ok(Prepared {
+        kernel_label: label,
+        base_initrd,
+        runtime_paths,
+        work,
+        config,
+    })
+}
+
+/// Why the boots go on, and how often they have.
+#[derive(Default)]
+struct Retries {
+    for_kvm: bool,
+    early: u32,
+    resumes: u32,
+    problems: Vec<String>,
+    console_tail: String,
+}
+
+/// Boots until every case has a verdict: one retry for a guest that dies
+/// before its first verdict (early-boot deaths under TCG), one more boot
+/// for the cases a guest did not reach when it died mid-run, and one under
+/// TCG when KVM could not boot the kernel.
+fn boot_until_done(
+    g: &mut Prepared,
+    t: &VmTarget,
+    inputs: &Inputs,
+    ids: &[String],
+    run: &mut TargetRun,
+    progress: &mut dyn FnMut(&str),
+) {
+    let name = t.name();
     let mut pending: Vec<String> = ids.to_vec();
-    let mut retried_for_kvm = false;
-    let (mut early_retries, mut resumes) = (0, 0);
-    let mut problems: Vec<String> = Vec::new();
-    let mut console_tail = String::new();
+    let mut r = Retries::default();
     while !pending.is_empty() {
         run.boots += 1;
         let plan = Plan {
-            runtimes: runtime_paths.clone(),
+            runtimes: g.runtime_paths.clone(),
             trials: pending.clone(),
             program: None,
         };
         let plan_json = serde_json::to_vec(&plan).unwrap_or_default();
         if let Err(e) = initramfs::with_files(
-            &base_initrd,
+            &g.base_initrd,
             &[(initramfs::guest_paths::PLAN, &plan_json)],
-            &config.initrd,
+            &g.config.initrd,
         ) {
-            problems.push(format!("initramfs plan: {e}"));
+            r.problems.push(format!("initramfs plan: {e}"));
             break;
         }
         progress(&format!(
-            "[{name}] booting {kernel_label} ({:?}, boot {}, {} cases)",
-            config.accel,
+            "[{name}] booting {} ({:?}, boot {}, {} cases)",
+            g.kernel_label,
+            g.config.accel,
             run.boots,
             pending.len()
         ));
@@ -380,111 +417,99 @@ pub fn run_target(
             // A program's frames (kcell vm); a case guest sends none.
             Event::Output { .. } | Event::Exit(_) => {}
         };
-        let boot = qemu::boot(&config, Limits::default(), &mut on_event);
+        let boot = qemu::boot(&g.config, Limits::default(), &mut on_event);
         run.boot_seconds = run.boot_seconds.or(boot.boot_seconds);
-        console_tail = boot.console_tail.clone();
+        r.console_tail = boot.console_tail.clone();
         let note = if run.boots > 1 {
             format!(" (boot {})", run.boots)
         } else {
             String::new()
         };
-        for v in &boot.verdicts {
-            if pending.contains(&v.key()) {
-                let mut v = v.clone();
-                v.kernel = kernel_label.clone();
-                if !note.is_empty() {
-                    v.detail = format!("{}{note}", v.detail).trim().to_string();
-                }
-                // One occurrence: a repeated trial (--repeat) is listed
-                // once per run.
-                if let Some(at) = pending.iter().position(|p| *p == v.key()) {
-                    pending.remove(at);
-                }
-                run.verdicts.push(v);
-            } else if v.status == Status::Error {
-                // A malformed case file: reported under its file name.
-                run.verdicts.push(v.clone());
-            }
-        }
+        take_verdicts(&boot.verdicts, &mut pending, &g.kernel_label, &note, run);
         let why = match &boot.ending {
             Ending::Finished => break,
             Ending::Died(w) | Ending::Killed(w) => w.clone(),
         };
-        problems.push(format!("boot {}: {why}", run.boots));
-        let no_case_started = boot.boot_seconds.is_none();
-        if no_case_started
-            && !retried_for_kvm
-            && fall_back_to_tcg(&inputs.cache, &t.kernel, &mut config)
+        r.problems.push(format!("boot {}: {why}", run.boots));
+        if boot.boot_seconds.is_none()
+            && !r.for_kvm
+            && fall_back_to_tcg(&inputs.cache, &t.kernel, &mut g.config)
         {
             progress(&format!(
                 "[{name}] KVM did not boot {} ({why}); using TCG, and noted so in the cache",
                 t.kernel
             ));
-            retried_for_kvm = true;
+            r.for_kvm = true;
             run.boots -= 1;
-            problems.pop();
+            r.problems.pop();
             continue;
         }
-        if boot.verdicts.is_empty() && boot.in_progress.is_none() && early_retries == 0 {
-            early_retries += 1;
+        if boot.verdicts.is_empty() && boot.in_progress.is_none() && r.early == 0 {
+            r.early += 1;
             progress(&format!("[{name}] the guest died before its first case ({why}); retrying once. Console tail:\n{}", boot.console_tail));
             continue;
         }
         // The case that was running when the guest died may have caused it:
         // it gets the error, with the console; the rest get another boot.
-        if let Some(id) = boot.in_progress.filter(|id| pending.contains(id)) {
-            if let Some(at) = pending.iter().position(|p| *p == id) {
-                pending.remove(at);
-            }
-            run.verdicts.push(error_verdict(
-                &id,
-                &name,
-                &kernel_label,
-                t.cgroup,
-                format!(
-                    "the guest died while this case ran: {why}{note}\nconsole tail:\n{}",
-                    boot.console_tail
-                ),
-            ));
+        if let Some(at) = boot
+            .in_progress
+            .as_ref()
+            .and_then(|id| pending.iter().position(|p| p == id))
+        {
+            let id = pending.remove(at);
+            let detail = format!(
+                "the guest died while this case ran: {why}{note}\nconsole tail:\n{}",
+                boot.console_tail
+            );
+            run.verdicts
+                .push(error_verdict(&id, &name, &g.kernel_label, t.cgroup, detail));
         }
-        if resumes == 0 && !pending.is_empty() {
-            resumes += 1;
+        if r.resumes == 0 && !pending.is_empty() {
+            r.resumes += 1;
             progress(&format!("[{name}] the guest died mid-run ({why}); booting again for the {} cases not reached", pending.len()));
             continue;
         }
         break;
     }
     for id in &pending {
-        run.verdicts.push(error_verdict(
-            id,
-            &name,
-            &kernel_label,
-            t.cgroup,
-            format!(
-                "no verdict after {} boots: {}\nconsole tail:\n{console_tail}",
-                run.boots,
-                problems.join("; ")
-            ),
-        ));
+        let detail = format!(
+            "no verdict after {} boots: {}\nconsole tail:\n{}",
+            run.boots,
+            r.problems.join("; "),
+            r.console_tail
+        );
+        run.verdicts
+            .push(error_verdict(id, &name, &g.kernel_label, t.cgroup, detail));
     }
     run.verdicts
         .sort_by_key(|v| ids.iter().position(|i| *i == v.key()).unwrap_or(usize::MAX));
-    run.error = (!problems.is_empty()).then(|| problems.join("; "));
-    run.seconds = started.elapsed().as_secs_f64();
-    progress(&format!(
-        "[{name}] done in {:.0} s (boot to first case {})",
-        run.seconds,
-        run.boot_seconds.map_or("-".into(), |b| format!("{b:.2} s"))
-    ));
-    if std::env::var_os("KCELL_KEEP").is_some() {
-        progress(&format!(
-            "[{name}] KCELL_KEEP: console and verdict logs kept in {}",
-            work.display()
-        ));
-    } else {
-        let _ = std::fs::remove_dir_all(&work);
+    run.error = (!r.problems.is_empty()).then(|| r.problems.join("; "));
+}
+
+/// The verdicts of one boot for the trials still pending (each taken once:
+/// a repeated trial is listed once per run), labelled with the kernel and
+/// the boot when it was not the first; a malformed case's error too.
+fn take_verdicts(
+    verdicts: &[Verdict],
+    pending: &mut Vec<String>,
+    kernel_label: &str,
+    note: &str,
+    run: &mut TargetRun,
+) {
+    for v in verdicts {
+        if let Some(at) = pending.iter().position(|p| *p == v.key()) {
+            let mut v = v.clone();
+            v.kernel = kernel_label.to_string();
+            if !note.is_empty() {
+                v.detail = format!("{}{note}", v.detail).trim().to_string();
+            }
+            pending.remove(at);
+            run.verdicts.push(v);
+        } else if v.status == Status::Error {
+            // A malformed case file: reported under its file name.
+            run.verdicts.push(v.clone());
+        }
     }
-    run
 }
 
 #[cfg(test)]

@@ -66,6 +66,14 @@ pub struct Options {
 /// The kernel matrix the binary was built with.
 const MANIFEST: &str = include_str!("../../../vm/kernels.toml");
 
+/// `kcell vm`'s usage (also `kcell-conformance vm`).
+pub const USAGE: &str = "usage: kcell vm [--kernel ID|PATH] [--cgroup v1|v2] [--cpus N] [--memory SIZE]
+                [--share DIR[:ro]] [--file /ABS/PATH] [--env K=V] [--timeout S] [--keep-console FILE]
+                -- PROGRAM ARGS...
+  boots a throwaway guest (the conformance suite's), runs PROGRAM in it with its libraries,
+  streams its output and exits with its status; 125 when the guest fails (console tail on stderr).
+  As a cargo runner: runner = [\"kcell\", \"vm\", \"--kernel\", \"deb-5.10-cloud\", \"--cgroup\", \"v1\", \"--\"]";
+
 /// Parses `kcell vm`'s arguments.
 pub fn parse(args: &[String]) -> Result<Options, String> {
     let mut o = Options {
@@ -189,26 +197,9 @@ fn prepare_and_boot(o: &Options, agent: &Path) -> Result<i32, String> {
     let cache = super::cache_dir();
     let manifest: kernel::Manifest =
         toml::from_str(MANIFEST).map_err(|e| format!("the built-in kernel list: {e}"))?;
-    let kernel = if Path::new(&o.kernel).is_file() {
-        kernel::local(Path::new(&o.kernel), None)?
-    } else {
-        let spec = manifest
-            .kernels
-            .iter()
-            .find(|k| k.id == o.kernel)
-            .ok_or_else(|| {
-                let ids: Vec<&str> = manifest.kernels.iter().map(|k| k.id.as_str()).collect();
-                format!(
-                    "--kernel '{}': neither a file nor one of {}",
-                    o.kernel,
-                    ids.join(", ")
-                )
-            })?;
-        eprintln!("kcell vm: kernel {} ...", spec.id);
-        kernel::fetch(spec, &cache)?
-    };
+    let kernel = the_kernel(o, &manifest, &cache)?;
     let program = which(&o.program[0])?;
-    let busybox = kcell::rootfs::busybox::locate(&cache).map_err(|e| e.to_string())?;
+    let busybox = super::busybox::locate(&cache)?;
     let empty = tempfile::Builder::new()
         .prefix("kcell-vm-nocases-")
         .tempdir()
@@ -217,6 +208,7 @@ fn prepare_and_boot(o: &Options, agent: &Path) -> Result<i32, String> {
         &initramfs::Inputs {
             kernel: &kernel,
             agent,
+            kcell: None,
             busybox: &busybox,
             cases: empty.path(),
             early: &manifest.modules.early,
@@ -234,9 +226,64 @@ fn prepare_and_boot(o: &Options, agent: &Path) -> Result<i32, String> {
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_else(|| "program".into());
     let in_guest = format!("/opt/kcell/program/{name}");
-    let mut argv = vec![in_guest.clone()];
+    let initrd = work.path().join("initramfs.cpio");
+    let plan = the_plan(o, &in_guest);
+    append(
+        &base, &initrd, &plan, &program, &in_guest, &o.shares, &o.files,
+    )?;
+    let disk = work.path().join("disk.img");
+    std::fs::File::create(&disk)
+        .and_then(|f| f.set_len(64 << 20))
+        .map_err(|e| format!("{}: {e}", disk.display()))?;
+    let console = o
+        .keep_console
+        .clone()
+        .unwrap_or_else(|| work.path().join("console.log"));
+    let config = qemu::BootConfig {
+        kernel: kernel.image.clone(),
+        initrd,
+        cmdline: qemu::cmdline("vm", &o.cgroup),
+        disk: Some(disk),
+        console_log: console,
+        verdict_log: work.path().join("frames.log"),
+        accel: super::first_accel(&cache, &kernel.id),
+        firmware: qemu::QBOOT.iter().map(PathBuf::from).find(|p| p.exists()),
+        cpus: o.cpus,
+        memory_mib: o.memory_mib,
+    };
+    boot_streaming(config, &cache, &kernel.id)
+}
+
+/// The kernel `--kernel` names: a file, or an ID of the built-in list (fetched).
+fn the_kernel(
+    o: &Options,
+    manifest: &kernel::Manifest,
+    cache: &Path,
+) -> Result<kernel::Kernel, String> {
+    if Path::new(&o.kernel).is_file() {
+        return kernel::local(Path::new(&o.kernel), None);
+    }
+    let spec = manifest
+        .kernels
+        .iter()
+        .find(|k| k.id == o.kernel)
+        .ok_or_else(|| {
+            let ids: Vec<&str> = manifest.kernels.iter().map(|k| k.id.as_str()).collect();
+            format!(
+                "--kernel '{}': neither a file nor one of {}",
+                o.kernel,
+                ids.join(", ")
+            )
+        })?;
+    eprintln!("kcell vm: kernel {} ...", spec.id);
+    kernel::fetch(spec, cache)
+}
+
+/// The boot's plan: the program, its environment, directory and files.
+fn the_plan(o: &Options, in_guest: &str) -> Plan {
+    let mut argv = vec![in_guest.to_string()];
     argv.extend(o.program[1..].iter().cloned());
-    let plan = Plan {
+    Plan {
         program: Some(Program {
             argv,
             // Tests that drive host tools (clients, servers) tell they are in a guest by it.
@@ -252,31 +299,12 @@ fn prepare_and_boot(o: &Options, agent: &Path) -> Result<i32, String> {
             files: o.files.iter().map(|f| f.display().to_string()).collect(),
         }),
         ..Plan::default()
-    };
-    let initrd = work.path().join("initramfs.cpio");
-    append(
-        &base, &initrd, &plan, &program, &in_guest, &o.shares, &o.files,
-    )?;
-    let disk = work.path().join("disk.img");
-    std::fs::File::create(&disk)
-        .and_then(|f| f.set_len(64 << 20))
-        .map_err(|e| format!("{}: {e}", disk.display()))?;
-    let console = o
-        .keep_console
-        .clone()
-        .unwrap_or_else(|| work.path().join("console.log"));
-    let mut config = qemu::BootConfig {
-        kernel: kernel.image.clone(),
-        initrd,
-        cmdline: qemu::cmdline("vm", &o.cgroup),
-        disk: Some(disk),
-        console_log: console,
-        verdict_log: work.path().join("frames.log"),
-        accel: super::first_accel(&cache, &kernel.id),
-        firmware: qemu::QBOOT.iter().map(PathBuf::from).find(|p| p.exists()),
-        cpus: o.cpus,
-        memory_mib: o.memory_mib,
-    };
+    }
+}
+
+/// Boots, streaming the program's output; its exit status. Under TCG
+/// once more when KVM could not boot the kernel.
+fn boot_streaming(mut config: qemu::BootConfig, cache: &Path, kernel: &str) -> Result<i32, String> {
     let limits = qemu::Limits {
         case_slack: std::time::Duration::from_secs(10),
         ..qemu::Limits::default()
@@ -299,14 +327,13 @@ fn prepare_and_boot(o: &Options, agent: &Path) -> Result<i32, String> {
         if let Some(code) = exit {
             return Ok(code);
         }
-        if boot.boot_seconds.is_none() && super::fall_back_to_tcg(&cache, &kernel.id, &mut config) {
+        if boot.boot_seconds.is_none() && super::fall_back_to_tcg(cache, kernel, &mut config) {
             let why = match &boot.ending {
                 qemu::Ending::Died(w) | qemu::Ending::Killed(w) => w.as_str(),
                 qemu::Ending::Finished => "",
             };
             eprintln!(
-                "kcell vm: KVM did not boot {} ({why}); using TCG, and noted so in the cache",
-                kernel.id
+                "kcell vm: KVM did not boot {kernel} ({why}); using TCG, and noted so in the cache"
             );
             continue;
         }
@@ -377,7 +404,7 @@ fn append(
 pub fn run_in_guest(p: &Program, emit: &mut dyn FnMut(&str)) {
     use std::io::Read;
     use std::process::{Command, Stdio};
-    emit(&crate::frames::progress(1, 1, "kcell::PROGRAM", p.timeout));
+    emit(&crate::frames::progress(1, 1, "vm::PROGRAM", p.timeout));
     for file in &p.files {
         let staged = format!("{FILES}{file}");
         let placed = Path::new(file)

@@ -53,6 +53,12 @@ pub const AGENT_DONE_STATUS: i32 = 1;
 
 /// The QEMU argument vector for `c`.
 pub fn qemu_args(c: &BootConfig) -> Vec<String> {
+    [machine(c), boot_files(c), serial_ports(c), devices(c)].concat()
+}
+
+/// The machine: no defaults, no display, no reboot, the accelerator and
+/// its CPU model, the vCPUs and memory, the firmware.
+fn machine(c: &BootConfig) -> Vec<String> {
     let mut a: Vec<String> = [
         "-nodefaults",
         "-no-user-config",
@@ -62,9 +68,8 @@ pub fn qemu_args(c: &BootConfig) -> Vec<String> {
         "-machine",
         "pc",
     ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    .map(String::from)
+    .to_vec();
     match c.accel {
         Accel::Kvm => a.extend(["-accel", "kvm", "-cpu", "host"].map(String::from)),
         // Single-threaded TCG: multi-threaded TCG oopsed about once in 100
@@ -83,25 +88,38 @@ pub fn qemu_args(c: &BootConfig) -> Vec<String> {
     if let Some(fw) = &c.firmware {
         a.extend(["-bios".into(), fw.display().to_string()]);
     }
-    a.extend([
+    a
+}
+
+/// The kernel, the initramfs and the command line (direct boot).
+fn boot_files(c: &BootConfig) -> Vec<String> {
+    vec![
         "-kernel".into(),
         c.kernel.display().to_string(),
         "-initrd".into(),
         c.initrd.display().to_string(),
-    ]);
-    a.extend(["-append".into(), c.cmdline.clone()]);
-    a.extend([
+        "-append".into(),
+        c.cmdline.clone(),
+    ]
+}
+
+/// ttyS0, the console, and ttyS1, the frames (verdicts, progress), each
+/// to a file the host reads.
+fn serial_ports(c: &BootConfig) -> Vec<String> {
+    vec![
         "-serial".into(),
         format!("file:{}", c.console_log.display()),
-    ]);
-    a.extend([
         "-serial".into(),
         format!("file:{}", c.verdict_log.display()),
-    ]);
-    a.extend([
+    ]
+}
+
+/// The exit device the agent ends the guest with, and the scratch disk.
+fn devices(c: &BootConfig) -> Vec<String> {
+    let mut a = vec![
         "-device".into(),
         format!("isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=0x04"),
-    ]);
+    ];
     if let Some(disk) = &c.disk {
         a.extend([
             "-drive".into(),
@@ -109,8 +127,9 @@ pub fn qemu_args(c: &BootConfig) -> Vec<String> {
                 "if=none,id=kcelldisk,file={},format=raw,cache=unsafe",
                 disk.display()
             ),
+            "-device".into(),
+            "virtio-blk-pci,drive=kcelldisk".into(),
         ]);
-        a.extend(["-device".into(), "virtio-blk-pci,drive=kcelldisk".into()]);
     }
     a
 }
@@ -315,9 +334,25 @@ pub fn boot(c: &BootConfig, limits: Limits, on_event: &mut dyn FnMut(&Event)) ->
         seconds: 0.0,
     };
     let qemu = std::env::var_os("KCELL_QEMU").unwrap_or_else(|| "qemu-system-x86_64".into());
-    let mut cmd = Command::new(&qemu);
-    // The guest dies with the thread that boots it, however the harness
-    // ends (a SIGKILL of the test process included): no orphaned QEMU.
+    match spawn(&qemu, c) {
+        Ok(child) => watch(child, c, limits, start, &mut result, on_event),
+        Err(e) => {
+            result.ending = Ending::Died(format!(
+                "spawning {}: {e} (install qemu-system-x86)",
+                Path::new(&qemu).display()
+            ));
+            return result;
+        }
+    }
+    result.console_tail = tail_of(&c.console_log, 3000);
+    result.seconds = start.elapsed().as_secs_f64();
+    result
+}
+
+/// QEMU, dying with the thread that boots it, however the harness ends (a
+/// SIGKILL of the test process included): no orphaned QEMU.
+fn spawn(qemu: &std::ffi::OsStr, c: &BootConfig) -> std::io::Result<std::process::Child> {
+    let mut cmd = Command::new(qemu);
     // SAFETY: prctl is async-signal-safe; nothing else runs before exec.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
@@ -331,57 +366,30 @@ pub fn boot(c: &BootConfig, limits: Limits, on_event: &mut dyn FnMut(&Event)) ->
             Ok(())
         });
     }
-    let child = cmd
-        .args(qemu_args(c))
+    cmd.args(qemu_args(c))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(ch) => ch,
-        Err(e) => {
-            result.ending = Ending::Died(format!(
-                "spawning {}: {e} (install qemu-system-x86)",
-                Path::new(&qemu).display()
-            ));
-            return result;
-        }
-    };
+        .spawn()
+}
+
+/// Reads the frames as they come, until QEMU exits or is killed (a KVM
+/// failure, the watchdog, a flooding console); sets the ending.
+fn watch(
+    mut child: std::process::Child,
+    c: &BootConfig,
+    limits: Limits,
+    start: Instant,
+    result: &mut Boot,
+    on_event: &mut dyn FnMut(&Event),
+) {
     let stderr = QemuStderr::read(child.stderr.take());
-    let mut offset = 0u64;
-    let mut pending = String::new();
+    let mut frames = Frames::default();
     let mut deadline = start + limits.boot;
     let status = loop {
-        // New lines on ttyS1.
-        if let Ok(mut f) = std::fs::File::open(&c.verdict_log) {
-            if f.seek(SeekFrom::Start(offset)).is_ok() {
-                let mut buf = Vec::new();
-                if let Ok(n) = f.read_to_end(&mut buf) {
-                    offset += n as u64;
-                    pending.push_str(&String::from_utf8_lossy(&buf).replace('\r', ""));
-                }
-            }
-        }
-        while let Some(pos) = pending.find('\n') {
-            let line: String = pending.drain(..=pos).collect();
-            if let Some((n, total, id, t)) = crate::frames::parse_progress(&line) {
-                result
-                    .boot_seconds
-                    .get_or_insert(start.elapsed().as_secs_f64());
-                deadline = Instant::now() + Duration::from_secs(t) + limits.case_slack;
-                result.in_progress = Some(id.clone());
-                on_event(&Event::Case { n, total, id });
-            } else if let Some((stream, text)) = crate::frames::parse_out(&line) {
-                on_event(&Event::Output { stream, text });
-            } else if let Some(code) = crate::frames::parse_exit(&line) {
-                result.in_progress = None;
-                on_event(&Event::Exit(code));
-            } else if let Some(v) = Verdict::from_line(&line) {
-                if result.in_progress.as_deref() == Some(v.key().as_str()) {
-                    result.in_progress = None;
-                }
-                on_event(&Event::Verdict(Box::new(v.clone())));
-                result.verdicts.push(v);
+        for line in frames.new_lines(&c.verdict_log) {
+            if let Some(timeout) = take_frame(&line, result, start, on_event) {
+                deadline = Instant::now() + Duration::from_secs(timeout) + limits.case_slack;
             }
         }
         match child.try_wait() {
@@ -395,21 +403,21 @@ pub fn boot(c: &BootConfig, limits: Limits, on_event: &mut dyn FnMut(&Event)) ->
         let console = std::fs::metadata(&c.console_log)
             .map(|m| m.len())
             .unwrap_or(0);
-        let kill_why = if let Some(why) = kvm_failure(c, &stderr.text(), console, &result, start) {
-            Some(why)
-        } else if Instant::now() > deadline {
-            Some(match result.boot_seconds {
-                None => format!("no case started within {} s of boot", limits.boot.as_secs()),
-                Some(_) => "a case ran past its timeout plus the watchdog's slack".to_string(),
-            })
-        } else if console > limits.console_bytes {
-            Some(format!(
-                "the console passed {} MiB (a flooding guest)",
-                limits.console_bytes >> 20
-            ))
-        } else {
-            None
-        };
+        let kill_why = kvm_failure(c, &stderr.text(), console, result, start).or_else(|| {
+            if Instant::now() > deadline {
+                Some(match result.boot_seconds {
+                    None => format!("no case started within {} s of boot", limits.boot.as_secs()),
+                    Some(_) => "a case ran past its timeout plus the watchdog's slack".to_string(),
+                })
+            } else if console > limits.console_bytes {
+                Some(format!(
+                    "the console passed {} MiB (a flooding guest)",
+                    limits.console_bytes >> 20
+                ))
+            } else {
+                None
+            }
+        });
         if let Some(why) = kill_why {
             let _ = child.kill();
             let _ = child.wait();
@@ -419,26 +427,85 @@ pub fn boot(c: &BootConfig, limits: Limits, on_event: &mut dyn FnMut(&Event)) ->
         std::thread::sleep(Duration::from_millis(50));
     };
     if let Some(status) = status {
-        result.ending = if status.code() == Some(AGENT_DONE_STATUS) {
-            Ending::Finished
-        } else {
-            let err = stderr.text_at_exit();
-            let what = match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
-                (Some(0), _) => "the guest rebooted before the agent finished (a kernel panic, with panic=-1 and -no-reboot)".to_string(),
-                (_, Some(sig)) => format!("qemu was killed by signal {sig} before the agent finished"),
-                _ => format!("qemu exited with {status} before the agent finished"),
-            };
-            let said = if err.trim().is_empty() {
-                String::new()
-            } else {
-                format!("; qemu said: {}", err.trim())
-            };
-            Ending::Died(format!("{what}{said}"))
-        };
+        result.ending = exit_ending(status, &stderr.text_at_exit());
     }
-    result.console_tail = tail_of(&c.console_log, 3000);
-    result.seconds = start.elapsed().as_secs_f64();
-    result
+}
+
+/// The lines of the frames file not read yet.
+#[derive(Default)]
+struct Frames {
+    offset: u64,
+    partial: String,
+}
+
+impl Frames {
+    fn new_lines(&mut self, path: &Path) -> Vec<String> {
+        if let Ok(mut f) = std::fs::File::open(path) {
+            if f.seek(SeekFrom::Start(self.offset)).is_ok() {
+                let mut buf = Vec::new();
+                if let Ok(n) = f.read_to_end(&mut buf) {
+                    self.offset += n as u64;
+                    self.partial
+                        .push_str(&String::from_utf8_lossy(&buf).replace('\r', ""));
+                }
+            }
+        }
+        let mut lines = Vec::new();
+        while let Some(pos) = self.partial.find('\n') {
+            lines.push(self.partial.drain(..=pos).collect());
+        }
+        lines
+    }
+}
+
+/// One frame: progress (returns the case's timeout, for the watchdog),
+/// a program's output or exit, or a verdict.
+fn take_frame(
+    line: &str,
+    result: &mut Boot,
+    start: Instant,
+    on_event: &mut dyn FnMut(&Event),
+) -> Option<u64> {
+    if let Some((n, total, id, t)) = crate::frames::parse_progress(line) {
+        result
+            .boot_seconds
+            .get_or_insert(start.elapsed().as_secs_f64());
+        result.in_progress = Some(id.clone());
+        on_event(&Event::Case { n, total, id });
+        return Some(t);
+    }
+    if let Some((stream, text)) = crate::frames::parse_out(line) {
+        on_event(&Event::Output { stream, text });
+    } else if let Some(code) = crate::frames::parse_exit(line) {
+        result.in_progress = None;
+        on_event(&Event::Exit(code));
+    } else if let Some(v) = Verdict::from_line(line) {
+        if result.in_progress.as_deref() == Some(v.key().as_str()) {
+            result.in_progress = None;
+        }
+        on_event(&Event::Verdict(Box::new(v.clone())));
+        result.verdicts.push(v);
+    }
+    None
+}
+
+/// How a QEMU that exited by itself ended: the agent's done status, or a
+/// death with what QEMU said.
+fn exit_ending(status: std::process::ExitStatus, said: &str) -> Ending {
+    if status.code() == Some(AGENT_DONE_STATUS) {
+        return Ending::Finished;
+    }
+    let what = match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
+        (Some(0), _) => "the guest rebooted before the agent finished (a kernel panic, with panic=-1 and -no-reboot)".to_string(),
+        (_, Some(sig)) => format!("qemu was killed by signal {sig} before the agent finished"),
+        _ => format!("qemu exited with {status} before the agent finished"),
+    };
+    let said = if said.trim().is_empty() {
+        String::new()
+    } else {
+        format!("; qemu said: {}", said.trim())
+    };
+    Ending::Died(format!("{what}{said}"))
 }
 
 #[cfg(test)]

@@ -79,9 +79,9 @@ impl Manifest {
     }
 }
 
-/// The manifest of this checkout.
+/// The manifest of runtime lines (data.rs says where).
 pub fn manifest() -> Result<Manifest, String> {
-    Manifest::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../vm/runtimes.toml"))
+    Manifest::load(&crate::data::vm_dir().join("runtimes.toml"))
 }
 
 /// A fetched line: its binary, ready to run, and the package's version.

@@ -1,7 +1,10 @@
-//! `kcell-probe`: the helper that runs *inside* containers (the agent binary
-//! under another name, copied into the image). Each subcommand makes the
-//! system calls a behaviour is about and prints `key=value` lines, so cases
-//! observe the kernel directly rather than parsing tool output.
+//! `kcell-probe`: the helper that runs *inside* containers (the harness's
+//! agent binary under another name, copied into the image). Each
+//! subcommand makes the system calls a behaviour is about and prints
+//! `key=value` lines, so cases observe the kernel directly rather than
+//! parsing tool output. A crate of its own, on std, libc and nix only:
+//! what runs in the container under judgement is small and shares nothing
+//! with any runtime.
 
 use nix::errno::Errno;
 use std::fs;
@@ -14,7 +17,9 @@ mod confine;
 mod files;
 mod load;
 mod net;
+pub mod netdev;
 mod procs;
+pub mod text;
 
 use files::*;
 use load::*;

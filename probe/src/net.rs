@@ -194,7 +194,7 @@ pub(super) fn link_names() -> Result<Vec<String>, String> {
 /// lo's IFF_UP, from the harness's own ioctl; an unreadable flag is an
 /// error (the trial's), never "down".
 pub(super) fn lo_up() -> Result<bool, String> {
-    crate::observe::netdev::is_up("lo")
+    crate::netdev::is_up("lo")
 }
 
 pub(super) fn links() -> Res {
@@ -234,7 +234,7 @@ pub(super) fn fresh_netns() -> Res {
                 out("fresh_links", names.join(","));
                 out("fresh_lo_up", lo_up()?);
                 out("fresh_tcp_before_up", tcp_loopback()?);
-                crate::observe::netdev::set_up("lo")?;
+                crate::netdev::set_up("lo")?;
                 out("fresh_lo_up_after", lo_up()?);
                 out("fresh_tcp_after_up", tcp_loopback()?);
                 Ok(())
@@ -267,8 +267,8 @@ pub(super) fn netns_persist(dir: &str) -> Res {
     let child = match unsafe { fork() }.map_err(|e| e.to_string())? {
         ForkResult::Child => {
             let ok = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).is_ok()
-                && crate::observe::netdev::set_up("lo").is_ok()
-                && crate::observe::netdev::set_mtu("lo", 1234).is_ok();
+                && crate::netdev::set_up("lo").is_ok()
+                && crate::netdev::set_mtu("lo", 1234).is_ok();
             let _ = nix::unistd::write(&w, if ok { b"y" } else { b"n" });
             // Wait until the parent has (or has not) bound the namespace.
             let mut b = [0u8; 1];
@@ -307,7 +307,7 @@ pub(super) fn netns_persist(dir: &str) -> Res {
                     .map_err(|e| format!("setns: {e}"))?;
                 out("setns", "ok");
                 out("kept_lo_up", lo_up()?);
-                out("kept_lo_mtu", crate::observe::netdev::mtu("lo")?);
+                out("kept_lo_mtu", crate::netdev::mtu("lo")?);
                 Ok(())
             })();
             if let Err(e) = code {
