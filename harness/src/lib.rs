@@ -37,5 +37,6 @@ pub mod runner;
 pub mod shard;
 pub mod suite;
 pub mod text;
+pub mod timing;
 pub mod verdict;
 pub mod vm;

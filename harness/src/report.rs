@@ -465,6 +465,7 @@ mod tests {
                 seconds: 3.5,
                 headline: headline.map(String::from),
                 repeats: None,
+                timing: None,
             }
         };
         vec![

@@ -75,6 +75,10 @@ pub struct Verdict {
     /// each run ended and the spread of each measured value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repeats: Option<Repeats>,
+    /// Where the trial's seconds went (the runtime's commands, the case's
+    /// processes, the harness), when it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timing: Option<crate::timing::Timing>,
 }
 
 /// The runs of one repeated trial.
@@ -114,6 +118,7 @@ impl Verdict {
             seconds: 0.0,
             headline: None,
             repeats: None,
+            timing: None,
         }
     }
 
@@ -188,6 +193,7 @@ mod tests {
             seconds: 0.5,
             headline: None,
             repeats: None,
+            timing: None,
         };
         let line = v.to_line();
         assert_eq!(Verdict::from_line(&line), Some(v.clone()));

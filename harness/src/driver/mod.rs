@@ -120,6 +120,9 @@ pub struct Started {
         std::thread::JoinHandle<u64>,
     )>,
     began: Instant,
+    /// Since when its process runs, and whose time that is (timing.rs):
+    /// the case's, or the runtime's for a run of kcell's CLI.
+    pub(crate) running: Option<(Instant, crate::timing::Spent)>,
     /// When it must have ended.
     pub deadline: Instant,
     limit: Duration,
@@ -260,6 +263,7 @@ impl Started {
             mark,
             oom_watch: None,
             began,
+            running: None,
             deadline: began + limit,
             limit,
         }
@@ -273,6 +277,13 @@ impl Started {
             self.err_reader.join().unwrap_or_default(),
             seconds,
         )
+    }
+
+    /// Adds the time its process ran to whose it was (timing.rs); once.
+    pub(crate) fn account_running(&mut self) {
+        if let Some((since, spent)) = self.running.take() {
+            crate::timing::add(spent, since.elapsed());
+        }
     }
 
     /// The limit, for messages.
@@ -373,6 +384,7 @@ fn start_host(run: &Run, ctx: &RunCtx, limit: Duration) -> Result<Started, Strin
     let pid = child.id() as i32;
     let mut st = Started::new(run, How::Child(child), ours, limit);
     st.pid = Some(pid);
+    st.running = Some((Instant::now(), crate::timing::Spent::Case));
     Ok(st)
 }
 
@@ -406,6 +418,7 @@ fn finish_child(mut st: Started) -> Result<Ended, String> {
         }
         std::thread::sleep(Duration::from_millis(2));
     };
+    st.account_running();
     let pid = st.host_pid();
     let name = st.run.name.clone();
     let limit = st.limit;

@@ -27,6 +27,22 @@ fn runtime_cmd(
     limit: Duration,
     stdio: Option<super::ChildIo>,
 ) -> Result<String, String> {
+    let began = Instant::now();
+    let done = run_runtime_cmd(ctx, state, as_user, step, args, limit, stdio);
+    crate::timing::add(crate::timing::Spent::Runtime, began.elapsed());
+    done
+}
+
+/// [`runtime_cmd`] itself.
+fn run_runtime_cmd(
+    ctx: &RunCtx,
+    state: &Path,
+    as_user: Option<u32>,
+    step: &str,
+    args: &[String],
+    limit: Duration,
+    stdio: Option<super::ChildIo>,
+) -> Result<String, String> {
     let log = ctx.work.join(format!("{step}-{}.log", std::process::id()));
     let _ = std::fs::remove_file(&log);
     let mut cmd = Command::new(&ctx.runtime.path);
@@ -310,7 +326,10 @@ pub fn start(run: &Run, ctx: &RunCtx, limit: Duration) -> Result<Started, String
         runtime_cmd(ctx, &state, run.as_user, "start", start, step_limit, None).map(|_| pid)
     });
     match created {
-        Ok(_) => Ok(st),
+        Ok(_) => {
+            st.running = Some((Instant::now(), crate::timing::Spent::Case));
+            Ok(st)
+        }
         Err(e) => {
             clean_up(ctx, &st);
             if run.may_not_start {
@@ -416,6 +435,7 @@ pub fn start_exec(run: &Run, into: &str, ctx: &RunCtx, limit: Duration) -> Resul
             run.name
         )
     })?);
+    st.running = Some((Instant::now(), crate::timing::Spent::Case));
     Ok(st)
 }
 
@@ -477,6 +497,7 @@ pub fn finish(mut st: Started, ctx: &RunCtx) -> Result<Ended, String> {
     }
     let pid = st.pid;
     let exit = pid.and_then(|p| wait_pid(p, st.deadline));
+    st.account_running();
     let timed_out = pid.is_some() && exit.is_none();
     if timed_out {
         if let (How::Oci { id, state, as_user }, Some(_)) = (&st.how, pid) {

@@ -55,6 +55,7 @@ fn smoke_note(target: &Target, runtime: &str) -> Option<std::path::PathBuf> {
 /// verdict naming the runtime, the step and what it said.
 pub fn run_case(case: &Case, target: &Target, runtime: &Runtime) -> Verdict {
     let start = Instant::now();
+    crate::timing::reset();
     let layout = crate::observe::cgroupfs::Layout::read();
     let mut verdict = Verdict::bare(
         &case.id,
@@ -98,6 +99,7 @@ pub fn run_case(case: &Case, target: &Target, runtime: &Runtime) -> Verdict {
     }
     let result = execute(case, target, runtime, &mut verdict.observations);
     verdict.seconds = (start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+    verdict.timing = Some(crate::timing::of_trial(verdict.seconds));
     verdict.headline = case
         .headline
         .as_ref()
