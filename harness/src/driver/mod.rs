@@ -11,7 +11,7 @@
 pub mod bundle;
 pub mod kcell_cli;
 pub mod oci;
-mod oom;
+pub mod oom;
 pub mod runtime;
 
 use crate::case::{Run, RunKind};
@@ -117,7 +117,7 @@ pub struct Started {
     /// A watcher of the cgroup's OOM counter: (stop, thread -> the most seen).
     pub oom_watch: Option<(
         std::sync::Arc<std::sync::atomic::AtomicBool>,
-        std::thread::JoinHandle<u64>,
+        std::thread::JoinHandle<oom::Seen>,
     )>,
     began: Instant,
     /// Since when its process runs, and whose time that is (timing.rs):
@@ -147,6 +147,9 @@ pub struct Ended {
     pub outcome: &'static str,
     /// The most OOM kills the cgroup counted while watched (`may_not_start`).
     pub oom_kills_seen: Option<u64>,
+    /// On v2, the allocations at the limit about to fail the watch saw
+    /// (memory.events `oom`): also when no process was killed.
+    pub oom_events_seen: Option<u64>,
     /// Why it did not start.
     pub start_error: Option<String>,
 }

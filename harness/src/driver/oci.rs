@@ -490,7 +490,8 @@ pub fn finish(mut st: Started, ctx: &RunCtx) -> Result<Ended, String> {
             stderr,
             seconds,
             outcome: "not started",
-            oom_kills_seen: seen,
+            oom_kills_seen: seen.map(|s| s.kills),
+            oom_events_seen: seen.map(|s| s.ooms),
             start_error: Some(why),
             ..Default::default()
         });
@@ -552,7 +553,9 @@ pub fn finish(mut st: Started, ctx: &RunCtx) -> Result<Ended, String> {
     {
         counters.insert("memory_at_mark_bytes", m);
     }
-    let seen = oom::stop(&mut st).map(|s| s.max(counters.get("oom_kill").copied().unwrap_or(0)));
+    let seen = oom::stop(&mut st);
+    let kills = seen.map(|s| s.kills.max(counters.get("oom_kill").copied().unwrap_or(0)));
+    let ooms = seen.map(|s| s.ooms.max(counters.get("oom").copied().unwrap_or(0)));
     clean_up(ctx, &st);
     let name = st.run.name.clone();
     let limit = st.limit();
@@ -574,7 +577,8 @@ pub fn finish(mut st: Started, ctx: &RunCtx) -> Result<Ended, String> {
         pid,
         counters,
         outcome: if exit > 128 { "killed" } else { "exited" },
-        oom_kills_seen: seen,
+        oom_kills_seen: kills,
+        oom_events_seen: ooms,
         start_error: None,
     })
 }

@@ -1,5 +1,5 @@
 //! The OOM watch of a run that may not even start under its limits: the
-//! cgroup's OOM-kill counter polled from before the runtime makes it.
+//! cgroup's OOM counters polled from before the runtime makes it.
 
 use super::Started;
 use crate::observe::cgroupfs::Layout;
@@ -21,7 +21,7 @@ pub(super) fn watch(
     path: PathBuf,
 ) -> (
     std::sync::Arc<std::sync::atomic::AtomicBool>,
-    std::thread::JoinHandle<u64>,
+    std::thread::JoinHandle<Seen>,
 ) {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = stop.clone();
@@ -37,27 +37,44 @@ pub(super) fn watch(
         } else {
             None
         };
-        let parent_kills = || {
+        let parent = |key: &str| {
             ancestor
                 .as_ref()
-                .and_then(|a| layout.cgroup(a).counters().get("oom_kill").copied())
+                .and_then(|a| layout.cgroup(a).counters().get(key).copied())
                 .unwrap_or(0)
         };
-        let before = parent_kills();
-        let mut most = 0;
+        let (kills_before, ooms_before) = (parent("oom_kill"), parent("oom"));
+        let mut most = Seen::default();
         while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-            if let Some(n) = cg.counters().get("oom_kill") {
-                most = most.max(*n);
-            }
+            let now = cg.counters();
+            most.kills = most.kills.max(now.get("oom_kill").copied().unwrap_or(0));
+            most.ooms = most.ooms.max(now.get("oom").copied().unwrap_or(0));
             std::thread::sleep(Duration::from_millis(1));
         }
-        most.max(parent_kills().saturating_sub(before))
+        Seen {
+            kills: most
+                .kills
+                .max(parent("oom_kill").saturating_sub(kills_before)),
+            ooms: most.ooms.max(parent("oom").saturating_sub(ooms_before)),
+        }
     });
     (stop, handle)
 }
 
-/// Stops the watch; the most OOM kills it saw.
-pub(super) fn stop(st: &mut Started) -> Option<u64> {
+/// What the watch saw: OOM kills (v1 memory.oom_control and v2
+/// memory.events `oom_kill`), and on v2 the times an allocation met the
+/// limit and was about to fail (memory.events `oom`), which the kernel
+/// counts also when it fails the allocation without killing anything.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// OOM kills.
+    pub kills: u64,
+    /// Allocations at the limit about to fail (v2; 0 on v1).
+    pub ooms: u64,
+}
+
+/// Stops the watch; the most it saw.
+pub(super) fn stop(st: &mut Started) -> Option<Seen> {
     let (stop, handle) = st.oom_watch.take()?;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     handle.join().ok()

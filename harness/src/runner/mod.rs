@@ -332,6 +332,9 @@ fn end(
     obs.insert(format!("{prefix}.stderr"), json!(ended.stderr));
     obs.insert(format!("{prefix}.seconds"), json!(ended.seconds));
     obs.insert(format!("{prefix}.outcome"), json!(ended.outcome));
+    if let Some(n) = ended.oom_events_seen {
+        obs.insert(format!("{prefix}.oom_events_seen"), json!(n));
+    }
     if let Some(n) = ended.oom_kills_seen {
         obs.insert(format!("{prefix}.oom_kills_seen"), json!(n));
     }

@@ -39,13 +39,16 @@ impl Drop for HostTarget {
     }
 }
 
-/// The machine-wide measurement lock (a file lock in the temporary
-/// directory, so it also holds between processes: two runs, nextest's
-/// processes): a host case holds it alone, guests share it.
+/// The machine-wide measurement lock (a file lock in the cache, so it also
+/// holds between processes: two runs, nextest's processes, and the file
+/// stays where caches belong rather than in /tmp): a host case holds it
+/// alone, guests share it.
 pub(super) fn measurement_lock(
     exclusive: bool,
 ) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
-    let path = std::env::temp_dir().join("kcell-measure.lock");
+    let dir = crate::data::cache_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    let path = dir.join("measure.lock");
     let file =
         std::fs::File::create(&path).map_err(|e| format!("create {}: {e}", path.display()))?;
     let how = if exclusive {
