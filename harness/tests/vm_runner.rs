@@ -6,7 +6,6 @@
 //! runc) runs with its libraries. Boots the 6.1 cloud kernel (fetched into
 //! the cache like the matrix does).
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -60,9 +59,9 @@ fn program(dir: &Path) -> PathBuf {
     out
 }
 
+/// `kcell-conformance vm` (what `kcell vm` hands over to).
 fn kcell_vm(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_kcell-agent"))
-        .arg0("kcell")
+    Command::new(env!("CARGO_BIN_EXE_kcell-conformance"))
         .arg("vm")
         .args(args)
         .output()
@@ -199,8 +198,7 @@ fn a_kvm_that_cannot_run_the_guest_falls_back_to_tcg_at_once() {
     let saved = std::fs::read(&note).ok();
     let _ = std::fs::remove_file(&note);
     let started = std::time::Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_kcell-agent"))
-        .arg0("kcell")
+    let out = Command::new(env!("CARGO_BIN_EXE_kcell-conformance"))
         .args(["vm", "--kernel", "deb-6.1-cloud", "--", "/bin/true"])
         .env("KCELL_QEMU", &stand_in)
         // Any existing file stands for /dev/kvm: KVM is tried first.
