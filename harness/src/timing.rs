@@ -47,6 +47,29 @@ pub fn add(spent: Spent, d: Duration) {
     };
 }
 
+/// A span of someone's time: added to theirs when it is dropped, however
+/// the code it covers returns.
+pub struct Span {
+    spent: Spent,
+    began: std::time::Instant,
+}
+
+impl Span {
+    /// Starts a span of `spent`'s time.
+    pub fn begin(spent: Spent) -> Span {
+        Span {
+            spent,
+            began: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Drop for Span {
+    fn drop(&mut self) {
+        add(self.spent, self.began.elapsed());
+    }
+}
+
 /// The trial's breakdown, given its whole time.
 pub fn of_trial(total_s: f64) -> Timing {
     let s = |a: &AtomicU64| (a.load(Ordering::Relaxed) as f64 / 1e9 * 1000.0).round() / 1000.0;

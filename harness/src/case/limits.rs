@@ -53,7 +53,8 @@ impl DeviceNumber {
 }
 
 /// A block I/O throttle: "MAJ:MIN:RATE" or "{fixture.key}:RATE".
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Throttle {
     /// The device.
     pub device: DeviceNumber,
@@ -63,8 +64,9 @@ pub struct Throttle {
     pub text: String,
 }
 
-impl Throttle {
-    fn parse(text: &str) -> Result<Throttle, String> {
+impl TryFrom<String> for Throttle {
+    type Error = String;
+    fn try_from(text: String) -> Result<Throttle, String> {
         let bad = |why: &str| {
             format!("throttle '{text}' is not allowed: {why} (write MAJ:MIN:RATE or {{fixture.key}}:RATE, e.g. \"8:0:1m\")")
         };
@@ -77,29 +79,20 @@ impl Throttle {
                 .ok_or_else(|| bad("the device is not MAJ:MIN"))?;
             DeviceNumber::Fixed { major, minor }
         };
-        Ok(Throttle {
-            device,
-            rate,
-            text: text.to_string(),
-        })
+        Ok(Throttle { device, rate, text })
     }
 }
 
-impl<'de> Deserialize<'de> for Throttle {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Throttle::parse(&String::deserialize(d)?).map_err(D::Error::custom)
-    }
-}
-
-impl Serialize for Throttle {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.text)
+impl From<Throttle> for String {
+    fn from(t: Throttle) -> String {
+        t.text
     }
 }
 
 /// A device access rule a case denies: "TYPE MAJ:MIN ACCESS" ("c 10:229 rw";
 /// `*` for any number).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct DeviceRule {
     /// c, b or a.
     pub kind: char,
@@ -113,8 +106,9 @@ pub struct DeviceRule {
     pub text: String,
 }
 
-impl DeviceRule {
-    fn parse(text: &str) -> Result<DeviceRule, String> {
+impl TryFrom<String> for DeviceRule {
+    type Error = String;
+    fn try_from(text: String) -> Result<DeviceRule, String> {
         let bad = |why: &str| {
             format!("device rule '{text}' is not allowed: {why} (write TYPE MAJ:MIN ACCESS, e.g. \"c 10:229 rw\")")
         };
@@ -139,36 +133,32 @@ impl DeviceRule {
         if access.is_empty() || !access.chars().all(|c| "rwm".contains(c)) {
             return Err(bad("ACCESS is some of r, w and m"));
         }
+        let (major, minor) = (number(major)?, number(minor)?);
+        let access = access.to_string();
         Ok(DeviceRule {
             kind,
-            major: number(major)?,
-            minor: number(minor)?,
-            access: access.to_string(),
-            text: text.to_string(),
+            major,
+            minor,
+            access,
+            text,
         })
     }
 }
 
-impl<'de> Deserialize<'de> for DeviceRule {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        DeviceRule::parse(&String::deserialize(d)?).map_err(D::Error::custom)
-    }
-}
-
-impl Serialize for DeviceRule {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.text)
+impl From<DeviceRule> for String {
+    fn from(d: DeviceRule) -> String {
+        d.text
     }
 }
 
 /// A CPU list, "1" or "0-2,4".
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String")]
 pub struct CpuList(pub String);
 
-impl<'de> Deserialize<'de> for CpuList {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
+impl TryFrom<String> for CpuList {
+    type Error = String;
+    fn try_from(text: String) -> Result<CpuList, String> {
         let ok = !text.is_empty()
             && text.split(',').all(|part| {
                 let mut ends = part.splitn(2, '-');
@@ -177,9 +167,9 @@ impl<'de> Deserialize<'de> for CpuList {
         if ok {
             Ok(CpuList(text))
         } else {
-            Err(D::Error::custom(format!(
+            Err(format!(
                 "cpu list '{text}' is not allowed: CPU numbers and ranges, e.g. \"1\" or \"0-2,4\""
-            )))
+            ))
         }
     }
 }

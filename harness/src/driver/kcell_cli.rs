@@ -10,7 +10,7 @@ use crate::case::Run;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// kcell's `run` flags for `c`: its namespaces, limits, mounts and process.
 pub fn flags(c: &Container, ctx: &RunCtx) -> Result<Vec<String>, String> {
@@ -262,6 +262,6 @@ fn spawn(
     st.pid_file = pid_file;
     // kcell's CLI makes, runs and removes its container in one process:
     // all of it is the runtime's time.
-    st.running = Some((Instant::now(), crate::timing::Spent::Runtime));
+    st.running = Some(crate::timing::Span::begin(crate::timing::Spent::Runtime));
     Ok(st)
 }

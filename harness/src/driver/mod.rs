@@ -122,7 +122,7 @@ pub struct Started {
     began: Instant,
     /// Since when its process runs, and whose time that is (timing.rs):
     /// the case's, or the runtime's for a run of kcell's CLI.
-    pub(crate) running: Option<(Instant, crate::timing::Spent)>,
+    pub(crate) running: Option<crate::timing::Span>,
     /// When it must have ended.
     pub deadline: Instant,
     limit: Duration,
@@ -284,9 +284,7 @@ impl Started {
 
     /// Adds the time its process ran to whose it was (timing.rs); once.
     pub(crate) fn account_running(&mut self) {
-        if let Some((since, spent)) = self.running.take() {
-            crate::timing::add(spent, since.elapsed());
-        }
+        drop(self.running.take());
     }
 
     /// The limit, for messages.
@@ -387,7 +385,7 @@ fn start_host(run: &Run, ctx: &RunCtx, limit: Duration) -> Result<Started, Strin
     let pid = child.id() as i32;
     let mut st = Started::new(run, How::Child(child), ours, limit);
     st.pid = Some(pid);
-    st.running = Some((Instant::now(), crate::timing::Spent::Case));
+    st.running = Some(crate::timing::Span::begin(crate::timing::Spent::Case));
     Ok(st)
 }
 

@@ -27,22 +27,7 @@ fn runtime_cmd(
     limit: Duration,
     stdio: Option<super::ChildIo>,
 ) -> Result<String, String> {
-    let began = Instant::now();
-    let done = run_runtime_cmd(ctx, state, as_user, step, args, limit, stdio);
-    crate::timing::add(crate::timing::Spent::Runtime, began.elapsed());
-    done
-}
-
-/// [`runtime_cmd`] itself.
-fn run_runtime_cmd(
-    ctx: &RunCtx,
-    state: &Path,
-    as_user: Option<u32>,
-    step: &str,
-    args: &[String],
-    limit: Duration,
-    stdio: Option<super::ChildIo>,
-) -> Result<String, String> {
+    let _runtimes_time = crate::timing::Span::begin(crate::timing::Spent::Runtime);
     let log = ctx.work.join(format!("{step}-{}.log", std::process::id()));
     let _ = std::fs::remove_file(&log);
     let mut cmd = Command::new(&ctx.runtime.path);
@@ -327,7 +312,7 @@ pub fn start(run: &Run, ctx: &RunCtx, limit: Duration) -> Result<Started, String
     });
     match created {
         Ok(_) => {
-            st.running = Some((Instant::now(), crate::timing::Spent::Case));
+            st.running = Some(crate::timing::Span::begin(crate::timing::Spent::Case));
             Ok(st)
         }
         Err(e) => {
@@ -435,7 +420,7 @@ pub fn start_exec(run: &Run, into: &str, ctx: &RunCtx, limit: Duration) -> Resul
             run.name
         )
     })?);
-    st.running = Some((Instant::now(), crate::timing::Spent::Case));
+    st.running = Some(crate::timing::Span::begin(crate::timing::Spent::Case));
     Ok(st)
 }
 
